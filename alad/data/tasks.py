@@ -1,0 +1,168 @@
+"""Readers for the task formats: CoNLL-U (POS), `token<TAB>tag` BIO (NER), SQuAD 2.0 JSON (QA).
+
+    alad data inspect ../shared/data/pos_de/train.conllu
+
+Every reader raises `DataFormatError` naming the file and line of the first problem, with what
+was expected. Phase 2 needs only the text (`task_texts`); phase 3 uses the labels too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class DataFormatError(ValueError):
+    """A task file is malformed; the message names file, line and what was expected."""
+
+
+@dataclass(frozen=True)
+class TaggedSentence:
+    words: tuple[str, ...]
+    tags: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.words)
+
+
+@dataclass(frozen=True)
+class QAExample:
+    id: str
+    question: str
+    context: str
+    answers: tuple[tuple[str, int], ...] = field(
+        default=()
+    )  # (text, char start); () = unanswerable
+
+    @property
+    def is_impossible(self) -> bool:
+        return not self.answers
+
+
+def _lines(path: Path):
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: task file not found")
+    with path.open(encoding="utf-8") as f:
+        yield from enumerate(f, start=1)
+
+
+def read_conllu(path: Path) -> list[TaggedSentence]:
+    """UPOS (column 4) per syntactic word; multiword ranges (3-4) and empty nodes (5.1) skipped."""
+    sentences: list[TaggedSentence] = []
+    words: list[str] = []
+    tags: list[str] = []
+    for lineno, raw in _lines(path):
+        line = raw.rstrip("\n")
+        if not line.strip():
+            if words:
+                sentences.append(TaggedSentence(tuple(words), tuple(tags)))
+                words, tags = [], []
+            continue
+        if line.startswith("#"):
+            continue
+        cols = line.split("\t")
+        if len(cols) != 10:
+            raise DataFormatError(
+                f"{path}:{lineno}: CoNLL-U token lines have 10 tab-separated columns, "
+                f"found {len(cols)}: {line[:80]!r}"
+            )
+        if "-" in cols[0] or "." in cols[0]:
+            continue
+        if not cols[0].isdigit():
+            raise DataFormatError(f"{path}:{lineno}: ID column {cols[0]!r} is not a word index")
+        words.append(cols[1])
+        tags.append(cols[3])
+    if words:
+        sentences.append(TaggedSentence(tuple(words), tuple(tags)))
+    if not sentences:
+        raise DataFormatError(f"{path}: no sentences found (empty file, or not CoNLL-U?)")
+    return sentences
+
+
+def read_bio(path: Path) -> list[TaggedSentence]:
+    """`token<TAB>tag` (or the last of several whitespace columns, as in CoNLL-2003) per line;
+    blank line between sentences; `-DOCSTART-` lines skipped. An `I-x` that does not continue an
+    `x` entity is an error (the files here are well-formed; silently repairing would hide bugs)."""
+    sentences: list[TaggedSentence] = []
+    words: list[str] = []
+    tags: list[str] = []
+    for lineno, raw in _lines(path):
+        line = raw.rstrip("\n")
+        if not line.strip():
+            if words:
+                sentences.append(TaggedSentence(tuple(words), tuple(tags)))
+                words, tags = [], []
+            continue
+        cols = line.split("\t") if "\t" in line else line.split()
+        if cols[0] == "-DOCSTART-":
+            continue
+        if len(cols) < 2 or not cols[0] or not cols[-1]:
+            raise DataFormatError(f"{path}:{lineno}: expected 'token<TAB>tag', found {line[:80]!r}")
+        tag = cols[-1]
+        if tag != "O" and not tag.startswith(("B-", "I-")):
+            raise DataFormatError(f"{path}:{lineno}: tag {tag!r} is not O, B-x or I-x")
+        if tag.startswith("I-") and (not tags or tags[-1][2:] != tag[2:] or tags[-1] == "O"):
+            raise DataFormatError(
+                f"{path}:{lineno}: {tag} follows {tags[-1] if tags else 'sentence start'}; "
+                f"an I- tag must continue an entity of the same type (B-{tag[2:]} or {tag})"
+            )
+        words.append(cols[0])
+        tags.append(tag)
+    if words:
+        sentences.append(TaggedSentence(tuple(words), tuple(tags)))
+    if not sentences:
+        raise DataFormatError(f"{path}: no sentences found (empty file, or not token<TAB>tag?)")
+    return sentences
+
+
+def read_squad(path: Path) -> list[QAExample]:
+    """SQuAD 2.0 JSON; every answer span is checked against its context."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: task file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))["data"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataFormatError(f"{path}: not SQuAD JSON (need {{'data': [...]}}): {exc}") from exc
+    out: list[QAExample] = []
+    for a, article in enumerate(data):
+        for p, para in enumerate(article.get("paragraphs", [])):
+            context = para["context"]
+            for qa in para.get("qas", []):
+                where = f"{path}: data[{a}].paragraphs[{p}] question {qa.get('id')!r}"
+                answers = []
+                for ans in [] if qa.get("is_impossible") else qa.get("answers", []):
+                    start, text = ans["answer_start"], ans["text"]
+                    if context[start : start + len(text)] != text:
+                        raise DataFormatError(
+                            f"{where}: answer_start {start} does not point at {text!r}"
+                        )
+                    answers.append((text, start))
+                out.append(QAExample(qa["id"], qa["question"], context, tuple(answers)))
+    if not out:
+        raise DataFormatError(f"{path}: no questions found")
+    return out
+
+
+def sniff_format(path: Path) -> str:
+    """'squad', 'conllu' or 'bio', from the extension and the first content line."""
+    if path.suffix == ".json":
+        return "squad"
+    if path.suffix == ".conllu":
+        return "conllu"
+    for _, line in _lines(path):
+        if line.strip() and not line.startswith("#"):
+            return "conllu" if len(line.rstrip("\n").split("\t")) == 10 else "bio"
+    raise DataFormatError(f"{path}: empty file")
+
+
+def task_texts(path: Path) -> list[str]:
+    """The unlabeled text of a task file, for phase 2: sentences, or QA contexts + questions."""
+    fmt = sniff_format(path)
+    if fmt == "squad":
+        examples = read_squad(path)
+        contexts = list(dict.fromkeys(e.context for e in examples))
+        return contexts + [e.question for e in examples]
+    reader = read_conllu if fmt == "conllu" else read_bio
+    return [s.text for s in reader(path)]

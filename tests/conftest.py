@@ -1,0 +1,167 @@
+"""Shared fixtures: tiny models built in-test (no downloads), an isolated cache, offline mode."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "was",
+    "for",
+    "on",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+    "that",
+    "it",
+    "his",
+    "her",
+    "their",
+    "city",
+    "river",
+    "music",
+    "film",
+    "war",
+    "king",
+    "queen",
+    "science",
+    "history",
+    "team",
+    "game",
+    "book",
+    "art",
+    "born",
+    "known",
+    "called",
+    "made",
+    "played",
+    "wrote",
+    "built",
+    "founded",
+    "located",
+    "large",
+    "small",
+    "first",
+    "new",
+    "old",
+    "great",
+    "north",
+    "south",
+    "1990",
+    "2001",
+    "19th",
+    ".",
+    ",",
+    "(",
+    ")",
+    "'",
+    '"',
+]
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<s>", "</s>", "<pad>", "<mask>"]
+
+
+def tiny_vocab() -> dict[str, int]:
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    pieces = sorted(set(WORDS) | {f"##{c}" for c in chars} | set(chars))
+    return {tok: i for i, tok in enumerate(SPECIALS + pieces)}
+
+
+def make_tiny_bert(folder: Path, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    tok = BertTokenizerFast(vocab=tiny_vocab(), do_lower_case=True)
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=128,
+    )
+    BertModel(cfg, add_pooling_layer=False).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def make_tiny_mpnet(folder: Path, hidden: int = 48, layers: int = 2, seed: int = 1) -> Path:
+    import torch
+    from transformers import MPNetConfig, MPNetModel, MPNetTokenizerFast
+
+    tok = MPNetTokenizerFast(vocab=tiny_vocab(), do_lower_case=True, unk_token="[UNK]")
+    torch.manual_seed(seed)
+    cfg = MPNetConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=130,
+        pad_token_id=tok.pad_token_id,
+    )
+    MPNetModel(cfg, add_pooling_layer=False).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def tiny_sentences(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    words = [w for w in WORDS if w.isalnum()]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 14))) + " ." for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> tuple[Path, Path]:
+    """(compressed: BERT 32-d, large: MPNet 48-d): different architectures, same tokens."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    return make_tiny_bert(root / "bert"), make_tiny_mpnet(root / "mpnet")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("ALAD_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "alad-cache"))
+    for key in [k for k in os.environ if k.startswith("ALAD_") and k != "ALAD_CACHE_HOME"]:
+        monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(tiny_sentences(80)) + "\n")
+    return path
+
+
+@pytest.fixture
+def tiny_settings(tiny_models, tiny_corpus, tmp_path):
+    """The `tiny` profile pointed at the in-test models and corpus."""
+    from alad.config import load_settings
+
+    compressed, large = tiny_models
+    return load_settings(
+        params=None,
+        profile="tiny",
+        overrides={
+            "models": {"compressed": str(compressed), "large": str(large)},
+            "phase1": {"corpus": str(tiny_corpus)},
+            "phase2": {"corpus": str(tiny_corpus)},
+            "cache": {"dir": str(tmp_path / "features")},
+            "runs_dir": str(tmp_path / "runs"),
+        },
+    )
