@@ -29,8 +29,14 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
 from alad.models.catalog import Encoder
+from alad.models.packaged import cache_home
 
 MANIFEST = "manifest.json"
+
+
+def feature_root(configured: Path | None) -> Path:
+    """`cache.dir` if set, else $ALAD_CACHE_HOME/features."""
+    return (configured or cache_home() / "features").expanduser()
 
 
 def texts_hash(texts: Sequence[str]) -> str:

@@ -51,12 +51,16 @@ def save_checkpoint(
     tmp = out / f".{name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    state = {k: v.detach().contiguous() for k, v in adapter.state_dict().items()}
-    save_file(state, tmp / "adapter.safetensors")
-    full = {"format": FORMAT, **adapter.describe(), **manifest}
-    (tmp / "manifest.json").write_text(json.dumps(full, indent=2, default=str))
-    if trainer_state is not None:
-        torch.save(trainer_state, tmp / "trainer.pt")
+    try:
+        state = {k: v.detach().contiguous() for k, v in adapter.state_dict().items()}
+        save_file(state, tmp / "adapter.safetensors")
+        full = {"format": FORMAT, **adapter.describe(), **manifest}
+        (tmp / "manifest.json").write_text(json.dumps(full, indent=2, default=str))
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / "trainer.pt")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

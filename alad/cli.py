@@ -25,8 +25,29 @@ from alad.config import PROFILES, ConfigError, Settings, load_settings
 log = logging.getLogger("alad")
 
 
+# Shortcut flags of `alad finetune`: each is the --set of one config key.
+SHORTCUTS = {
+    "task": "phase3.task",
+    "mode": "phase3.mode",
+    "compressed": "models.compressed",
+    "large": "models.large",
+    "window": "adapter.window",
+    "init": "phase3.init",
+    "train": "phase3.train",
+    "dev": "phase3.dev",
+    "test": "phase3.test",
+    "epochs": "phase3.epochs",
+    "lr": "phase3.lr",
+}
+
+
 def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(args.params, args.profile, args.set or [])
+    shortcuts = [
+        f"{key}={getattr(args, flag)}"
+        for flag, key in SHORTCUTS.items()
+        if getattr(args, flag, None) is not None
+    ]
+    return load_settings(args.params, args.profile, shortcuts + (args.set or []))
 
 
 def _write_json(data: dict, path: Path) -> None:
@@ -119,6 +140,38 @@ def cmd_demo(args: argparse.Namespace) -> None:
         print(r.summary())
 
 
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from alad.phases.finetune import finetune
+
+    settings = _settings(args)
+    result = finetune(settings, out=args.out, progress=not args.quiet)
+    print(result.test["table_row"])
+    print(result.summary())
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from alad.metrics import TABLE_HEADER
+    from alad.phases.evaluate import evaluate_model
+
+    report = evaluate_model(args.model, args.test)
+    if args.json:
+        _write_json(report, args.json)
+    print(TABLE_HEADER[report["task"]])
+    print(report["table_row"])
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from alad.predict import Predictor
+
+    predictor = Predictor(args.model)
+    if args.question:
+        answer = predictor.answer([(args.question, args.context or "")])[0]
+        print(answer if answer else "(no answer)")
+        return
+    for sentence in predictor.tag(args.text or [line for line in sys.stdin if line.strip()]):
+        print(" ".join(f"{w}/{t}" for w, t in sentence))
+
+
 def cmd_bench_align(args: argparse.Namespace) -> None:
     from alad.bench import bench_align
 
@@ -192,6 +245,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", type=Path, help="phase-1 checkpoint to start from")
     p.add_argument("--out", type=Path, help="checkpoint folder (default: <runs_dir>/phase2)")
     p.set_defaults(func=cmd_align_phase2)
+
+    p = sub.add_parser(
+        "finetune",
+        parents=[common],
+        help="phase 3: fine-tune a task head in one of the modes, keep the best",
+    )
+    p.add_argument("--task", choices=["pos", "ner", "qa"])
+    p.add_argument(
+        "--mode", choices=["large", "compressed", "alad-frozen", "alad-joint", "lora", "lora-alad"]
+    )
+    p.add_argument("--compressed", help="compressed model spec (models.compressed)")
+    p.add_argument("--large", help="large model spec (models.large)")
+    p.add_argument("--window", type=int, help="AlAd window n (adapter.window)")
+    p.add_argument("--init", type=Path, help="phase-2 adapter checkpoint (phase3.init)")
+    p.add_argument("--train", help="training file (phase3.train)")
+    p.add_argument("--dev", help="validation file (phase3.dev; default 10%% of train)")
+    p.add_argument("--test", help="test file (phase3.test; default 10%% of train)")
+    p.add_argument("--epochs", type=int, help="phase3.epochs (default 4 POS/NER, 3 QA)")
+    p.add_argument("--lr", type=float, help="phase3.lr (default: the mode's)")
+    p.add_argument("--out", type=Path, help="output folder (default <runs_dir>/<task>-<mode>)")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser(
+        "evaluate", parents=[common], help="score a saved model; prints a Table-1 style row"
+    )
+    p.add_argument("model", type=Path, help="saved model folder (…/model)")
+    p.add_argument("--test", required=True, help="test file in the task's format")
+    p.add_argument("--json", type=Path, help="also write the full report here")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "predict", parents=[common], help="tag raw sentences, or answer a question about a context"
+    )
+    p.add_argument("model", type=Path, help="saved model folder (…/model)")
+    p.add_argument("text", nargs="*", help="sentences to tag (default: lines of stdin)")
+    p.add_argument("--question", help="QA: the question")
+    p.add_argument("--context", help="QA: the context passage")
+    p.set_defaults(func=cmd_predict)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures").add_subparsers(
         dest="bench_command", required=True, metavar="WHAT"

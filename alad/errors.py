@@ -4,6 +4,7 @@ from alad.checkpoint import CheckpointError
 from alad.config import ConfigError
 from alad.data.corpus import EmptyCorpus
 from alad.data.tasks import DataFormatError
+from alad.model import ModelFolderError
 from alad.models.packaged import ModelUnavailable
 from alad.models.tokens import TokenMismatch
 from alad.phases.align import NonFiniteLoss
@@ -14,6 +15,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     DataFormatError,
     EmptyCorpus,
     FileNotFoundError,
+    ModelFolderError,
     ModelUnavailable,
     NonFiniteLoss,
     TokenMismatch,

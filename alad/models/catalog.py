@@ -58,14 +58,32 @@ class Encoder:
         h = hashlib.sha256(self.name.encode())
         for key, value in sorted(self.model.state_dict().items()):
             h.update(key.encode())
-            if isinstance(value, torch.Tensor):
-                h.update(value.detach().contiguous().view(torch.uint8).numpy().tobytes())
+            _hash_value(h, value)
         return h.hexdigest()[:16]
 
     @torch.no_grad()
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Last-layer token embeddings [B, T, D] (the R of METHOD.md)."""
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def _hash_value(h: hashlib._Hash, value: object) -> None:
+    """Tensors, quantized tensors and the (weight, bias) tuples of packed int8 Linears."""
+    if isinstance(value, tuple | list):
+        for item in value:
+            _hash_value(h, item)
+    elif isinstance(value, torch.Tensor):
+        t = value.detach()
+        if t.is_quantized:  # int8 values + the scale that gives them meaning
+            scheme = t.qscheme()
+            scales = (
+                t.q_per_channel_scales()
+                if scheme in (torch.per_channel_affine, torch.per_channel_symmetric)
+                else torch.tensor([t.q_scale()])
+            )
+            _hash_value(h, scales)
+            t = t.int_repr()
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def known_models() -> dict[str, str]:
@@ -85,7 +103,7 @@ def resolve(name: str) -> str:
     return name  # a hub id: transformers downloads it, or finds it in the HF cache offline
 
 
-def _load_model(source: str) -> PreTrainedModel:
+def load_hf_encoder(source: str) -> PreTrainedModel:
     # No pooler: AlAd works on token embeddings, and a pooler the checkpoint lacks would be
     # randomly initialised and counted as parameters.
     try:
@@ -103,7 +121,7 @@ def load_encoder(spec: str) -> Encoder:
     hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = _load_model(source)
+        model = load_hf_encoder(source)
     except OSError as exc:
         raise ModelUnavailable(
             f"unknown or unreachable model {base!r}: not a packaged model "

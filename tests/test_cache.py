@@ -1,0 +1,95 @@
+"""Frozen-output cache: exact contents, resume after interruption, nothing half-written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_sentences
+
+import alad.cache as cache_mod
+from alad.cache import MANIFEST, build_cache, paired_batches
+from alad.models.catalog import load_encoder
+
+
+@pytest.fixture(scope="module")
+def encoders(tiny_models):
+    return load_encoder(str(tiny_models[0])), load_encoder(str(tiny_models[1]))
+
+
+def test_cache_holds_each_texts_real_tokens_in_order(encoders, tmp_path):
+    enc, _ = encoders
+    texts = tiny_sentences(20, seed=3)
+    cache = build_cache(enc, texts, 32, tmp_path, shard_texts=8, batch_size=3, progress=False)
+    assert cache.num_shards == 3 and cache.num_texts == 20
+    hidden, lengths = cache.shard(1)
+    assert hidden.dtype == torch.float16 and len(lengths) == 8
+    # text 8 (first of shard 1), embedded alone, must equal its cached rows
+    batch = enc.tokenizer([texts[8]], return_tensors="pt")
+    direct = enc.embed(batch["input_ids"], batch["attention_mask"])[0]
+    assert int(lengths[0]) == direct.shape[0]
+    torch.testing.assert_close(hidden[: lengths[0]].float(), direct, atol=2e-3, rtol=2e-3)
+    assert cache.num_tokens == sum(len(enc.tokenizer(t)["input_ids"]) for t in texts)
+
+
+def test_rebuild_after_interruption_reuses_finished_shards(encoders, tmp_path, monkeypatch):
+    enc, _ = encoders
+    texts = tiny_sentences(40, seed=4)
+    calls = []
+    real = cache_mod.extract_shard
+
+    def failing_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cache_mod, "extract_shard", failing_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(enc, texts, 32, tmp_path, shard_texts=10, progress=False)
+    (folder,) = tmp_path.iterdir()
+    assert not (folder / MANIFEST).exists(), "an interrupted cache must not look complete"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "shard-00000.safetensors",
+        "shard-00001.safetensors",
+    ]
+    calls.clear()
+    cache = build_cache(enc, texts, 32, tmp_path, shard_texts=10, progress=False)
+    assert len(calls) == 2, "only the two missing shards are extracted again"
+    assert cache.num_texts == 40 and (folder / MANIFEST).is_file()
+
+
+def test_paired_batches_cover_every_text_once_in_a_seeded_order(encoders, tmp_path):
+    c, lg = encoders
+    texts = tiny_sentences(30, seed=5)
+    cc = build_cache(c, texts, 32, tmp_path, shard_texts=7, progress=False)
+    lc = build_cache(lg, texts, 32, tmp_path, shard_texts=7, progress=False)
+
+    def epoch(seed):
+        return [
+            (x.shape, float(x.sum()), float(y.sum()))
+            for x, y, _ in paired_batches(cc, lc, 4, np.random.default_rng(seed))
+        ]
+
+    assert epoch(1) == epoch(1)
+    assert epoch(1) != epoch(2)
+    n_texts = n_tokens = 0
+    for x, y, mask in paired_batches(cc, lc, 4):
+        assert x.shape[-1] == c.dim and y.shape[-1] == lg.dim
+        assert torch.all(x[mask == 0] == 0) and torch.all(y[mask == 0] == 0)
+        n_texts += x.shape[0]
+        n_tokens += int(mask.sum())
+    assert n_texts == 30 and n_tokens == cc.num_tokens
+
+
+def test_misaligned_token_counts_are_an_error(encoders, tmp_path):
+    c, lg = encoders
+    cc = build_cache(c, ["the city ."], 32, tmp_path, progress=False)
+    lc = build_cache(lg, ["the old city ."], 32, tmp_path, progress=False)
+    with pytest.raises(ValueError, match="do not line up"):
+        list(paired_batches(cc, lc, 2))
+
+
+def test_empty_text_list_is_rejected(encoders, tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        build_cache(encoders[0], [], 32, tmp_path)
