@@ -272,7 +272,7 @@ def postprocess_qa(
             for si in top_s.tolist():
                 so = offsets[si]
                 if so is None:
-                    so = (0, 0)
+                    continue
                 for ei in top_e.tolist():
                     eo = offsets[ei]
                     if eo is None or ei < si or ei - si + 1 > max_answer_length:
@@ -315,9 +315,7 @@ def gold_answers(examples: Sequence[QAExample]) -> dict[str, list[str]]:
     return {ex.id: [text for text, _ in ex.answers] for ex in examples}
 
 
-def best_null_threshold(
-    gold: dict[str, list[str]], details: dict[str, dict[str, Any]]
-) -> float:
+def best_null_threshold(gold: dict[str, list[str]], details: dict[str, dict[str, Any]]) -> float:
     """The `null_threshold` that maximises exact match on a dev set (as SQuAD 2.0's
     `find_best_thresh`). An example answers best_text when score_diff <= threshold, else "".
     Candidates are the observed score differences (plus one below them all = always "");

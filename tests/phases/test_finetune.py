@@ -1,0 +1,189 @@
+"""Phase 3 on tiny in-test models: every mode trains, saves, reloads and predicts the same."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from conftest import WORDS
+
+import alad.phases.finetune as ft_mod
+from alad.checkpoint import CheckpointError
+from alad.config import ConfigError
+from alad.data.tasks import DataFormatError
+from alad.model import load_model
+from alad.phases.align import phase2_task_align
+from alad.phases.finetune import finetune
+from alad.predict import Predictor
+
+MODES = ["large", "compressed", "alad-frozen", "alad-joint", "lora", "lora-alad"]
+ENTITY = {"city": "LOC", "river": "LOC", "king": "PER", "queen": "PER", "team": "ORG"}
+
+
+def write_bio(path, n, seed):
+    """Learnable toy NER: ENTITY words are B-x, a following 'north'/'south' is I-x."""
+    rng = random.Random(seed)
+    words = [w for w in WORDS if w.isalpha()]
+    lines = []
+    for _ in range(n):
+        tags_prev = "O"
+        for _ in range(rng.randint(3, 10)):
+            w = rng.choice(words)
+            if w in ENTITY:
+                tag = f"B-{ENTITY[w]}"
+            elif w in ("north", "south") and tags_prev != "O":
+                tag = f"I-{tags_prev[2:]}"
+            else:
+                tag = "O"
+            lines.append(f"{w}\t{tag}")
+            tags_prev = tag
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_conllu(path, n, seed):
+    rng = random.Random(seed)
+    pos = {
+        "the": "DET",
+        "a": "DET",
+        "of": "ADP",
+        "in": "ADP",
+        "and": "CCONJ",
+        "is": "AUX",
+        "city": "NOUN",
+        "river": "NOUN",
+        "king": "NOUN",
+        "born": "VERB",
+        "large": "ADJ",
+    }
+    out = []
+    for s in range(n):
+        out.append(f"# sent_id = s{s}")
+        for i in range(1, rng.randint(3, 9)):
+            w = rng.choice(sorted(pos))
+            out.append("\t".join([str(i), w, w, pos[w], "_", "_", "0", "_", "_", "_"]))
+        out.append("")
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+def _settings(tiny_settings, tmp_path, n_train=60, **phase3):
+    train = write_bio(tmp_path / "train.tsv", n_train, 1)
+    base = {
+        "train": str(train),
+        "dev": str(write_bio(tmp_path / "dev.tsv", 12, 2)),
+        "test": str(write_bio(tmp_path / "test.tsv", 12, 3)),
+        "epochs": 2,
+        "lr": 3e-3,
+        "max_train_examples": None,
+    }
+    p3 = tiny_settings.phase3.model_copy(update={**base, **phase3})
+    return tiny_settings.model_copy(update={"phase3": p3})
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_mode_trains_saves_and_reloads_identically(mode, tiny_settings, tmp_path):
+    s = _settings(tiny_settings, tmp_path, mode=mode)
+    result = finetune(s, out=tmp_path / mode, progress=False)
+    manifest = json.loads((result.model_dir / "manifest.json").read_text())
+    assert manifest["mode"] == mode and manifest["labels"][0] == "O"
+    assert (result.model_dir / "adapter.safetensors").exists() == ("alad" in mode)
+    assert 0.0 <= result.test["f1_micro"] <= 1.0 and result.test["speedup"] > 0
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    # reload from the folder alone and predict: same tags as the in-process evaluation path
+    model, tok, _ = load_model(result.model_dir)
+    assert not any("lora_" in n for n, _ in model.named_parameters()), "LoRA is merged on save"
+    tags = Predictor(result.model_dir).tag(["the king of the city north", "a river ."])
+    assert [w for w, _ in tags[0]] == ["the", "king", "of", "the", "city", "north"]
+    assert all(t in manifest["labels"] for sent in tags for _, t in sent)
+
+
+def test_frozen_mode_leaves_the_compressed_model_untouched(tiny_settings, tmp_path):
+    s = _settings(tiny_settings, tmp_path, mode="alad-frozen")
+    from alad.models.catalog import load_encoder
+
+    before = {k: v.clone() for k, v in load_encoder(s.models.compressed).model.state_dict().items()}
+    result = finetune(s, out=tmp_path / "frozen", progress=False)
+    after, _, _ = load_model(result.model_dir)
+    for k, v in after.encoder.state_dict().items():
+        assert torch.equal(before[k], v), k
+
+
+def test_joint_mode_learns_the_toy_task(tiny_settings, tmp_path):
+    s = _settings(tiny_settings, tmp_path, n_train=300, mode="alad-joint", epochs=5, lr=3e-3)
+    result = finetune(s, out=tmp_path / "joint", progress=False)
+    assert result.dev["f1_micro"] > 0.5, result.history
+
+
+def test_phase3_starts_from_a_phase2_adapter_and_checks_its_fit(tiny_settings, tmp_path):
+    p2 = phase2_task_align(tiny_settings, progress=False)
+    s = _settings(tiny_settings, tmp_path, mode="alad-frozen", init=p2.checkpoint)
+    result = finetune(s, out=tmp_path / "init", progress=False)
+    assert json.loads((result.model_dir / "manifest.json").read_text())["init"] == str(
+        p2.checkpoint
+    )
+    bad = s.model_copy(update={"adapter": s.adapter.model_copy(update={"window": 5})})
+    with pytest.raises(CheckpointError, match="window"):
+        finetune(bad, out=tmp_path / "bad", progress=False)
+
+
+def test_unseen_eval_label_is_an_error_naming_the_file(tiny_settings, tmp_path):
+    s = _settings(tiny_settings, tmp_path, mode="alad-frozen")
+    (tmp_path / "odd.tsv").write_text("king\tB-ROYAL\n\n")
+    s = s.model_copy(
+        update={"phase3": s.phase3.model_copy(update={"test": str(tmp_path / "odd.tsv")})}
+    )
+    with pytest.raises(DataFormatError, match=r"odd\.tsv.*B-ROYAL"):
+        finetune(s, out=tmp_path / "odd", progress=False)
+
+
+def test_interrupted_finetune_resumes_after_the_last_epoch(tiny_settings, tmp_path, monkeypatch):
+    s = _settings(tiny_settings, tmp_path, mode="alad-frozen", epochs=3)
+    real, calls = ft_mod._train_epoch, []
+
+    def dies_in_epoch_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ft_mod, "_train_epoch", dies_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(s, out=tmp_path / "r", progress=False)
+    assert (tmp_path / "r" / "state" / "state.pt").is_file()
+    assert not (tmp_path / "r" / "metrics.json").exists()
+    calls.clear()
+    monkeypatch.setattr(ft_mod, "_train_epoch", lambda *a, **k: calls.append(1) or real(*a, **k))
+    result = finetune(s, out=tmp_path / "r", progress=False)
+    assert len(calls) == 1 and [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert not (tmp_path / "r" / "state").exists()
+    again = finetune(s, out=tmp_path / "r", progress=False)  # finished: nothing to do
+    assert len(calls) == 1 and again.test == result.test
+
+
+def test_pos_task_scores_per_word(tiny_settings, tmp_path):
+    p3 = {
+        "task": "pos",
+        "train": str(write_conllu(tmp_path / "t.conllu", 50, 1)),
+        "dev": str(write_conllu(tmp_path / "d.conllu", 10, 2)),
+        "test": str(write_conllu(tmp_path / "e.conllu", 10, 3)),
+        "mode": "alad-joint",
+        "epochs": 4,
+        "lr": 3e-3,
+    }
+    s = _settings(tiny_settings, tmp_path, **p3)
+    result = finetune(s, out=tmp_path / "pos", progress=False)
+    assert result.test["accuracy"] > 0.5
+    assert f"{100 * result.test['accuracy']:.1f}" in result.test["table_row"]
+
+
+def test_int8_encoder_cannot_be_trained(tiny_settings, tmp_path):
+    s = _settings(tiny_settings, tmp_path, mode="alad-joint")
+    s = s.model_copy(
+        update={"models": s.models.model_copy(update={"compressed": s.models.compressed + ":int8"})}
+    )
+    with pytest.raises(ConfigError, match="int8"):
+        finetune(s, out=tmp_path / "q", progress=False)
