@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
-import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,13 +25,13 @@ from typing import Any
 import numpy as np
 
 from alad.data.tasks import QAExample
+from alad.metrics import normalize_answer
 
 log = logging.getLogger(__name__)
 
 CLS_INDEX = 0
 _CONTEXT = 1  # sequence id of the context (question is 0)
 _BATCH = 1000
-_PUNCT = frozenset(string.punctuation)
 
 
 @dataclass
@@ -293,14 +291,6 @@ def postprocess_qa(
             "prediction": prediction,
         }
     return predictions, details
-
-
-def normalize_answer(s: str) -> str:
-    """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
-    s = s.lower()
-    s = "".join(ch for ch in s if ch not in _PUNCT)
-    s = re.sub(r"\b(a|an|the)\b", " ", s)
-    return " ".join(s.split())
 
 
 def exact_match(prediction: str, gold: Sequence[str]) -> bool:
