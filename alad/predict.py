@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from alad.config import Phase3Config
-from alad.data.tasks import QAExample, TaggedSentence
+from alad.data.readers import QAExample, TaggedSentence
 from alad.model import load_model
 from alad.phases.finetune import predict_outputs
 from alad.tasks import TASKS

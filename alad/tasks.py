@@ -23,7 +23,7 @@ from alad.config import Phase3Config
 from alad.data import qa as qa_data
 from alad.data import tagging
 from alad.data.corpus import _package_data
-from alad.data.tasks import QAExample, TaggedSentence, read_bio, read_conllu, read_squad
+from alad.data.readers import QAExample, TaggedSentence, read_bio, read_conllu, read_squad
 from alad.metrics import ner_metrics, pos_metrics, squad_v2_metrics
 
 

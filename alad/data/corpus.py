@@ -21,7 +21,7 @@ import random
 import re
 from pathlib import Path
 
-from alad.data.tasks import DataFormatError, task_texts
+from alad.data.readers import DataFormatError, task_texts
 
 # A sentence ends at . ! or ? followed by space and an upper-case letter, digit or quote, unless
 # the word before is a common abbreviation or a single initial ("J. R. R. Tolkien").

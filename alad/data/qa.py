@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from alad.data.tasks import QAExample
+from alad.data.readers import QAExample
 from alad.metrics import normalize_answer
 
 log = logging.getLogger(__name__)

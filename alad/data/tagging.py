@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from alad.data.tasks import DataFormatError, TaggedSentence
+from alad.data.readers import DataFormatError, TaggedSentence
 
 log = logging.getLogger(__name__)
 IGNORE = -100

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from alad.data.corpus import EmptyCorpus, load_corpus, sample_split, split_sentences
-from alad.data.tasks import DataFormatError
+from alad.data.readers import DataFormatError
 
 
 @pytest.mark.parametrize(

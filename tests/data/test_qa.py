@@ -16,7 +16,7 @@ from alad.data.qa import (
     postprocess_qa,
     prepare_qa_features,
 )
-from alad.data.tasks import QAExample
+from alad.data.readers import QAExample
 
 WORDS = [
     *("the", "river", "runs", "through", "old", "city", "and", "king", "lives", "in", "a"),

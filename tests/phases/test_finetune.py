@@ -12,7 +12,7 @@ from conftest import WORDS
 import alad.phases.finetune as ft_mod
 from alad.checkpoint import CheckpointError
 from alad.config import ConfigError
-from alad.data.tasks import DataFormatError
+from alad.data.readers import DataFormatError
 from alad.model import load_model
 from alad.phases.align import phase2_task_align
 from alad.phases.finetune import finetune

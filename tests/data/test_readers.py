@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from alad.data.tasks import (
+from alad.data.readers import (
     DataFormatError,
     QAExample,
     TaggedSentence,
