@@ -172,6 +172,35 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(" ".join(f"{w}/{t}" for w, t in sentence))
 
 
+def cmd_stage(args: argparse.Namespace) -> None:
+    from alad.pipeline import STAGES, Layout
+
+    settings = _settings(args)
+    root = args.root or settings.runs_dir
+    STAGES[args.stage](settings, Layout(root), None)
+
+
+def cmd_pipeline_run(args: argparse.Namespace) -> None:
+    import time
+
+    from alad.pipeline import Layout, run_pipeline
+
+    settings = _settings(args)
+    t0 = time.perf_counter()
+    results = run_pipeline(settings, Layout(args.root or settings.runs_dir))
+    print(f"pipeline finished in {time.perf_counter() - t0:.1f} s")
+    reg = results["register"]
+    if reg.get("registered"):
+        print(f"model {reg['name']} v{reg['version']}: {reg['reason']}")
+
+
+def cmd_registry_rollback(args: argparse.Namespace) -> None:
+    from alad.tracking import Tracker
+
+    version = Tracker().rollback(args.name)
+    print(f"{args.name}: @champion is version {version} again")
+
+
 def cmd_bench_align(args: argparse.Namespace) -> None:
     from alad.bench import bench_align
 
@@ -283,6 +312,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--question", help="QA: the question")
     p.add_argument("--context", help="QA: the context passage")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "stage", parents=[common], help="run one pipeline stage (what dvc.yaml calls)"
+    )
+    p.add_argument(
+        "stage", choices=["prepare", "phase1", "phase2", "phase3", "evaluate", "register"]
+    )
+    p.add_argument("--root", type=Path, help="output root (default: runs_dir)")
+    p.set_defaults(func=cmd_stage)
+
+    pipe = sub.add_parser("pipeline", help="the whole pipeline in this process").add_subparsers(
+        dest="pipeline_command", required=True, metavar="ACTION"
+    )
+    p = pipe.add_parser(
+        "run",
+        parents=[common],
+        help="prepare -> phase1 -> phase2 -> phase3 -> evaluate -> register",
+    )
+    p.add_argument("--root", type=Path, help="output root (default: runs_dir)")
+    p.set_defaults(func=cmd_pipeline_run)
+
+    reg = sub.add_parser("registry", help="MLflow model registry").add_subparsers(
+        dest="registry_command", required=True, metavar="ACTION"
+    )
+    p = reg.add_parser(
+        "rollback", parents=[common], help="make the @previous version @champion again"
+    )
+    p.add_argument("name", help="registered model, e.g. alad-ner-minilm-l6")
+    p.set_defaults(func=cmd_registry_rollback)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures").add_subparsers(
         dest="bench_command", required=True, metavar="WHAT"

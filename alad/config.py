@@ -159,6 +159,27 @@ class Phase3Config(_Section):
         return self
 
 
+class TrackingConfig(_Section):
+    """MLflow runs and the model registry (alad/tracking.py)."""
+
+    enabled: bool = Field(
+        True,
+        description="Log runs to MLflow ($MLFLOW_TRACKING_URI, else "
+        "the SQLite store under ./mlflow).",
+    )
+    experiment: str = Field("alad", min_length=1, description="MLflow experiment name.")
+    register_model: bool = Field(
+        True, description="Register phase 3's model and run the promotion gate."
+    )
+    promotion_margin: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="A new version becomes champion only if its validation "
+        "score (POS accuracy, NER micro F1, QA F1; 0-1) beats the champion's by this much.",
+    )
+
+
 class CacheConfig(_Section):
     dir: Path | None = Field(
         None,
@@ -187,6 +208,7 @@ class Settings(BaseSettings):
     phase2: Phase2Config = Phase2Config()
     phase3: Phase3Config = Phase3Config()
     cache: CacheConfig = CacheConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
     def _phase2_has_task_text(self) -> Settings:

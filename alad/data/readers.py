@@ -166,3 +166,48 @@ def task_texts(path: Path) -> list[str]:
         return contexts + [e.question for e in examples]
     reader = read_conllu if fmt == "conllu" else read_bio
     return [s.text for s in reader(path)]
+
+
+# Writers: the prepared-data stage stores the exact splits it used in the standard formats,
+# so every later stage (and anyone reading runs/data/) reads them with the readers above.
+
+
+def write_conllu(sentences: list[TaggedSentence], path: Path) -> None:
+    lines = []
+    for i, s in enumerate(sentences):
+        lines.append(f"# sent_id = {i}")
+        lines.extend(
+            f"{j}\t{w}\t_\t{t}\t_\t_\t_\t_\t_\t_"
+            for j, (w, t) in enumerate(zip(s.words, s.tags, strict=True), start=1)
+        )
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_bio(sentences: list[TaggedSentence], path: Path) -> None:
+    blocks = [
+        "\n".join(f"{w}\t{t}" for w, t in zip(s.words, s.tags, strict=True)) for s in sentences
+    ]
+    path.write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
+
+
+def write_squad(examples: list[QAExample], path: Path) -> None:
+    paragraphs: dict[str, list[dict]] = {}
+    for e in examples:
+        paragraphs.setdefault(e.context, []).append(
+            {
+                "id": e.id,
+                "question": e.question,
+                "is_impossible": e.is_impossible,
+                "answers": [{"text": t, "answer_start": s} for t, s in e.answers],
+            }
+        )
+    data = [
+        {
+            "title": "prepared",
+            "paragraphs": [{"context": c, "qas": q} for c, q in paragraphs.items()],
+        }
+    ]
+    path.write_text(
+        json.dumps({"version": "v2.0", "data": data}, ensure_ascii=False), encoding="utf-8"
+    )

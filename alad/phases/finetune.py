@@ -50,11 +50,13 @@ class FinetuneResult:
     metrics_path: Path
 
     def summary(self) -> str:
-        return (
-            f"best dev {self.dev['main']:.4f}; test main {self.test['main']:.4f}; "
-            f"size {self.test.get('size_pct', float('nan')):.1f}% of the large model, "
-            f"speed-up {self.test.get('speedup', float('nan')):.2f}x; model {self.model_dir}"
+        test = (
+            f"test main {self.test['main']:.4f}; size {self.test['size_pct']:.1f}% of the "
+            f"large model, speed-up {self.test['speedup']:.2f}x; "
+            if self.test
+            else ""
         )
+        return f"best dev {self.dev['main']:.4f}; {test}model {self.model_dir}"
 
 
 def _lora(encoder: torch.nn.Module, cfg: Phase3Config) -> torch.nn.Module:
@@ -172,7 +174,11 @@ def finetune(
     out: Path | None = None,
     progress: bool = True,
     encoders: tuple[Encoder, Encoder] | None = None,
+    evaluate_test: bool = True,
 ) -> FinetuneResult:
+    """Train, keep the best epoch by validation score, then (optionally) score the test split.
+
+    The pipeline passes `evaluate_test=False`: its evaluation stage does that on its own."""
     cfg = settings.phase3
     mode, task = MODES[cfg.mode], TASKS[cfg.task]
     out = out or settings.runs_dir / f"{cfg.task}-{cfg.mode}"
@@ -299,7 +305,11 @@ def finetune(
 
     from alad.phases.evaluate import evaluate_model
 
-    report = evaluate_model(out / "model", cfg.test or splits.test, encoders=encoders)
+    report = (
+        evaluate_model(out / "model", cfg.test or splits.test, encoders=encoders)
+        if evaluate_test
+        else {}
+    )
     dev_best = json.loads((out / "model" / "manifest.json").read_text())["dev"]
     _atomic_json(
         {

@@ -1,0 +1,336 @@
+"""The pipeline's stages: data prep -> phase 1 -> phase 2 -> phase 3 -> evaluation -> registration.
+
+    alad stage prepare|phase1|phase2|phase3|evaluate|register   # what dvc.yaml runs, one each
+    alad pipeline run                                           # all stages in one process
+    prefect deployment run 'alad-pipeline/demo'                 # flows/pipeline.py, same functions
+
+Each stage is a function of (config, output layout, MLflow parent run id) that returns a small
+dict of what it produced, so all three doors run the same code. Stages communicate only through
+files under the layout's root (what DVC tracks) and the explicit parent run id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alad.config import Settings
+from alad.data import readers
+from alad.data.corpus import load_corpus, sample_split
+from alad.phases.align import run_alignment
+from alad.phases.modes import MODES
+from alad.tasks import TASKS, load_splits
+
+log = logging.getLogger(__name__)
+SPLIT_EXT = {"pos": "conllu", "ner": "tsv", "qa": "json"}
+WRITERS = {"pos": readers.write_conllu, "ner": readers.write_bio, "qa": readers.write_squad}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each stage writes, under one root (DVC: `runs/`; Prefect: `runs/flows/<name>`)."""
+
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def run_file(self) -> Path:  # the MLflow parent run of this pipeline's data version
+        return self.data / "pipeline.json"
+
+    def phase(self, name: str) -> Path:
+        return self.root / name
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def registry(self) -> Path:
+        return self.root / "registry.json"
+
+    def split(self, task: str, name: str) -> Path:
+        return self.data / f"phase3-{name}.{SPLIT_EXT[task]}"
+
+
+def write_json(data: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def prepared(settings: Settings, layout: Layout) -> Settings:
+    """The config with every input pointed at the prepared files (already sampled)."""
+    s, d = settings, layout
+    task = s.phase3.task
+    return s.model_copy(
+        update={
+            "phase1": s.phase1.model_copy(update={"corpus": str(d.data / "phase1.txt")}),
+            "phase2": s.phase2.model_copy(update={"corpus": str(d.data / "phase2.txt")}),
+            "phase3": s.phase3.model_copy(
+                update={
+                    "train": str(d.split(task, "train")),
+                    "dev": str(d.split(task, "dev")),
+                    "test": str(d.split(task, "test")),
+                    "max_train_examples": None,
+                    "max_eval_examples": None,
+                    "init": None,
+                }
+            ),
+        }
+    )
+
+
+def _tracker(settings: Settings):
+    if not settings.tracking.enabled:
+        return None
+    from alad.tracking import Tracker
+
+    return Tracker(experiment=settings.tracking.experiment)
+
+
+def _parent(settings: Settings, layout: Layout, parent_run_id: str | None) -> str | None:
+    if parent_run_id or not settings.tracking.enabled:
+        return parent_run_id
+    if layout.run_file.is_file():
+        return json.loads(layout.run_file.read_text()).get("parent_run_id")
+    return None
+
+
+def _write_texts(texts: list[str], path: Path) -> None:
+    # One text per line: the .txt corpus format; newlines inside a text would split it.
+    path.write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n", encoding="utf-8")
+
+
+def stage_prepare(settings: Settings, layout: Layout, parent_run_id: str | None = None) -> dict:
+    """Sample the phase 1-2 corpora and the phase-3 splits into `data/`, open the parent run."""
+    layout.data.mkdir(parents=True, exist_ok=True)
+    s = settings
+    counts: dict[str, int] = {}
+    for phase in ("phase1", "phase2"):
+        cfg = getattr(s, phase)
+        texts = load_corpus(cfg.corpus)
+        train, held = sample_split(texts, cfg.max_texts, cfg.heldout_fraction, s.seed)
+        _write_texts(held + train, layout.data / f"{phase}.txt")
+        counts[phase] = len(train) + len(held)
+    splits = load_splits(s.phase3, s.seed)
+    for name in ("train", "dev", "test"):
+        WRITERS[s.phase3.task](getattr(splits, name), layout.split(s.phase3.task, name))
+        counts[f"phase3_{name}"] = len(getattr(splits, name))
+    tracker = _tracker(s)
+    if tracker is not None and parent_run_id is None:
+        parent_run_id = tracker.start_pipeline(s, run_name=f"{s.phase3.task}-{s.phase3.mode}")
+    result = {
+        "parent_run_id": parent_run_id,
+        "counts": counts,
+        "sources": splits.sources,
+        "data_hash": data_hash(layout),
+    }
+    write_json(result, layout.run_file)
+    if tracker is not None:
+        tracker.log_metrics(parent_run_id, {f"data.{k}": v for k, v in counts.items()})
+    return result
+
+
+def data_hash(layout: Layout) -> str:
+    """Content hash of the prepared data files (what DVC also hashes), for registry tags."""
+    h = hashlib.sha256()
+    for path in sorted(layout.data.glob("*")):
+        if path.is_file() and path.name != "pipeline.json":
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _align_stage(phase: str, settings: Settings, layout: Layout, parent_run_id: str | None) -> dict:
+    s = prepared(settings, layout)
+    init = layout.phase("phase1") if phase == "phase2" else None
+    tracker, parent = _tracker(s), _parent(s, layout, parent_run_id)
+    run_id = tracker.start_phase(parent, phase, getattr(s, phase).model_dump()) if tracker else None
+    try:
+        result = run_alignment(s, phase, out=layout.phase(phase), init=init, progress=False)
+    except BaseException:
+        if tracker:
+            tracker.end(run_id, "FAILED")
+        raise
+    summary = {
+        "run_id": run_id,
+        "before": result.before,
+        "after": result.after,
+        "history": result.history,
+        "stopped_by": result.stopped_by,
+        "checkpoint": str(result.checkpoint),
+    }
+    write_json(summary, layout.phase(phase) / "metrics.json")
+    if tracker:
+        tracker.log_history(run_id, result.history)
+        tracker.log_metrics(run_id, {"before": result.before, "after": result.after})
+        tracker.log_loss_curve(
+            run_id, result.history, ["train_mse", "heldout_mse"], f"{phase}: alignment MSE"
+        )
+        tracker.log_artifacts(run_id, result.checkpoint / "manifest.json", "checkpoint")
+        tracker.end(run_id)
+    log.info(result.summary())
+    return summary
+
+
+def stage_phase1(settings: Settings, layout: Layout, parent_run_id: str | None = None) -> dict:
+    return _align_stage("phase1", settings, layout, parent_run_id)
+
+
+def stage_phase2(settings: Settings, layout: Layout, parent_run_id: str | None = None) -> dict:
+    return _align_stage("phase2", settings, layout, parent_run_id)
+
+
+def stage_phase3(settings: Settings, layout: Layout, parent_run_id: str | None = None) -> dict:
+    from alad.phases.finetune import finetune
+
+    s = prepared(settings, layout)
+    if MODES[s.phase3.mode].adapter:  # AlAd modes start from phase 2's adapter
+        s = s.model_copy(
+            update={"phase3": s.phase3.model_copy(update={"init": layout.phase("phase2")})}
+        )
+    tracker, parent = _tracker(s), _parent(s, layout, parent_run_id)
+    run_id = tracker.start_phase(parent, "phase3", s.phase3.model_dump()) if tracker else None
+    try:
+        result = finetune(s, out=layout.phase("phase3"), progress=False, evaluate_test=False)
+    except BaseException:
+        if tracker:
+            tracker.end(run_id, "FAILED")
+        raise
+    summary = {
+        "run_id": run_id,
+        "dev": result.dev,
+        "history": result.history,
+        "model_dir": str(result.model_dir),
+    }
+    if tracker:
+        tracker.log_history(run_id, result.history)
+        tracker.log_metrics(run_id, {"dev": result.dev})
+        tracker.log_loss_curve(
+            run_id, result.history, ["train_loss", "dev_main"], "phase 3: loss and validation score"
+        )
+        tracker.log_artifacts(run_id, result.model_dir / "manifest.json", "model")
+        tracker.end(run_id)
+    return summary
+
+
+def stage_evaluate(settings: Settings, layout: Layout, parent_run_id: str | None = None) -> dict:
+    """Test scores, size %, speed-up; the Table-1 row; loss-curve plots of every phase."""
+    from alad.metrics import TABLE_HEADER
+    from alad.phases.evaluate import evaluate_model
+    from alad.plots import plot_histories
+
+    s = prepared(settings, layout)
+    tracker, parent = _tracker(s), _parent(s, layout, parent_run_id)
+    run_id = tracker.start_phase(parent, "evaluate") if tracker else None
+    report = evaluate_model(layout.phase("phase3") / "model", s.phase3.test)
+    layout.eval.mkdir(parents=True, exist_ok=True)
+    table = f"{TABLE_HEADER[s.phase3.task]}\n{report['table_row']}\n"
+    (layout.eval / "table.md").write_text(table)
+    scalars = {k: v for k, v in report.items() if isinstance(v, int | float)}
+    write_json({"test": scalars}, layout.eval / "metrics.json")
+    plots = plot_histories(layout, layout.eval / "plots")
+    if tracker:
+        tracker.log_metrics(run_id, {"test": scalars})
+        tracker.log_artifacts(run_id, layout.eval / "table.md", "evaluation")
+        for plot in plots:
+            tracker.log_artifacts(run_id, plot, "plots")
+        tracker.log_metrics(parent, {"test": scalars})
+        tracker.end(run_id)
+    print(table)
+    return {"run_id": run_id, "test": scalars, "table": table}
+
+
+def stage_register(settings: Settings, layout: Layout, parent_run_id: str | None = None) -> dict:
+    """Register phase 3's model and run the promotion gate on its validation score."""
+    s = settings
+    if not (s.tracking.enabled and s.tracking.register_model):
+        result = {"registered": False, "reason": "tracking or registration disabled"}
+        write_json(result, layout.registry)
+        return result
+    tracker, parent = _tracker(s), _parent(s, layout, parent_run_id)
+    model_dir = layout.phase("phase3") / "model"
+    dev = json.loads((model_dir / "manifest.json").read_text())["dev"]
+    run = json.loads(layout.run_file.read_text()) if layout.run_file.is_file() else {}
+    tags = {
+        "git_commit": _git_commit(),
+        "data_hash": run.get("data_hash", "unknown"),
+        "params_hash": _params_hash(s),
+    }
+    info = tracker.register(
+        parent,
+        model_dir,
+        s.phase3.task,
+        s.models.compressed,
+        {k: v for k, v in dev.items() if isinstance(v, int | float)},
+        tags,
+    )
+    decision = tracker.promote(info.name, info.version, "main", s.tracking.promotion_margin)
+    result = {
+        "registered": True,
+        "name": info.name,
+        "version": info.version,
+        "promoted": decision.promoted,
+        "reason": decision.reason,
+        "previous": decision.previous,
+        "parent_run_id": parent,
+    }
+    write_json(result, layout.registry)
+    if parent:
+        tracker.end(parent)
+    print(
+        f"registered {info.name} v{info.version}: "
+        f"{'promoted to @champion' if decision.promoted else 'not promoted'} ({decision.reason})"
+    )
+    return result
+
+
+def _git_commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _params_hash(settings: Settings) -> str:
+    blob = json.dumps(settings.model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+Stage = Callable[[Settings, Layout, str | None], dict]
+STAGES: dict[str, Stage] = {
+    "prepare": stage_prepare,
+    "phase1": stage_phase1,
+    "phase2": stage_phase2,
+    "phase3": stage_phase3,
+    "evaluate": stage_evaluate,
+    "register": stage_register,
+}
+
+
+def run_pipeline(settings: Settings, layout: Layout) -> dict[str, dict]:
+    """Every stage in order, in this process (what the Prefect flow does task by task)."""
+    results: dict[str, dict] = {}
+    parent = None
+    for name, stage in STAGES.items():
+        results[name] = stage(settings, layout, parent)
+        parent = parent or results[name].get("parent_run_id")
+    return results
+
+
+__all__ = ["STAGES", "TASKS", "Layout", "prepared", "run_pipeline"]
