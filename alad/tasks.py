@@ -29,10 +29,11 @@ from alad.metrics import ner_metrics, pos_metrics, squad_v2_metrics
 
 @dataclass
 class Splits:
-    train: list[Any]
+    train: list[Any]  # the (possibly subsampled) examples phase 3 trains on
     dev: list[Any]
     test: list[Any]
     sources: dict[str, str]
+    train_all: list[Any]  # the whole training split: defines the label set
 
 
 class Task(Protocol):
@@ -223,4 +224,5 @@ def load_splits(cfg: Phase3Config, seed: int) -> Splits:
         dev=_subset(dev, cfg.max_eval_examples, seed),
         test=_subset(test, cfg.max_eval_examples, seed),
         sources=sources,
+        train_all=train,
     )

@@ -12,9 +12,16 @@ from alad.pipeline import STAGES, Layout, run_pipeline
 
 @pytest.fixture
 def pipeline_settings(tiny_settings, tmp_path):
-    p3 = tiny_settings.phase3.model_copy(update={
-        "task": "ner", "mode": "alad-frozen", "train": str(write_bio(tmp_path / "ner.tsv", 80, 7)),
-        "max_train_examples": 48, "max_eval_examples": 16, "epochs": 2})
+    p3 = tiny_settings.phase3.model_copy(
+        update={
+            "task": "ner",
+            "mode": "alad-frozen",
+            "train": str(write_bio(tmp_path / "ner.tsv", 80, 7)),
+            "max_train_examples": 48,
+            "max_eval_examples": 16,
+            "epochs": 2,
+        }
+    )
     off = tiny_settings.tracking.model_copy(update={"enabled": False})
     return tiny_settings.model_copy(update={"phase3": p3, "tracking": off})
 
@@ -24,9 +31,15 @@ def test_all_stages_write_their_outputs(pipeline_settings, tmp_path):
     results = run_pipeline(pipeline_settings, layout)
     assert list(results) == list(STAGES)
     counts = results["prepare"]["counts"]
-    assert counts["phase3_train"] == 48 and counts["phase3_dev"] == 8
-    for name in ("phase1.txt", "phase2.txt", "phase3-train.tsv", "phase3-dev.tsv",
-                 "phase3-test.tsv", "pipeline.json"):
+    assert counts["phase3_train"] == 70 and counts["phase3_dev"] == 8  # 86 - 2 x 8 carved
+    for name in (
+        "phase1.txt",
+        "phase2.txt",
+        "phase3-train.tsv",
+        "phase3-dev.tsv",
+        "phase3-test.tsv",
+        "pipeline.json",
+    ):
         assert (layout.data / name).is_file(), name
     assert (layout.phase("phase1") / "metrics.json").is_file()
     manifest = json.loads((layout.phase("phase3") / "model" / "manifest.json").read_text())
@@ -34,7 +47,10 @@ def test_all_stages_write_their_outputs(pipeline_settings, tmp_path):
     test = json.loads((layout.eval / "metrics.json").read_text())["test"]
     assert 0 <= test["f1_micro"] <= 1 and test["speedup"] > 0
     assert sorted(p.name for p in (layout.eval / "plots").iterdir()) == [
-        "phase1.png", "phase2.png", "phase3.png"]
+        "phase1.png",
+        "phase2.png",
+        "phase3.png",
+    ]
     assert "| NER F1_O |" in (layout.eval / "table.md").read_text()
     assert json.loads(layout.registry.read_text())["registered"] is False
 

@@ -23,7 +23,13 @@ from tqdm.auto import tqdm
 
 from alad.adapter import AlignmentAdapter
 from alad.cache import FeatureCache, build_cache, feature_root, paired_batches
-from alad.checkpoint import check_fits, latest, load_checkpoint, save_checkpoint
+from alad.checkpoint import (
+    check_fits,
+    clear_checkpoints,
+    latest,
+    load_checkpoint,
+    save_checkpoint,
+)
 from alad.config import AlignPhaseConfig, Settings
 from alad.data.corpus import load_corpus, sample_split
 from alad.models.catalog import Encoder, load_encoder
@@ -236,6 +242,7 @@ def run_alignment(
             log.info("resuming %s after epoch %d from %s", phase, start_epoch, ckpt.dir)
         else:
             log.warning("%s holds a checkpoint of a different config; starting over", out)
+            clear_checkpoints(out)
 
     stopped_by, path = "epochs", previous
     for epoch in range(start_epoch, cfg.epochs):

@@ -1,0 +1,69 @@
+"""The Prefect flow end to end on tiny models, against a real (temporary) Prefect server."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "flows"))
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    # Start-up takes 10-13 s on this 2-core machine; the default 30 s is too tight under load.
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_flow_runs_every_stage_as_a_task_and_returns_run_ids(
+    prefect_server, tiny_settings, tmp_path, monkeypatch
+):
+    from phases.test_finetune import write_bio
+    from pipeline import alad_pipeline
+    from prefect.client.orchestration import get_client
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    s = tiny_settings
+    overrides = [
+        f"models.large={s.models.large}",
+        f"phase1.corpus={s.phase1.corpus}",
+        f"phase2.corpus={s.phase2.corpus}",
+        f"cache.dir={s.cache.dir}",
+        f"runs_dir={tmp_path / 'runs'}",
+        f"phase3.train={write_bio(tmp_path / 'n.tsv', 80, 3)}",
+        "phase3.epochs=2",
+        "tracking.experiment=flow-test",
+    ]
+    state = alad_pipeline(
+        task="ner",
+        compressed=s.models.compressed,
+        mode="alad-frozen",
+        window=3,
+        profile="tiny",
+        overrides=overrides,
+        return_state=True,
+    )
+    assert state.is_completed()
+    result = state.result()
+    root = Path(result["root"])
+    assert (root / "eval" / "metrics.json").is_file()
+    assert result["parent_run_id"] and result["phase1"]["run_id"] and result["phase3"]["run_id"]
+    assert result["register"]["registered"] and result["register"]["version"] == "1"
+    assert json.loads((root / "registry.json").read_text())["promoted"] is True
+
+    import anyio
+
+    async def task_names():
+        async with get_client() as client:
+            runs = await client.read_task_runs()
+            return sorted(r.name for r in runs if r.flow_run_id == state.state_details.flow_run_id)
+
+    assert anyio.run(task_names) == sorted(
+        ["prepare", "phase1", "phase2", "phase3", "evaluate", "register"]
+    )

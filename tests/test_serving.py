@@ -1,0 +1,135 @@
+"""The registered pyfunc round trip: a real saved model -> registry -> @champion -> predictions."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import WORDS
+
+from alad.serving import as_frame, predict_frame
+
+ENTITY = {"city": "LOC", "river": "LOC", "king": "PER", "queen": "PER", "team": "ORG"}
+
+
+def write_bio(path: Path, n: int, seed: int) -> Path:
+    """Toy NER (as in tests/phases/test_finetune.py): ENTITY words are B-x, all else O."""
+    rng = random.Random(seed)
+    words = [w for w in WORDS if w.isalpha()]
+    lines = []
+    for _ in range(n):
+        for _ in range(rng.randint(3, 10)):
+            w = rng.choice(words)
+            lines.append(f"{w}\t{'B-' + ENTITY[w] if w in ENTITY else 'O'}")
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def train_tiny_model(root: Path, tiny_models: tuple[Path, Path]) -> Path:
+    """Phase 3 (alad-frozen, 1 epoch) on the in-test models; returns the saved model folder."""
+    from alad.config import load_settings
+    from alad.phases.finetune import finetune
+
+    compressed, large = tiny_models
+    settings = load_settings(
+        params=None,
+        profile="tiny",
+        overrides={
+            "models": {"compressed": str(compressed), "large": str(large)},
+            "runs_dir": str(root / "runs"),
+            "cache": {"dir": str(root / "features")},
+            "phase3": {
+                "task": "ner",
+                "mode": "alad-frozen",
+                "train": str(write_bio(root / "train.tsv", 40, 1)),
+                "dev": str(write_bio(root / "dev.tsv", 8, 2)),
+                "test": str(write_bio(root / "test.tsv", 8, 3)),
+                "epochs": 1,
+                "lr": 3e-3,
+            },
+        },
+    )
+    return finetune(settings, out=root / "ner", progress=False, evaluate_test=False).model_dir
+
+
+@pytest.fixture
+def tracker(tmp_path):
+    from alad.tracking import Tracker
+
+    return Tracker(uri=f"sqlite:///{tmp_path}/mlflow.db")
+
+
+def test_registered_champion_tags_raw_sentences(tracker, tiny_models, tmp_path, monkeypatch):
+    import mlflow.pyfunc
+
+    from alad.model import read_manifest
+
+    model_dir = train_tiny_model(tmp_path, tiny_models)
+    parent = tracker.start_phase(None, "pipeline")
+    info = tracker.register(
+        parent, model_dir, "ner", "tiny:bert", {"main": 0.5}, {"git_commit": "abc"}
+    )
+    assert tracker.promote(info.name, info.version, "main", 0.0).promoted
+    # models:/ URIs resolve through the global tracking URI; restore sys.path afterwards, as
+    # loading prepends the model's code/ folder to it.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracker.uri)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    model = mlflow.pyfunc.load_model(f"models:/{info.name}@champion")
+
+    sentences = ["the king of the city north", "a river ."]
+    out = model.predict(pd.DataFrame({"text": sentences}))
+    labels = set(read_manifest(model_dir)["labels"])
+    assert len(out) == len(sentences)
+    for sentence, tags in zip(sentences, out, strict=True):
+        assert [t["word"] for t in tags] == sentence.split()
+        assert {t["tag"] for t in tags} <= labels
+
+
+class _FakePredictor:
+    """Just enough of alad.predict.Predictor to check the input handling."""
+
+    def __init__(self, kind: str):
+        self.task = type("T", (), {"head_kind": kind})()
+        self.manifest = {"task": "ner" if kind == "token" else "qa"}
+
+    def tag(self, texts):
+        return [[(w, "O") for w in t.split()] for t in texts]
+
+    def answer(self, pairs):
+        return [c.split()[0] if q.endswith("?") else "" for q, c in pairs]
+
+
+@pytest.mark.parametrize(
+    "model_input",
+    [
+        pd.DataFrame({"text": ["a b", "c"]}),
+        {"text": ["a b", "c"]},
+        [{"text": "a b"}, {"text": "c"}],
+        ["a b", "c"],
+    ],
+)
+def test_tagging_input_forms(model_input):
+    out = predict_frame(_FakePredictor("token"), as_frame(model_input))
+    a, b, c = ({"word": w, "tag": "O"} for w in "abc")
+    assert out == [[a, b], [c]]
+
+
+def test_qa_answers_and_empty_for_no_answer():
+    frame = as_frame({"question": ["Who?", "no"], "context": ["Ann ran", "Bob"]})
+    assert predict_frame(_FakePredictor("span"), frame) == ["Ann", ""]
+
+
+@pytest.mark.parametrize(
+    ("kind", "frame", "missing"),
+    [
+        ("token", pd.DataFrame({"sentence": ["a"]}), "'text'"),
+        ("span", pd.DataFrame({"question": ["q"]}), "'context'"),
+    ],
+)
+def test_missing_column_names_it_and_the_expected_ones(kind, frame, missing):
+    with pytest.raises(ValueError, match=rf"no column {missing}.*expects columns"):
+        predict_frame(_FakePredictor(kind), frame)
