@@ -11,12 +11,31 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # flows/ and the repo (alad) without installing
 
-from pipeline import alad_pipeline  # noqa: E402
-from prefect import serve  # noqa: E402
+
+def _check_api() -> None:
+    import os
+    import urllib.request
+
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:  # unset, Prefect would silently start a throwaway server
+        raise SystemExit(
+            "PREFECT_API_URL is not set: start the services with `make up` "
+            "(or `source .services/env` after it)"
+        )
+    try:
+        urllib.request.urlopen(f"{url}/health", timeout=3)
+    except OSError:
+        raise SystemExit(f"no Prefect server answers at {url}: start it with `make up`") from None
+
 
 if __name__ == "__main__":
+    _check_api()
+    from pipeline import alad_pipeline
+    from prefect import serve
+
     serve(
         alad_pipeline.to_deployment(
             name="demo",
