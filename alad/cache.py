@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
+from alad.atomic import write_json
 from alad.models.catalog import Encoder
 from alad.models.packaged import cache_home
 
@@ -75,12 +76,6 @@ class FeatureCache:
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file(tensors, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_json(data: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)
 
 
@@ -163,7 +158,7 @@ def build_cache(
         "shard_texts": shard_texts,
         "shards": names,
     }
-    _atomic_json(manifest, folder / MANIFEST)
+    write_json(manifest, folder / MANIFEST)
     return FeatureCache(folder, manifest)
 
 

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from alad.adapter import AlignmentAdapter
+from alad.atomic import write_text
 
 FORMAT = "alad-adapter/1"
 LATEST = "LATEST"
@@ -64,9 +65,7 @@ def save_checkpoint(
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    pointer = out / f".{LATEST}.tmp-{os.getpid()}"
-    pointer.write_text(name + "\n")
-    os.replace(pointer, out / LATEST)
+    write_text(name + "\n", out / LATEST)
     _prune(out, keep=name)
     return final
 

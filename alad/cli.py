@@ -1,7 +1,7 @@
 """The `alad` command line: a thin door over the library.
 
     alad --help
-    alad demo                                  # phases 1-2 on the packaged models and data
+    alad pipeline run --profile demo           # every stage on the packaged models and data
     alad models list | prepare | info NAME
     alad align phase1 [--out runs/phase1]
     alad align phase2 --init runs/phase1 [--set phase2.corpus=path/to/train.conllu]
@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
+from alad.atomic import write_json
 from alad.config import PROFILES, ConfigError, Settings, load_settings
 
 log = logging.getLogger("alad")
@@ -48,13 +48,6 @@ def _settings(args: argparse.Namespace) -> Settings:
         if getattr(args, flag, None) is not None
     ]
     return load_settings(args.params, args.profile, shortcuts + (args.set or []))
-
-
-def _write_json(data: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def cmd_models_list(args: argparse.Namespace) -> None:
@@ -100,7 +93,7 @@ def _run_phase(args: argparse.Namespace, phase: str):
     result = run_alignment(
         settings, phase, out=out, init=getattr(args, "init", None), progress=not args.quiet
     )
-    _write_json(
+    write_json(
         {
             "phase": phase,
             "before": result.before,
@@ -123,23 +116,6 @@ def cmd_align_phase2(args: argparse.Namespace) -> None:
     _run_phase(args, "phase2")
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
-    """Phase 1 then phase 2 (from phase 1's adapter), printing the loss before and after."""
-    from alad.phases.align import run_alignment
-
-    settings = _settings(args)
-    m = settings.models
-    print(
-        f"AlAd demo: {m.compressed} -> {m.large}, window {settings.adapter.window}, "
-        f"phase 1 on {settings.phase1.corpus}, phase 2 on {settings.phase2.corpus}"
-    )
-    p1 = run_alignment(settings, "phase1", progress=not args.quiet)
-    p2 = run_alignment(settings, "phase2", init=p1.checkpoint, progress=not args.quiet)
-    print()
-    for r in (p1, p2):
-        print(r.summary())
-
-
 def cmd_finetune(args: argparse.Namespace) -> None:
     from alad.phases.finetune import finetune
 
@@ -155,7 +131,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     report = evaluate_model(args.model, args.test)
     if args.json:
-        _write_json(report, args.json)
+        write_json(report, args.json)
     print(TABLE_HEADER[report["task"]])
     print(report["table_row"])
 
@@ -241,9 +217,6 @@ def build_parser() -> argparse.ArgumentParser:
         "Options go after the command: `alad align phase1 --set phase1.epochs=2`.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("demo", parents=[common], help="phases 1-2 on packaged models and data")
-    p.set_defaults(func=cmd_demo, profile_default="demo")
 
     models = sub.add_parser("models", help="list, prepare and inspect models").add_subparsers(
         dest="models_command", required=True, metavar="ACTION"
@@ -362,8 +335,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.profile is None:
-        args.profile = getattr(args, "profile_default", None)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

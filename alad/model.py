@@ -26,6 +26,7 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from alad.adapter import AlignmentAdapter
+from alad.config import Phase3Config
 from alad.heads import build_head
 
 FORMAT = "alad-model/1"
@@ -120,6 +121,12 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if manifest.get("format") != FORMAT:
         raise ModelFolderError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT}")
     return manifest
+
+
+def phase3_config(manifest: dict[str, Any]) -> Phase3Config:
+    """The encoding/decoding settings a saved model was trained with."""
+    keys = ("task", "max_length", "stride", "n_best", "max_answer_length", "null_threshold")
+    return Phase3Config(**{k: manifest[k] for k in keys})
 
 
 def load_model(folder: Path) -> tuple[AlignedModel, PreTrainedTokenizerBase, dict[str, Any]]:

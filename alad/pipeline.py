@@ -11,15 +11,16 @@ files under the layout's root (what DVC tracks) and the explicit parent run id.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alad.atomic import write_json, write_text
 from alad.config import Settings
 from alad.data import readers
 from alad.data.corpus import load_corpus, sample_split
@@ -61,13 +62,6 @@ class Layout:
         return self.data / f"phase3-{name}.{SPLIT_EXT[task]}"
 
 
-def write_json(data: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def prepared(settings: Settings, layout: Layout) -> Settings:
     """The config with every input pointed at the prepared files (already sampled)."""
     s, d = settings, layout
@@ -95,6 +89,17 @@ def _tracker(settings: Settings):
     from alad.tracking import Tracker
 
     return Tracker(experiment=settings.tracking.experiment)
+
+
+@contextlib.contextmanager
+def _phase_run(tracker: Any, parent: str | None, phase: str, params: dict) -> Iterator[str | None]:
+    """A nested MLflow run around the body (FAILED if it raises), or nothing when tracking is off.
+    Logging into the run happens after the body, inside the `with`."""
+    if tracker is None:
+        yield None
+        return
+    with tracker.phase_run(parent, phase, params) as run_id:
+        yield run_id
 
 
 def _parent(settings: Settings, layout: Layout, parent_run_id: str | None) -> str | None:
@@ -155,30 +160,24 @@ def _align_stage(phase: str, settings: Settings, layout: Layout, parent_run_id: 
     s = prepared(settings, layout)
     init = layout.phase("phase1") if phase == "phase2" else None
     tracker, parent = _tracker(s), _parent(s, layout, parent_run_id)
-    run_id = tracker.start_phase(parent, phase, getattr(s, phase).model_dump()) if tracker else None
-    try:
+    with _phase_run(tracker, parent, phase, getattr(s, phase).model_dump()) as run_id:
         result = run_alignment(s, phase, out=layout.phase(phase), init=init, progress=False)
-    except BaseException:
+        summary = {
+            "run_id": run_id,
+            "before": result.before,
+            "after": result.after,
+            "history": result.history,
+            "stopped_by": result.stopped_by,
+            "checkpoint": str(result.checkpoint),
+        }
+        write_json(summary, layout.phase(phase) / "metrics.json")
         if tracker:
-            tracker.end(run_id, "FAILED")
-        raise
-    summary = {
-        "run_id": run_id,
-        "before": result.before,
-        "after": result.after,
-        "history": result.history,
-        "stopped_by": result.stopped_by,
-        "checkpoint": str(result.checkpoint),
-    }
-    write_json(summary, layout.phase(phase) / "metrics.json")
-    if tracker:
-        tracker.log_history(run_id, result.history)
-        tracker.log_metrics(run_id, {"before": result.before, "after": result.after})
-        tracker.log_loss_curve(
-            run_id, result.history, ["train_mse", "heldout_mse"], f"{phase}: alignment MSE"
-        )
-        tracker.log_artifacts(run_id, result.checkpoint / "manifest.json", "checkpoint")
-        tracker.end(run_id)
+            tracker.log_history(run_id, result.history)
+            tracker.log_metrics(run_id, {"before": result.before, "after": result.after})
+            tracker.log_loss_curve(
+                run_id, result.history, ["train_mse", "heldout_mse"], f"{phase}: alignment MSE"
+            )
+            tracker.log_artifacts(run_id, result.checkpoint / "manifest.json", "checkpoint")
     log.info(result.summary())
     return summary
 
@@ -200,27 +199,24 @@ def stage_phase3(settings: Settings, layout: Layout, parent_run_id: str | None =
             update={"phase3": s.phase3.model_copy(update={"init": layout.phase("phase2")})}
         )
     tracker, parent = _tracker(s), _parent(s, layout, parent_run_id)
-    run_id = tracker.start_phase(parent, "phase3", s.phase3.model_dump()) if tracker else None
-    try:
+    with _phase_run(tracker, parent, "phase3", s.phase3.model_dump()) as run_id:
         result = finetune(s, out=layout.phase("phase3"), progress=False, evaluate_test=False)
-    except BaseException:
+        summary = {
+            "run_id": run_id,
+            "dev": result.dev,
+            "history": result.history,
+            "model_dir": str(result.model_dir),
+        }
         if tracker:
-            tracker.end(run_id, "FAILED")
-        raise
-    summary = {
-        "run_id": run_id,
-        "dev": result.dev,
-        "history": result.history,
-        "model_dir": str(result.model_dir),
-    }
-    if tracker:
-        tracker.log_history(run_id, result.history)
-        tracker.log_metrics(run_id, {"dev": result.dev})
-        tracker.log_loss_curve(
-            run_id, result.history, ["train_loss", "dev_main"], "phase 3: loss and validation score"
-        )
-        tracker.log_artifacts(run_id, result.model_dir / "manifest.json", "model")
-        tracker.end(run_id)
+            tracker.log_history(run_id, result.history)
+            tracker.log_metrics(run_id, {"dev": result.dev})
+            tracker.log_loss_curve(
+                run_id,
+                result.history,
+                ["train_loss", "dev_main"],
+                "phase 3: loss and validation score",
+            )
+            tracker.log_artifacts(run_id, result.model_dir / "manifest.json", "model")
     return summary
 
 
@@ -232,22 +228,20 @@ def stage_evaluate(settings: Settings, layout: Layout, parent_run_id: str | None
 
     s = prepared(settings, layout)
     tracker, parent = _tracker(s), _parent(s, layout, parent_run_id)
-    run_id = tracker.start_phase(parent, "evaluate") if tracker else None
-    report = evaluate_model(layout.phase("phase3") / "model", s.phase3.test)
-    layout.eval.mkdir(parents=True, exist_ok=True)
-    table = f"{TABLE_HEADER[s.phase3.task]}\n{report['table_row']}\n"
-    (layout.eval / "table.md").write_text(table)
-    scalars = {k: v for k, v in report.items() if isinstance(v, int | float)}
-    write_json({"test": scalars}, layout.eval / "metrics.json")
-    plots = plot_histories(layout, layout.eval / "plots")
-    if tracker:
-        tracker.log_metrics(run_id, {"test": scalars})
-        tracker.log_artifacts(run_id, layout.eval / "table.md", "evaluation")
-        for plot in plots:
-            tracker.log_artifacts(run_id, plot, "plots")
-        if parent:
-            tracker.log_metrics(parent, {"test": scalars})
-        tracker.end(run_id)
+    with _phase_run(tracker, parent, "evaluate", {}) as run_id:
+        report = evaluate_model(layout.phase("phase3") / "model", s.phase3.test)
+        table = f"{TABLE_HEADER[s.phase3.task]}\n{report['table_row']}\n"
+        write_text(table, layout.eval / "table.md")
+        scalars = {k: v for k, v in report.items() if isinstance(v, int | float)}
+        write_json({"test": scalars}, layout.eval / "metrics.json")
+        plots = plot_histories(layout, layout.eval / "plots")
+        if tracker:
+            tracker.log_metrics(run_id, {"test": scalars})
+            tracker.log_artifacts(run_id, layout.eval / "table.md", "evaluation")
+            for plot in plots:
+                tracker.log_artifacts(run_id, plot, "plots")
+            if parent:
+                tracker.log_metrics(parent, {"test": scalars})
     print(table)
     return {"run_id": run_id, "test": scalars, "table": table}
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alad.config import Phase3Config
 from alad.data.readers import QAExample, TaggedSentence
-from alad.model import load_model
+from alad.model import load_model, phase3_config
 from alad.phases.finetune import predict_outputs
 from alad.tasks import TASKS
 
@@ -21,15 +20,7 @@ class Predictor:
     def __init__(self, folder: Path):
         self.model, self.tokenizer, self.manifest = load_model(Path(folder))
         self.task = TASKS[self.manifest["task"]]
-        m = self.manifest
-        self.cfg = Phase3Config(
-            task=m["task"],
-            max_length=m["max_length"],
-            stride=m["stride"],
-            n_best=m["n_best"],
-            max_answer_length=m["max_answer_length"],
-            null_threshold=m["null_threshold"],
-        )
+        self.cfg = phase3_config(self.manifest)
 
     def words(self, text: str) -> list[str]:
         """Split raw text into words the way the tokenizer's pre-tokenizer does."""

@@ -34,7 +34,7 @@ def test_help_lists_the_commands(capsys):
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for command in ("demo", "models", "align", "bench", "config"):
+    for command in ("models", "align", "finetune", "evaluate", "predict", "stage", "pipeline"):
         assert command in out
 
 

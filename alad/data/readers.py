@@ -48,20 +48,44 @@ def _lines(path: Path):
         yield from enumerate(f, start=1)
 
 
-def read_conllu(path: Path) -> list[TaggedSentence]:
-    """UPOS (column 4) per syntactic word; multiword ranges (3-4) and empty nodes (5.1) skipped."""
-    sentences: list[TaggedSentence] = []
-    words: list[str] = []
-    tags: list[str] = []
+def _sentence_blocks(path: Path):
+    """Non-blank lines grouped into sentences (blank line = boundary), with line numbers."""
+    block: list[tuple[int, str]] = []
     for lineno, raw in _lines(path):
         line = raw.rstrip("\n")
-        if not line.strip():
-            if words:
-                sentences.append(TaggedSentence(tuple(words), tuple(tags)))
-                words, tags = [], []
-            continue
+        if line.strip():
+            block.append((lineno, line))
+        elif block:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def _read_tagged(path: Path, parse_line, kind: str) -> list[TaggedSentence]:
+    """`parse_line(lineno, line, tags_so_far)` -> (word, tag), or None to skip the line."""
+    sentences = []
+    for block in _sentence_blocks(path):
+        words: list[str] = []
+        tags: list[str] = []
+        for lineno, line in block:
+            parsed = parse_line(lineno, line, tags)
+            if parsed is not None:
+                words.append(parsed[0])
+                tags.append(parsed[1])
+        if words:
+            sentences.append(TaggedSentence(tuple(words), tuple(tags)))
+    if not sentences:
+        raise DataFormatError(f"{path}: no sentences found (empty file, or not {kind}?)")
+    return sentences
+
+
+def read_conllu(path: Path) -> list[TaggedSentence]:
+    """UPOS (column 4) per syntactic word; multiword ranges (3-4) and empty nodes (5.1) skipped."""
+
+    def parse(lineno: int, line: str, tags: list[str]) -> tuple[str, str] | None:
         if line.startswith("#"):
-            continue
+            return None
         cols = line.split("\t")
         if len(cols) != 10:
             raise DataFormatError(
@@ -69,35 +93,23 @@ def read_conllu(path: Path) -> list[TaggedSentence]:
                 f"found {len(cols)}: {line[:80]!r}"
             )
         if "-" in cols[0] or "." in cols[0]:
-            continue
+            return None
         if not cols[0].isdigit():
             raise DataFormatError(f"{path}:{lineno}: ID column {cols[0]!r} is not a word index")
-        words.append(cols[1])
-        tags.append(cols[3])
-    if words:
-        sentences.append(TaggedSentence(tuple(words), tuple(tags)))
-    if not sentences:
-        raise DataFormatError(f"{path}: no sentences found (empty file, or not CoNLL-U?)")
-    return sentences
+        return cols[1], cols[3]
+
+    return _read_tagged(path, parse, "CoNLL-U")
 
 
 def read_bio(path: Path) -> list[TaggedSentence]:
     """`token<TAB>tag` (or the last of several whitespace columns, as in CoNLL-2003) per line;
     blank line between sentences; `-DOCSTART-` lines skipped. An `I-x` that does not continue an
     `x` entity is an error (the files here are well-formed; silently repairing would hide bugs)."""
-    sentences: list[TaggedSentence] = []
-    words: list[str] = []
-    tags: list[str] = []
-    for lineno, raw in _lines(path):
-        line = raw.rstrip("\n")
-        if not line.strip():
-            if words:
-                sentences.append(TaggedSentence(tuple(words), tuple(tags)))
-                words, tags = [], []
-            continue
+
+    def parse(lineno: int, line: str, tags: list[str]) -> tuple[str, str] | None:
         cols = line.split("\t") if "\t" in line else line.split()
         if cols[0] == "-DOCSTART-":
-            continue
+            return None
         if len(cols) < 2 or not cols[0] or not cols[-1]:
             raise DataFormatError(f"{path}:{lineno}: expected 'token<TAB>tag', found {line[:80]!r}")
         tag = cols[-1]
@@ -108,13 +120,9 @@ def read_bio(path: Path) -> list[TaggedSentence]:
                 f"{path}:{lineno}: {tag} follows {tags[-1] if tags else 'sentence start'}; "
                 f"an I- tag must continue an entity of the same type (B-{tag[2:]} or {tag})"
             )
-        words.append(cols[0])
-        tags.append(tag)
-    if words:
-        sentences.append(TaggedSentence(tuple(words), tuple(tags)))
-    if not sentences:
-        raise DataFormatError(f"{path}: no sentences found (empty file, or not token<TAB>tag?)")
-    return sentences
+        return cols[0], tag
+
+    return _read_tagged(path, parse, "token<TAB>tag")
 
 
 def read_squad(path: Path) -> list[QAExample]:

@@ -15,10 +15,9 @@ from typing import Any
 
 import torch
 
-from alad.config import Phase3Config
 from alad.heads import build_head
 from alad.metrics import format_table_row, size_and_speed
-from alad.model import AlignedModel, load_model
+from alad.model import AlignedModel, load_model, phase3_config
 from alad.models.catalog import Encoder, load_encoder
 from alad.phases.finetune import predict_outputs
 from alad.tasks import TASKS, Task
@@ -51,14 +50,7 @@ def evaluate_model(
     examples = task.read(test) if isinstance(test, str) else test
     labels = manifest["labels"]
     task.check(examples, labels, str(test) if isinstance(test, str) else "test split")
-    cfg = Phase3Config(
-        task=manifest["task"],
-        max_length=manifest["max_length"],
-        stride=manifest["stride"],
-        n_best=manifest["n_best"],
-        max_answer_length=manifest["max_answer_length"],
-        null_threshold=manifest["null_threshold"],
-    )
+    cfg = phase3_config(manifest)
     feats = task.encode(tok, examples, labels, cfg, False)
     pad_id = tok.pad_token_id or 0
     outputs = predict_outputs(model, task, feats, 32, pad_id)

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from alad.adapter import AlignmentAdapter
+from alad.atomic import write_json
 from alad.checkpoint import check_fits, load_checkpoint
 from alad.config import ConfigError, Phase3Config, Settings
 from alad.heads import build_head
@@ -139,12 +140,6 @@ def predict_outputs(
         lengths = batch["attention_mask"].sum(1).tolist()
         outputs.extend(logits[i, : lengths[i]] for i in range(len(lengths)))
     return outputs
-
-
-def _atomic_json(data: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def _save_state(out: Path, model: AlignedModel, optimizer, scheduler, info: dict) -> None:
@@ -313,7 +308,7 @@ def finetune(
         else {}
     )
     dev_best = json.loads((out / "model" / "manifest.json").read_text())["dev"]
-    _atomic_json(
+    write_json(
         {
             "run_key": run_key,
             "history": history,
