@@ -198,3 +198,50 @@ def test_int8_encoder_cannot_be_trained(tiny_settings, tmp_path):
     )
     with pytest.raises(ConfigError, match="int8"):
         finetune(s, out=tmp_path / "q", progress=False)
+
+
+def write_squad(path, n, seed):
+    """Toy SQuAD 2.0: 'who was born in the city ?' -> the PER word; half unanswerable."""
+    rng = random.Random(seed)
+    paragraphs = []
+    for i in range(n):
+        person, place = rng.choice(["king", "queen"]), rng.choice(["city", "river"])
+        filler = " ".join(rng.choice(["the", "great", "old", "new", "art"]) for _ in range(8))
+        context = f"{filler} the {person} was born in the {place} . {filler}"
+        answerable = i % 2 == 0
+        question = "who was born in the city ?" if answerable else "who wrote the book ?"
+        start = context.index(f"the {person}") + 4
+        qa = {
+            "id": f"q{i}",
+            "question": question,
+            "is_impossible": not answerable,
+            "answers": [{"text": person, "answer_start": start}] if answerable else [],
+        }
+        paragraphs.append({"context": context, "qas": [qa]})
+    path.write_text(
+        json.dumps({"version": "v2.0", "data": [{"title": "t", "paragraphs": paragraphs}]})
+    )
+    return path
+
+
+def test_qa_task_trains_evaluates_and_answers(tiny_settings, tmp_path):
+    p3 = {
+        "task": "qa",
+        "train": str(write_squad(tmp_path / "t.json", 40, 1)),
+        "dev": str(write_squad(tmp_path / "d.json", 10, 2)),
+        "test": str(write_squad(tmp_path / "e.json", 10, 3)),
+        "mode": "alad-joint",
+        "epochs": 2,
+        "lr": 3e-3,
+        "max_length": 32,
+        "stride": 8,
+    }
+    s = _settings(tiny_settings, tmp_path, **p3)
+    result = finetune(s, out=tmp_path / "qa", progress=False)
+    for key in ("exact", "f1", "HasAns_total", "NoAns_total"):
+        assert key in result.test
+    assert result.test["HasAns_total"] == 5 and result.test["NoAns_total"] == 5
+    assert "| EQA EM / F1 |" not in result.test["table_row"]  # a row, not the header
+    context = "the old king was born in the city . the new art"
+    (answer,) = Predictor(result.model_dir).answer([("who was born in the city ?", context)])
+    assert answer == "" or answer in context
