@@ -570,9 +570,11 @@ def _judge(
         )
     old = float(champion.tags[key])
     gain = new - old if higher_is_better else old - new
-    # A tiny tolerance so a gain that equals the margin is not lost to float rounding.
-    verdict = ">=" if gain >= margin - 1e-12 else "<"
-    return verdict == ">=", (
+    # "Beats": strictly better, and by at least the margin (a tiny tolerance so a gain equal to
+    # the margin is not lost to float rounding). A rerun with the same score stays a challenger.
+    ok = gain > 0 and gain >= margin - 1e-12
+    return ok, (
         f"{key}={new:.4f} vs champion version {champion.version} {old:.4f}: "
-        f"gain {gain:+.4f} {verdict} margin {margin:.4f}"
+        f"gain {gain:+.4f} {'>=' if ok else '<' if gain < margin - 1e-12 else 'is no gain over'}"
+        f" margin {margin:.4f}"
     )

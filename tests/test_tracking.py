@@ -154,6 +154,15 @@ def test_promotion_gate_previous_alias_and_rollback(tracker, model_dir):
         tracker.rollback(v1.name)
 
 
+def test_an_equal_score_does_not_take_the_champion_alias(tracker, model_dir):
+    v1 = _register(tracker, model_dir, 0.70, "tiny:equal")
+    v2 = _register(tracker, model_dir, 0.70, "tiny:equal")
+    assert tracker.promote(v1.name, v1.version, "main", margin=0.0).promoted
+    tie = tracker.promote(v2.name, v2.version, "main", margin=0.0)
+    assert not tie.promoted and "is no gain over" in tie.reason
+    assert _aliases(tracker, v1.name) == {"champion": "1"}
+
+
 def test_lower_is_better_and_repeated_rollback_walks_back(tracker, model_dir):
     versions = [_register(tracker, model_dir, loss, "tiny:loss") for loss in (0.9, 0.5, 0.3)]
     name = versions[0].name
