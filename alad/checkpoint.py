@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from alad.adapter import AlignmentAdapter
-from alad.atomic import write_text
+from alad.atomic import replace_dir, write_text
 
 FORMAT = "alad-adapter/1"
 LATEST = "LATEST"
@@ -62,9 +62,7 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    replace_dir(tmp, final)
     write_text(name + "\n", out / LATEST)
     _prune(out, keep=name)
     return final

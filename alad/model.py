@@ -26,6 +26,7 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from alad.adapter import AlignmentAdapter
+from alad.atomic import replace_dir
 from alad.config import Phase3Config
 from alad.heads import build_head
 
@@ -105,12 +106,7 @@ def save_model(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-    return out
+    return replace_dir(tmp, out)
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from alad.adapter import AlignmentAdapter
-from alad.atomic import write_json
+from alad.atomic import replace_dir, write_json
 from alad.checkpoint import check_fits, load_checkpoint
 from alad.config import ConfigError, Phase3Config, Settings
 from alad.heads import build_head
@@ -157,11 +157,7 @@ def _save_state(out: Path, model: AlignedModel, optimizer, scheduler, info: dict
         },
         tmp / "state.pt",
     )
-    old = out / f".state.old-{os.getpid()}"
-    if (out / "state").exists():
-        os.replace(out / "state", old)
-    os.replace(tmp, out / "state")
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, out / "state")
 
 
 def finetune(
