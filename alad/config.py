@@ -125,7 +125,15 @@ class Phase3Config(_Section):
     )
     batch_size: int = Field(16, ge=1, le=1024, description="Sentences (windows for QA) per step.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Linear warm-up share of steps.")
-    weight_decay: float = Field(0.01, ge=0, le=1, description="AdamW weight decay.")
+    weight_decay: float = Field(
+        0.01, ge=0, le=1, description="AdamW weight decay (never on biases and LayerNorm)."
+    )
+    head_lr: float | None = Field(
+        None,
+        gt=0,
+        le=1.0,
+        description="Learning rate of the fresh task head (None: the mode's rate, like the rest).",
+    )
     max_length: int | None = Field(
         None,
         ge=16,

@@ -115,17 +115,28 @@ def build_model(
     return AlignedModel(model, head, adapter)
 
 
-def _param_groups(model: AlignedModel, mode: ModeSpec, lr: float, weight_decay: float):
-    lora = [p for n, p in model.encoder.named_parameters() if p.requires_grad and "lora_" in n]
-    rest = [
-        p
-        for n, p in model.named_parameters()
-        if p.requires_grad and not (n.startswith("encoder.") and "lora_" in n)
+def _no_decay(name: str, param: torch.nn.Parameter) -> bool:
+    # Biases and LayerNorm weights (1-d tensors) are not decayed: the usual BERT/HF practice.
+    return param.ndim < 2 or name.endswith(".bias")
+
+
+def _param_groups(model: AlignedModel, mode: ModeSpec, cfg: Phase3Config, lr: float):
+    """AdamW groups: (rest | LoRA | head) x (decay | no decay); empty groups dropped."""
+    rates = {"rest": lr, "lora": mode.lora_lr, "head": cfg.head_lr or lr}
+    groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        kind = "head" if name.startswith("head.") else "lora" if "lora_" in name else "rest"
+        groups.setdefault((kind, _no_decay(name, p)), []).append(p)
+    return [
+        {
+            "params": params,
+            "lr": rates[kind],
+            "weight_decay": 0.0 if no_decay or kind == "lora" else cfg.weight_decay,
+        }
+        for (kind, no_decay), params in sorted(groups.items())
     ]
-    groups = [{"params": rest, "lr": lr, "weight_decay": weight_decay}]
-    if lora:
-        groups.append({"params": lora, "lr": mode.lora_lr, "weight_decay": 0.0})
-    return groups
 
 
 @torch.no_grad()
@@ -205,7 +216,7 @@ def finetune(
     dev_feats = task.encode(tok, splits.dev, labels, cfg, False)
     epochs = cfg.epochs or (3 if cfg.task == "qa" else 4)
     lr = cfg.lr or mode.lr
-    optimizer = torch.optim.AdamW(_param_groups(model, mode, lr, cfg.weight_decay))
+    optimizer = torch.optim.AdamW(_param_groups(model, mode, cfg, lr))
     steps = epochs * math.ceil(task.num_rows(train_feats) / cfg.batch_size)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
     history: list[dict[str, Any]] = []

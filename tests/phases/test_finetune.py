@@ -182,7 +182,7 @@ def test_pos_task_scores_per_word(tiny_settings, tmp_path):
         "dev": str(write_conllu(tmp_path / "d.conllu", 10, 2)),
         "test": str(write_conllu(tmp_path / "e.conllu", 10, 3)),
         "mode": "alad-joint",
-        "epochs": 4,
+        "epochs": 8,
         "lr": 3e-3,
     }
     s = _settings(tiny_settings, tmp_path, **p3)

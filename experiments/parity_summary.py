@@ -1,0 +1,31 @@
+"""Mean ± std (sample std, n-1) of results/parity/*.json per (model, harness), test accuracy in %.
+
+    .venv/bin/python experiments/parity_summary.py
+"""
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+runs: dict[tuple[str, str], list[dict]] = defaultdict(list)
+for f in sorted(Path("results/parity").glob("*.json")):
+    r = json.loads(f.read_text())
+    runs[r["model"], r["harness"]].append(r)
+
+
+def ms(xs: list[float]) -> str:
+    sd = statistics.stdev(xs) if len(xs) > 1 else float("nan")
+    return f"{100 * statistics.mean(xs):.1f} ± {100 * sd:.1f}"
+
+
+print("| model | harness | seeds | dev acc | test acc | test per seed | s/run |")
+print("|---|---|---|---|---|---|---|")
+for (model, harness), rs in sorted(runs.items()):
+    rs.sort(key=lambda r: r["seed"])
+    print(
+        f"| {model} | {harness} | {','.join(str(r['seed']) for r in rs)} | "
+        f"{ms([r['dev'] for r in rs])} | {ms([r['test'] for r in rs])} | "
+        f"{' / '.join(f'{100 * r["test"]:.1f}' for r in rs)} | "
+        f"{statistics.mean(r['secs'] for r in rs):.0f} |"
+    )
