@@ -183,6 +183,33 @@ def cmd_bench_align(args: argparse.Namespace) -> None:
     bench_align(_settings(args), texts=args.texts, epochs=args.epochs)
 
 
+def cmd_sweep_list(args: argparse.Namespace) -> None:
+    from alad.sweep import cells, load_grid
+
+    every = cells(load_grid(args.grid), args.task)
+    done = sum(c.done for c in every)
+    print(
+        f"{args.grid}: {len(every)} cells, {done} done, {len(every) - done} to run (cheapest first)"
+    )
+    for c in every:
+        print(f"  {'done' if c.done else 'todo'}  {c.key}  cost {c.cost:7.2f}  {c.name}")
+
+
+def cmd_sweep_run(args: argparse.Namespace) -> None:
+    from alad.sweep import load_grid, plan, run_sweep
+
+    grid = load_grid(args.grid)
+    todo, prog = plan(grid, args.task)
+    print(f"{args.grid}: {prog.line()}; {len(todo)} to run, cheapest first")
+    for cell, record, line in run_sweep(
+        grid, args.task, args.max_cells, args.max_minutes, progress=not args.quiet
+    ):
+        print(
+            f"{cell.name}: test {100 * record['test']['main']:.1f} "
+            f"({record['seconds']:.0f} s); {line}"
+        )
+
+
 def cmd_config_show(args: argparse.Namespace) -> None:
     print(json.dumps(_settings(args).model_dump(mode="json"), indent=2))
 
@@ -324,6 +351,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--texts", type=int, default=1000, help="Wikipedia sentences to use")
     p.add_argument("--epochs", type=int, default=3, help="epochs to time")
     p.set_defaults(func=cmd_bench_align)
+
+    sweep = sub.add_parser(
+        "sweep", help="the Table-1 grid: cells run once, results committed"
+    ).add_subparsers(dest="sweep_command", required=True, metavar="ACTION")
+    for action, func, text in (
+        ("list", cmd_sweep_list, "every cell of a grid file and whether its result exists"),
+        ("run", cmd_sweep_run, "run the cells without a result, cheapest first (resumable)"),
+    ):
+        p = sweep.add_parser(action, parents=[common], help=text)
+        p.add_argument("grid", type=Path, help="grid file, e.g. sweeps/table1.yaml")
+        p.add_argument("--task", action="append", help="only this task (repeatable)")
+        p.set_defaults(func=func)
+        if action == "run":
+            p.add_argument("--max-cells", type=int, help="stop after this many cells")
+            p.add_argument(
+                "--max-minutes", type=float, help="start no new cell after this many minutes"
+            )
 
     cfg = sub.add_parser("config", help="show the resolved config").add_subparsers(
         dest="config_command", required=True, metavar="ACTION"

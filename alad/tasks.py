@@ -189,6 +189,10 @@ class QaTask:
         )
         return predictions
 
+    def group(self, example: QAExample) -> str:
+        """Dev/test slices carved from train take whole articles (shared contexts)."""
+        return example.title or example.context
+
     def score(self, examples, predictions):
         gold = {e.id: [text for text, _ in e.answers] for e in examples}
         m = squad_v2_metrics(gold, predictions)
@@ -202,6 +206,24 @@ def _subset(items: list[Any], n: int | None, seed: int) -> list[Any]:
     return items if n is None or n >= len(items) else random.Random(seed).sample(items, n)
 
 
+def _carve(
+    train: list[Any], names: list[str], group: Any, seed: int
+) -> tuple[list[Any], dict[str, list[Any]]]:
+    """Seeded, disjoint 10% slices of `train`, one per name, and the rest. With `group` (QA:
+    the article) whole groups are carved, so no context is shared between dev and train."""
+    groups: dict[Any, list[Any]] = {}
+    for i, x in enumerate(train):
+        groups.setdefault(group(x) if group else i, []).append(x)
+    keys = random.Random(seed).sample(list(groups), len(groups))
+    tenth = max(1, len(keys) // 10)
+
+    def take(ks: list[Any]) -> list[Any]:
+        return [x for k in ks for x in groups[k]]
+
+    carved = {n: take(keys[i * tenth : (i + 1) * tenth]) for i, n in enumerate(names)}
+    return take(keys[len(names) * tenth :]), carved
+
+
 def load_splits(cfg: Phase3Config, seed: int) -> Splits:
     """Train/dev/test examples. Missing dev/test: seeded 10% slices of train, disjoint."""
     task = TASKS[cfg.task]
@@ -210,11 +232,7 @@ def load_splits(cfg: Phase3Config, seed: int) -> Splits:
     carved: dict[str, list[Any]] = {}
     missing = [name for name in ("dev", "test") if getattr(cfg, name) is None]
     if missing:
-        shuffled = random.Random(seed).sample(train, len(train))
-        tenth = max(1, len(train) // 10)
-        for i, name in enumerate(missing):
-            carved[name] = shuffled[i * tenth : (i + 1) * tenth]
-        train = shuffled[len(missing) * tenth :]
+        train, carved = _carve(train, missing, getattr(task, "group", None), seed)
     dev = task.read(cfg.dev) if cfg.dev else carved["dev"]
     test = task.read(cfg.test) if cfg.test else carved["test"]
     sources["dev"] = cfg.dev or f"10% of {cfg.train} (seed {seed})"

@@ -128,6 +128,33 @@ def tiny_sentences(n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 14))) + " ." for _ in range(n)]
 
 
+def write_conllu(path: Path, n: int, seed: int) -> Path:
+    """A CoNLL-U file of `n` random sentences whose words determine their UPOS tags."""
+    rng = random.Random(seed)
+    pos = {
+        "the": "DET",
+        "a": "DET",
+        "of": "ADP",
+        "in": "ADP",
+        "and": "CCONJ",
+        "is": "AUX",
+        "city": "NOUN",
+        "river": "NOUN",
+        "king": "NOUN",
+        "born": "VERB",
+        "large": "ADJ",
+    }
+    out = []
+    for s in range(n):
+        out.append(f"# sent_id = s{s}")
+        for i in range(1, rng.randint(3, 9)):
+            w = rng.choice(sorted(pos))
+            out.append("\t".join([str(i), w, w, pos[w], "_", "_", "0", "_", "_", "_"]))
+        out.append("")
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> tuple[Path, Path]:
     """(compressed: BERT 32-d, large: MPNet 48-d): different architectures, same tokens."""

@@ -35,6 +35,7 @@ class QAExample:
     answers: tuple[tuple[str, int], ...] = field(
         default=()
     )  # (text, char start); () = unanswerable
+    title: str = ""  # the article: questions of one article share contexts (split by it)
 
     @property
     def is_impossible(self) -> bool:
@@ -147,7 +148,11 @@ def read_squad(path: Path) -> list[QAExample]:
                             f"{where}: answer_start {start} does not point at {text!r}"
                         )
                     answers.append((text, start))
-                out.append(QAExample(qa["id"], qa["question"], context, tuple(answers)))
+                out.append(
+                    QAExample(
+                        qa["id"], qa["question"], context, tuple(answers), article.get("title", "")
+                    )
+                )
     if not out:
         raise DataFormatError(f"{path}: no questions found")
     return out

@@ -253,6 +253,7 @@ def finetune(
         "epochs": epochs,
         "seed": settings.seed,
         "sources": splits.sources,
+        "examples": {"train": len(splits.train), "dev": len(splits.dev), "test": len(splits.test)},
     }
     log.info(
         "phase 3: %s/%s, %d train rows, %d epochs, lr %g%s",

@@ -199,7 +199,7 @@ def test_squad_answerable_and_unanswerable(tmp_path):
     by_id = {e.id: e for e in examples}
     assert [e.id for e in examples] == ["q1", "q2", "q3", "q4"]
     assert by_id["q1"] == QAExample(
-        "q1", "What is the capital of France?", CONTEXT, (("Paris", 0),)
+        "q1", "What is the capital of France?", CONTEXT, (("Paris", 0),), "T"
     )
     assert not by_id["q1"].is_impossible
     assert by_id["q2"].is_impossible and by_id["q2"].answers == ()  # plausible answers ignored

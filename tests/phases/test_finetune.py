@@ -7,7 +7,7 @@ import random
 
 import pytest
 import torch
-from conftest import WORDS
+from conftest import WORDS, write_conllu
 
 import alad.phases.finetune as ft_mod
 from alad.checkpoint import CheckpointError
@@ -52,32 +52,6 @@ def write_bio(path, n, seed):
             tags_prev = tag
         lines.append("")
     path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def write_conllu(path, n, seed):
-    rng = random.Random(seed)
-    pos = {
-        "the": "DET",
-        "a": "DET",
-        "of": "ADP",
-        "in": "ADP",
-        "and": "CCONJ",
-        "is": "AUX",
-        "city": "NOUN",
-        "river": "NOUN",
-        "king": "NOUN",
-        "born": "VERB",
-        "large": "ADJ",
-    }
-    out = []
-    for s in range(n):
-        out.append(f"# sent_id = s{s}")
-        for i in range(1, rng.randint(3, 9)):
-            w = rng.choice(sorted(pos))
-            out.append("\t".join([str(i), w, w, pos[w], "_", "_", "0", "_", "_", "_"]))
-        out.append("")
-    path.write_text("\n".join(out) + "\n")
     return path
 
 
@@ -245,3 +219,18 @@ def test_qa_task_trains_evaluates_and_answers(tiny_settings, tmp_path):
     context = "the old king was born in the city . the new art"
     (answer,) = Predictor(result.model_dir).answer([("who was born in the city ?", context)])
     assert answer == "" or answer in context
+
+
+def test_qa_dev_carved_by_article_never_shares_a_context():
+    from alad.data.readers import QAExample
+    from alad.tasks import TASKS, _carve
+
+    train = [
+        QAExample(f"{a}-{q}", "q?", f"context of {a}", (), title=f"article {a}")
+        for a in range(20)
+        for q in range(5)
+    ]
+    rest, carved = _carve(train, ["dev"], TASKS["qa"].group, seed=13)
+    assert len(carved["dev"]) == 10  # 2 of 20 articles, all 5 questions of each
+    assert {e.context for e in carved["dev"]}.isdisjoint({e.context for e in rest})
+    assert len(rest) + len(carved["dev"]) == len(train)

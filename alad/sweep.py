@@ -1,0 +1,430 @@
+"""The Table-1 sweep: a grid of cells (task x compressed model x mode x window x seed), each a
+phase-3 fine-tuning + test evaluation, resumable across machines through committed results.
+
+    alad sweep list sweeps/table1.yaml            # every cell, done or not, cheapest first
+    alad sweep run sweeps/table1.yaml [--task pos] [--max-cells 5] [--max-minutes 90]
+    prefect deployment run 'alad-sweep/table1'    # the same cells, one Prefect task each
+    dvc repro sweep                               # the same, one DVC stage per task
+
+A cell's identity is the hash of its fully resolved config (`Cell.key`); its result is
+`<results>/<task>/<key>.json`, written atomically when the cell finishes and meant to be
+committed to git. A rerun skips every cell whose result exists, so a grid can be completed in
+several runs on different machines. Phase 1 is trained once per (M_C, M_L, n) and phase 2 once
+per (M_C, M_L, n, task), both with the grid's `align_seed`, under `<runs>/align/`; every AlAd
+cell of every seed starts from that phase-2 adapter (METHOD.md's phases 1-2 are not re-run per
+seed: the seeds measure phase 3's variance).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, get_args
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from alad.atomic import write_json
+from alad.config import ConfigError, Mode, Settings, Task, load_settings
+from alad.phases.modes import MODES
+
+log = logging.getLogger(__name__)
+TASK_NAMES, MODE_NAMES = get_args(Task), get_args(Mode)
+
+# Relative cost of one training token by encoder (minilm-l6 = 1), measured on this 2-core CPU
+# (README "Costs"); unknown models count as mpnet-base. Only orders cells and seeds the ETA.
+MODEL_COST = {"minilm-l3": 0.5, "minilm-l6": 1.0, "mpnet-base:prune4": 2.7, "mpnet-base": 8.0}
+MODE_COST = {"alad-frozen": 0.25, "lora": 0.7, "lora-alad": 0.75}
+TASK_COST = {"pos": 1.0, "ner": 0.5, "qa": 6.0}  # per training example x epoch, POS = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TaskAxis(_Strict):
+    """One task of the grid: its files, its config overrides and (optionally) narrower axes."""
+
+    train: str = Field(description="Training file (relative paths: from the repository root).")
+    dev: str | None = Field(None, description="Validation file (None: carved from train).")
+    test: str = Field(description="Test file: scored once, never used for any choice.")
+    set: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Config overrides for this task, e.g. phase3.max_train_examples.",
+    )
+    seeds: list[int] | None = Field(None, description="None: the grid's seeds.")
+    compressed: list[str] | None = Field(None, description="None: the grid's compressed models.")
+    modes: list[str] | None = Field(None, description="None: the grid's modes.")
+    large: bool = Field(True, description="Run the `large` baseline (M_L fine-tuned).")
+    ablation: bool = Field(True, description="Run the grid's window ablation on this task.")
+
+
+class Ablation(_Strict):
+    compressed: str
+    mode: str = "alad-joint"
+    windows: list[int] = Field(default_factory=lambda: [1, 3])
+
+
+class Grid(_Strict):
+    """A sweep file (e.g. sweeps/table1.yaml)."""
+
+    name: str = "table1"
+    results: Path = Field(Path("results/table1"), description="Committed result JSONs.")
+    runs: Path = Field(Path("runs/sweep"), description="Checkpoints and models (not committed).")
+    large: str = "mpnet-base"
+    compressed: list[str] = Field(min_length=1)
+    modes: list[str] = Field(min_length=1)
+    window: int = 5
+    seeds: list[int] = Field(min_length=1)
+    align_seed: int = Field(13, description="Seed of phases 1-2 (trained once, shared by seeds).")
+    ablation: Ablation | None = None
+    set: dict[str, Any] = Field(default_factory=dict, description="Overrides for every cell.")
+    tasks: dict[str, TaskAxis] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _known_names(self) -> Grid:
+        for task in self.tasks:
+            if task not in TASK_NAMES:
+                raise ValueError(f"tasks.{task}: unknown task; choose from {TASK_NAMES}")
+        modes = [*self.modes, *(m for t in self.tasks.values() for m in t.modes or [])]
+        if self.ablation:
+            modes.append(self.ablation.mode)
+        for mode in modes:
+            if mode not in MODE_NAMES or mode == "large":
+                raise ValueError(
+                    f"mode {mode!r}: choose from {[m for m in MODE_NAMES if m != 'large']} "
+                    "(`large` runs once per task by itself: tasks.<task>.large)"
+                )
+        return self
+
+
+def load_grid(path: Path) -> Grid:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        return Grid(**data)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: sweep file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except (TypeError, ValidationError) as exc:
+        errors = (
+            exc.errors() if isinstance(exc, ValidationError) else [{"loc": (), "msg": str(exc)}]
+        )
+        where = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in errors)
+        raise ConfigError(f"{path}: {where}") from None
+
+
+def _hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# Sections that say where things go, not what is computed: outside every key.
+_NOT_IN_KEY = {"runs_dir", "cache", "tracking", "profile"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One phase-3 run of the grid."""
+
+    task: str
+    compressed: str
+    mode: str
+    window: int | None  # None: no adapter
+    seed: int
+    settings: Settings
+    align: Settings | None  # phases 1-2 config (align_seed), None without adapter
+    grid: Grid = field(repr=False)
+
+    @property
+    def key(self) -> str:
+        config = self.settings.model_dump(mode="json", exclude=_NOT_IN_KEY)
+        config["phase3"].pop("init", None)  # a local path; the phase-2 config is in the key
+        if self.align is None:  # phases 1-2 do not shape a cell without an adapter
+            config.pop("phase1"), config.pop("phase2")
+            config.pop("adapter")
+        return _hash(config)
+
+    @property
+    def group(self) -> str:
+        """The Table-1 cell this run is one seed of."""
+        n = f"-n{self.window}" if self.window else ""
+        return f"{self.task}/{self.compressed}/{self.mode}{n}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.group}/s{self.seed}"
+
+    @property
+    def result_path(self) -> Path:
+        return self.grid.results / self.task / f"{self.key}.json"
+
+    @property
+    def out(self) -> Path:
+        return self.grid.runs / "cells" / self.task / self.key
+
+    def align_dir(self, phase: str) -> Path:
+        assert self.align is not None
+        a = self.align.model_dump(mode="json", exclude=_NOT_IN_KEY)
+        parts = {"models": a["models"], "adapter": a["adapter"], "seed": a["seed"]}
+        k1 = _hash({**parts, "phase1": a["phase1"]})
+        if phase == "phase1":
+            return self.grid.runs / "align" / f"phase1-{k1}"
+        return self.grid.runs / "align" / f"phase2-{_hash({'phase1': k1, 'phase2': a['phase2']})}"
+
+    @property
+    def done(self) -> bool:
+        return self.result_path.is_file()
+
+    @property
+    def cost(self) -> float:
+        """Relative cost (orders cells; the ETA scales it by measured seconds)."""
+        s = self.settings.phase3
+        model = self.settings.models.large if self.mode == "large" else self.compressed
+        examples = s.max_train_examples or 1000
+        epochs = s.epochs or (3 if self.task == "qa" else 4)
+        return (
+            MODEL_COST.get(model, 8.0)
+            * MODE_COST.get(self.mode, 1.0)
+            * TASK_COST.get(self.task, 1.0)
+            * examples
+            * epochs
+            / 1000
+        )
+
+
+def _settings(overrides: dict[str, Any]) -> Settings:
+    # params.yaml is not read: a grid file alone defines its cells (same keys on every machine).
+    return load_settings(
+        params=Path(os.devnull), overrides=[f"{k}={v}" for k, v in overrides.items()]
+    )
+
+
+def _dotted(d: dict[str, Any]) -> dict[str, Any]:
+    """{"phase3": {"lr": 1}} and {"phase3.lr": 1} alike -> {"phase3.lr": 1}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in _dotted(v).items()})
+        else:
+            out[k] = v
+    return out
+
+
+def _yaml_scalar(v: Any) -> str:
+    return json.dumps(v) if not isinstance(v, str) else v
+
+
+def cells(grid: Grid, tasks: list[str] | None = None) -> list[Cell]:
+    """Every cell of the grid (optionally of some tasks), cheapest first."""
+    out: list[Cell] = []
+    for task, axis in grid.tasks.items():
+        if tasks and task not in tasks:
+            continue
+        base = {
+            **_dotted(grid.set),
+            "models.large": grid.large,
+            "phase3.task": task,
+            "phase3.train": axis.train,
+            "phase3.dev": axis.dev,
+            "phase3.test": axis.test,
+            "phase2.corpus": axis.train,
+            **_dotted(axis.set),
+        }
+        runs: list[tuple[str, str, int | None]] = []
+        if axis.large:
+            runs.append((grid.large, "large", None))
+        for compressed in axis.compressed or grid.compressed:
+            for mode in axis.modes or grid.modes:
+                runs.append((compressed, mode, grid.window if MODES[mode].adapter else None))
+        if grid.ablation and axis.ablation:
+            runs += [
+                (grid.ablation.compressed, grid.ablation.mode, n) for n in grid.ablation.windows
+            ]
+        for compressed, mode, window in runs:
+            for seed in axis.seeds or grid.seeds:
+                over = {
+                    **base,
+                    "models.compressed": compressed,
+                    "phase3.mode": mode,
+                    "seed": seed,
+                    **({"adapter.window": window} if window else {}),
+                }
+                over = {k: ("null" if v is None else _yaml_scalar(v)) for k, v in over.items()}
+                align = _settings({**over, "seed": grid.align_seed}) if window else None
+                out.append(Cell(task, compressed, mode, window, seed, _settings(over), align, grid))
+    keys = [c.key for c in out]
+    if len(set(keys)) != len(keys):
+        raise ConfigError("the grid lists the same cell twice (same config, same seed)")
+    return sorted(out, key=lambda c: (c.cost, c.task, c.group, c.seed))
+
+
+def _machine(load_start: float) -> dict[str, Any]:
+    return {
+        "host": socket.gethostname(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "load1_start": round(load_start, 2),
+        "load1_end": round(os.getloadavg()[0], 2),
+    }
+
+
+def file_sha256(path: str | None) -> str | None:
+    if not path or not Path(path).is_file():
+        return None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _alignment(cell: Cell, progress: bool) -> dict[str, Any]:
+    """Phases 1-2 for the cell's (M_C, M_L, n[, task]): trained once, then only reloaded."""
+    from alad.phases.align import run_alignment
+
+    assert cell.align is not None
+    out: dict[str, Any] = {}
+    p1, p2 = cell.align_dir("phase1"), cell.align_dir("phase2")
+    for phase, folder, init in (("phase1", p1, None), ("phase2", p2, p1)):
+        r = run_alignment(cell.align, phase, out=folder, init=init, progress=progress)
+        out[phase] = {
+            "before": r.before,
+            "after": r.after,
+            "epochs": len(r.history),
+            "history": r.history,
+            "texts": getattr(cell.align, phase).max_texts,
+            "corpus": getattr(cell.align, phase).corpus,
+        }
+    return out
+
+
+def run_cell(cell: Cell, progress: bool = False) -> dict[str, Any]:
+    """Fine-tune and test one cell (phases 1-2 first when it has an adapter); write its result."""
+    from alad.phases.evaluate import evaluate_model
+    from alad.phases.finetune import finetune
+    from alad.tracking import git_commit
+
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
+    settings, alignment = cell.settings, None
+    if cell.align is not None:
+        alignment = _alignment(cell, progress)
+        p3 = settings.phase3.model_copy(update={"init": cell.align_dir("phase2")})
+        settings = settings.model_copy(update={"phase3": p3})
+    result = finetune(settings, out=cell.out, progress=progress, evaluate_test=False)
+    test = evaluate_model(result.model_dir, settings.phase3.test)
+    manifest = json.loads((result.model_dir / "manifest.json").read_text())
+    record = {
+        "key": cell.key,
+        "cell": {
+            "task": cell.task,
+            "compressed": cell.compressed,
+            "large": settings.models.large,
+            "mode": cell.mode,
+            "window": cell.window,
+            "seed": cell.seed,
+        },
+        "group": cell.group,
+        "dev": result.dev,
+        "test": {k: v for k, v in test.items() if k != "table_row"},
+        "history": result.history,
+        "best_epoch": manifest.get("best_epoch"),
+        "alignment": alignment,
+        "data": {
+            **manifest.get("examples", {}),
+            "sha256": {
+                name: file_sha256(getattr(settings.phase3, name))
+                for name in ("train", "dev", "test")
+            },
+        },
+        "config": cell.settings.model_dump(mode="json", exclude=_NOT_IN_KEY),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "machine": _machine(load0),
+        "git_commit": git_commit(),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model_dir": str(result.model_dir),
+    }
+    write_json(record, cell.result_path)
+    return record
+
+
+@dataclass
+class Progress:
+    """Cells done / total and an ETA from the seconds per unit of cost measured so far."""
+
+    total: int
+    done: int
+    remaining_cost: float
+    seconds_per_cost: float = 60.0  # prior: a minute per unit until a cell has been measured
+    spent: float = 0.0
+    spent_cost: float = 0.0
+
+    def finished(self, cell: Cell, seconds: float) -> str:
+        self.done += 1
+        self.spent += seconds
+        self.spent_cost += cell.cost
+        self.remaining_cost -= cell.cost
+        self.seconds_per_cost = self.spent / max(self.spent_cost, 1e-9)
+        return self.line()
+
+    def line(self) -> str:
+        eta = self.remaining_cost * self.seconds_per_cost
+        return f"{self.done}/{self.total} cells done, ETA {eta / 3600:.1f} h"
+
+
+def plan(grid: Grid, tasks: list[str] | None = None) -> tuple[list[Cell], Progress]:
+    every = cells(grid, tasks)
+    todo = [c for c in every if not c.done]
+    return todo, Progress(len(every), len(every) - len(todo), sum(c.cost for c in todo))
+
+
+def run_sweep(
+    grid: Grid,
+    tasks: list[str] | None = None,
+    max_cells: int | None = None,
+    max_minutes: float | None = None,
+    progress: bool = False,
+    run: Callable[[Cell], dict[str, Any]] | None = None,
+) -> Iterator[tuple[Cell, dict[str, Any], str]]:
+    """Run the missing cells, cheapest first; yields (cell, result, progress line) per cell.
+
+    Stops before starting a cell once `max_cells` ran or `max_minutes` passed (a time box for
+    a session; the rest runs next time)."""
+    todo, prog = plan(grid, tasks)
+    log.info("%s; %d to run", prog.line(), len(todo))
+    start = time.perf_counter()
+    for i, cell in enumerate(todo):
+        if max_cells is not None and i >= max_cells:
+            break
+        if max_minutes is not None and time.perf_counter() - start > 60 * max_minutes:
+            break
+        if cell.done:  # finished by another runner meanwhile
+            continue
+        t0 = time.perf_counter()
+        record = (run or (lambda c: run_cell(c, progress)))(cell)
+        line = prog.finished(cell, time.perf_counter() - t0)
+        log.info("%s finished (%.0f s); %s", cell.name, time.perf_counter() - t0, line)
+        yield cell, record, line
+
+
+def load_results(root: Path) -> list[dict[str, Any]]:
+    """Every committed result under `root` (one JSON per cell)."""
+    out = []
+    for path in sorted(Path(root).glob("*/*.json")):
+        try:
+            out.append(json.loads(path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"{path}: not a valid result JSON ({exc}); delete it to rerun the cell"
+            ) from None
+    return out
+
+
+__all__ = ["Cell", "Grid", "load_grid", "cells", "plan", "run_cell", "run_sweep", "load_results"]

@@ -1,0 +1,142 @@
+"""The Table-1 sweep on tiny models: cells, keys, resumption after an interruption."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import write_conllu
+
+from alad.config import ConfigError
+from alad.sweep import cells, load_grid, load_results, run_cell, run_sweep
+
+
+@pytest.fixture
+def tiny_grid(tiny_models, tiny_corpus, tmp_path):
+    compressed, large = tiny_models
+    grid = {
+        "results": str(tmp_path / "results"),
+        "runs": str(tmp_path / "runs"),
+        "large": str(large),
+        "compressed": [str(compressed)],
+        "modes": ["compressed", "alad-frozen"],
+        "window": 3,
+        "seeds": [1, 2],
+        "set": {
+            "models.max_length": 32,
+            "adapter.hidden": 16,
+            "phase1.corpus": str(tiny_corpus),
+            "phase1.max_texts": 48,
+            "phase1.epochs": 1,
+            "phase2.epochs": 1,
+            "phase3.epochs": 1,
+            "phase3.batch_size": 8,
+            "cache.dir": str(tmp_path / "features"),
+            "tracking.enabled": False,
+        },
+        "tasks": {
+            "pos": {
+                "train": str(write_conllu(tmp_path / "t.conllu", 24, 1)),
+                "dev": str(write_conllu(tmp_path / "d.conllu", 6, 2)),
+                "test": str(write_conllu(tmp_path / "e.conllu", 6, 3)),
+            }
+        },
+    }
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def test_grid_cells_and_keys(tiny_grid):
+    grid = load_grid(tiny_grid)
+    every = cells(grid)
+    # large + compressed + alad-frozen, 2 seeds each
+    assert sorted("/".join(c.name.rsplit("/", 2)[1:]) for c in every) == sorted(
+        f"{m}/s{s}" for m in ("large", "compressed", "alad-frozen-n3") for s in (1, 2)
+    )
+    assert len({c.key for c in every}) == 6
+    frozen = [c for c in every if c.mode == "alad-frozen"]
+    # phases 1-2 are shared by the seeds of a mode: one folder each, whatever the seed
+    assert len({c.align_dir("phase1") for c in frozen}) == 1
+    assert len({c.align_dir("phase2") for c in frozen}) == 1
+    # the key is a pure function of the config: reloading the grid gives the same keys
+    assert [c.key for c in cells(load_grid(tiny_grid))] == [c.key for c in every]
+
+
+def test_bad_grid_is_one_clear_error(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "compressed": ["x"],
+                "modes": ["warp"],
+                "seeds": [1],
+                "tasks": {"pos": {"train": "a", "test": "b"}},
+            }
+        )
+    )
+    with pytest.raises(ConfigError, match=r"g\.yaml: .*mode 'warp'"):
+        load_grid(path)
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "compressed": ["x"],
+                "modes": ["compressed"],
+                "seeds": [1],
+                "tasks": {"pos": {"train": "a"}},
+            }
+        )
+    )
+    with pytest.raises(ConfigError, match=r"tasks\.pos\.test"):
+        load_grid(path)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_sweep_skips_finished_cells_after_an_interruption(tiny_grid):
+    grid = load_grid(tiny_grid)
+    ran: list[str] = []
+
+    def run_then_stop(cell):
+        if len(ran) == 3:
+            raise Interrupted  # as if the machine went away during the 4th cell
+        ran.append(cell.key)
+        return run_cell(cell)
+
+    with pytest.raises(Interrupted):
+        for _ in run_sweep(grid, run=run_then_stop):
+            pass
+    results = load_results(grid.results)
+    assert sorted(r["key"] for r in results) == sorted(ran)
+    first = {r["key"]: r["finished"] for r in results}
+
+    rerun: list[str] = []
+
+    def count(cell):
+        rerun.append(cell.key)
+        return run_cell(cell)
+
+    lines = [line for _, _, line in run_sweep(load_grid(tiny_grid), run=count)]
+    assert len(rerun) == 3 and not set(rerun) & set(ran)  # only the missing cells ran
+    assert lines[-1].startswith("6/6 cells done")
+    results = {r["key"]: r for r in load_results(grid.results)}
+    assert len(results) == 6
+    assert all(results[k]["finished"] == t for k, t in first.items())  # untouched
+    frozen = next(r for r in results.values() if r["cell"]["mode"] == "alad-frozen")
+    assert frozen["alignment"]["phase2"]["after"]["mse"] > 0
+    assert frozen["data"]["train"] == 24 and frozen["data"]["test"] == 6
+    assert 0 <= frozen["test"]["main"] <= 1
+    assert list(run_sweep(load_grid(tiny_grid), run=count)) == []  # all done: nothing runs
+
+
+def test_corrupt_result_names_the_file(tiny_grid):
+    grid = load_grid(tiny_grid)
+    bad = grid.results / "pos" / "deadbeef0000.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("{ half a file")
+    with pytest.raises(ConfigError, match="deadbeef0000.json"):
+        load_results(grid.results)
+    json.loads('{"ok": 1}')
