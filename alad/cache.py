@@ -217,3 +217,79 @@ def paired_batches(
             x, mask = _pad([pieces_c[i] for i in batch])
             y, _ = _pad([pieces_l[i] for i in batch])
             yield x, y, mask
+
+
+class FrozenOutputs:
+    """Phase 3 with a frozen M_C (alad-frozen): its last-layer outputs for each token-id row,
+    computed once and then looked up instead of running the encoder every epoch (METHOD.md:
+    "compute them once and reuse them across epochs").
+
+    Rows are looked up by their token ids, so any batching of the same rows hits the memo.
+    Stored on disk as one fp16 safetensors file per (encoder fingerprint, rows) under
+    `<root>/phase3/`, so every seed of a sweep cell reuses the first one's extraction. fp16,
+    as for phases 1-2: the head sees the encoder's outputs to ~1e-3 relative error.
+    """
+
+    def __init__(self, encoder: torch.nn.Module, fingerprint: str, root: Path):
+        self.encoder, self.fingerprint, self.root = encoder, fingerprint, root / "phase3"
+        self.memo: dict[bytes, torch.Tensor] = {}
+        self.dim = 0
+
+    @staticmethod
+    def _key(ids: Sequence[int] | torch.Tensor) -> bytes:
+        return torch.as_tensor(ids, dtype=torch.int64).numpy().tobytes()
+
+    @torch.no_grad()
+    def fill(
+        self, rows: Sequence[Sequence[int]], batch_size: int, pad_id: int, progress: bool = False
+    ) -> None:
+        """Make sure every row is in the memo: read the file of these rows, or extract it."""
+        rows = [list(r) for r in dict.fromkeys(tuple(r) for r in rows)]
+        h = hashlib.sha256()
+        for r in rows:
+            h.update(self._key(r))
+        path = self.root / f"{self.fingerprint}-{h.hexdigest()[:16]}.safetensors"
+        if path.is_file():
+            tensors = load_file(path)
+            hidden, lengths = tensors["hidden"], tensors["lengths"]
+        else:
+            hidden, lengths = self._extract(rows, batch_size, pad_id, progress)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_save({"hidden": hidden, "lengths": lengths}, path)
+        self.dim = hidden.shape[-1]
+        for r, piece in zip(rows, torch.split(hidden, lengths.tolist()), strict=True):
+            self.memo[self._key(r)] = piece
+
+    def _extract(self, rows, batch_size, pad_id, progress):
+        self.encoder.eval()
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        pieces: list[torch.Tensor] = [torch.empty(0)] * len(rows)
+        for s in tqdm(
+            range(0, len(order), batch_size), desc="phase-3 frozen outputs", disable=not progress
+        ):
+            batch = order[s : s + batch_size]
+            width = max(len(rows[i]) for i in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for b, i in enumerate(batch):
+                ids[b, : len(rows[i])] = torch.tensor(rows[i])
+                mask[b, : len(rows[i])] = 1
+            out = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            for b, i in enumerate(batch):
+                pieces[i] = out[b, : len(rows[i])].to(torch.float16)
+        lengths = torch.tensor([len(r) for r in rows], dtype=torch.int64)
+        return torch.cat(pieces).contiguous(), lengths
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, T, D] fp32 outputs of right-padded rows (zeros at padding), from the memo."""
+        lengths = attention_mask.sum(1).tolist()
+        pieces = []
+        for row, n in zip(input_ids, lengths, strict=True):
+            key = self._key(row[:n])
+            if key not in self.memo:
+                raise KeyError("a phase-3 row was not extracted before training (fill() first)")
+            pieces.append(self.memo[key])
+        out = pad_sequence(pieces, batch_first=True).float()
+        if out.shape[1] < input_ids.shape[1]:
+            out = torch.nn.functional.pad(out, (0, 0, 0, input_ids.shape[1] - out.shape[1]))
+        return out

@@ -128,6 +128,11 @@ class Phase3Config(_Section):
     weight_decay: float = Field(
         0.01, ge=0, le=1, description="AdamW weight decay (never on biases and LayerNorm)."
     )
+    cache_frozen: bool = Field(
+        True,
+        description="Frozen M_C (alad-frozen): compute its outputs once and reuse them every "
+        "epoch (alad.cache.FrozenOutputs) instead of running it again.",
+    )
     head_lr: float | None = Field(
         None,
         gt=0,

@@ -41,6 +41,9 @@ class AlignedModel(nn.Module):
     ):
         super().__init__()
         self.encoder, self.adapter, self.head = encoder, adapter, head
+        # Phase 3 with a frozen encoder: its outputs looked up per row (alad.cache.FrozenOutputs)
+        # instead of recomputed. Used while training only; never saved.
+        self.frozen_outputs: Any = None
 
     def train(self, mode: bool = True) -> AlignedModel:
         # A frozen encoder is a fixed feature extractor: no dropout inside it while training.
@@ -51,6 +54,9 @@ class AlignedModel(nn.Module):
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         trains_encoder = self.training and any(p.requires_grad for p in self.encoder.parameters())
+        if self.frozen_outputs is not None and not trains_encoder:
+            hidden = self.frozen_outputs(input_ids, attention_mask)
+            return self.adapter(hidden, attention_mask) if self.adapter is not None else hidden
         with torch.set_grad_enabled(torch.is_grad_enabled() and trains_encoder):
             hidden = self.encoder(
                 input_ids=input_ids, attention_mask=attention_mask

@@ -14,6 +14,7 @@ from alad.checkpoint import CheckpointError
 from alad.config import ConfigError
 from alad.data.readers import DataFormatError
 from alad.model import load_model
+from alad.models.catalog import load_encoder
 from alad.phases.align import phase2_task_align
 from alad.phases.finetune import finetune
 from alad.predict import Predictor
@@ -234,3 +235,31 @@ def test_qa_dev_carved_by_article_never_shares_a_context():
     assert len(carved["dev"]) == 10  # 2 of 20 articles, all 5 questions of each
     assert {e.context for e in carved["dev"]}.isdisjoint({e.context for e in rest})
     assert len(rest) + len(carved["dev"]) == len(train)
+
+
+def test_frozen_mode_runs_the_encoder_once_and_matches_uncached(tiny_settings, tmp_path):
+    from safetensors.torch import load_file
+
+    calls = {"n": 0}
+    results = {}
+    for cached in (True, False, "again"):
+        s = _settings(
+            tiny_settings, tmp_path, mode="alad-frozen", epochs=3, cache_frozen=bool(cached)
+        )
+        encoders = (load_encoder(s.models.compressed), load_encoder(s.models.large))
+        encoders[0].model.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+        calls["n"] = 0
+        out = tmp_path / f"frozen-{cached}"
+        results[cached] = finetune(
+            s, out=out, progress=False, encoders=encoders, evaluate_test=False
+        )
+        results[cached].calls = calls["n"]
+    # uncached: train + dev every epoch; cached: one pass over train + dev, then never again
+    assert 0 < results[True].calls < results[False].calls / 2.5
+    assert results["again"].calls == 0  # another run (seed) on the same rows reads the file
+    a = load_file(results[True].model_dir / "adapter.safetensors")
+    b = load_file(results[False].model_dir / "adapter.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3  # fp16 outputs, same training
+    assert [h["dev_main"] for h in results[True].history] == pytest.approx(
+        [h["dev_main"] for h in results[False].history], abs=0.05
+    )
