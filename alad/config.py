@@ -128,6 +128,11 @@ class Phase3Config(_Section):
     weight_decay: float = Field(
         0.01, ge=0, le=1, description="AdamW weight decay (never on biases and LayerNorm)."
     )
+    tune_null_threshold: bool = Field(
+        True,
+        description="QA: after each epoch, set null_threshold to the value that maximises dev "
+        "F1 (SQuAD 2.0's best-threshold search); the saved model keeps it.",
+    )
     cache_frozen: bool = Field(
         True,
         description="Frozen M_C (alad-frozen): compute its outputs once and reuse them every "

@@ -189,6 +189,22 @@ class QaTask:
         )
         return predictions
 
+    def tune(self, examples, feats, outputs, cfg) -> dict[str, Any]:
+        """Decoding settings chosen on dev: the no-answer threshold that maximises F1. Without
+        it a model trained briefly answers nothing: the null score wins everywhere."""
+        if not cfg.tune_null_threshold:
+            return {}
+        _, details = qa_data.postprocess_qa(
+            list(examples),
+            feats,
+            [o[:, 0].numpy() for o in outputs],
+            [o[:, 1].numpy() for o in outputs],
+            n_best=cfg.n_best,
+            max_answer_length=cfg.max_answer_length,
+        )
+        gold = qa_data.gold_answers(examples)
+        return {"null_threshold": qa_data.best_null_threshold(gold, details, metric="f1")}
+
     def group(self, example: QAExample) -> str:
         """Dev/test slices carved from train take whole articles (shared contexts)."""
         return example.title or example.context

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from alad.data.readers import QAExample
-from alad.metrics import normalize_answer
+from alad.metrics import f1_token, normalize_answer
 
 log = logging.getLogger(__name__)
 
@@ -305,24 +305,34 @@ def gold_answers(examples: Sequence[QAExample]) -> dict[str, list[str]]:
     return {ex.id: [text for text, _ in ex.answers] for ex in examples}
 
 
-def best_null_threshold(gold: dict[str, list[str]], details: dict[str, dict[str, Any]]) -> float:
-    """The `null_threshold` that maximises exact match on a dev set (as SQuAD 2.0's
-    `find_best_thresh`). An example answers best_text when score_diff <= threshold, else "".
-    Candidates are the observed score differences (plus one below them all = always "");
+def best_null_threshold(
+    gold: dict[str, list[str]], details: dict[str, dict[str, Any]], metric: str = "exact"
+) -> float:
+    """The `null_threshold` that maximises `metric` ("exact" or "f1") on a dev set, as SQuAD
+    2.0's `find_best_thresh`. An example answers best_text when score_diff <= threshold, else
+    "". Candidates are the observed score differences (plus one below them all = always "");
     ties go to the smallest threshold."""
     missing = [qid for qid in details if qid not in gold]
     if missing:
         raise ValueError(f"{len(missing)} predicted ids have no gold answers, e.g. {missing[0]!r}")
     if not details:
         raise ValueError("no predictions to tune a threshold on")
-    # Gain in EM when an example switches from "" to its best span.
-    gains: list[tuple[float, int]] = []
-    score = 0
+    if metric not in ("exact", "f1"):
+        raise ValueError(f"metric must be 'exact' or 'f1', got {metric!r}")
+
+    def value(pred: str, answers: list[str]) -> float:
+        if metric == "exact":
+            return float(exact_match(pred, answers))
+        golds = [g for g in answers if normalize_answer(g)] or [""]
+        return max(f1_token(pred, g) for g in golds)
+
+    # Gain in the metric when an example switches from "" to its best span.
+    gains: list[tuple[float, float]] = []
+    score = 0.0
     for qid, d in details.items():
-        null_ok = exact_match("", gold[qid])
-        span_ok = exact_match(d["best_text"], gold[qid])
-        score += null_ok
-        gains.append((float(d["score_diff"]), int(span_ok) - int(null_ok)))
+        null_value = value("", gold[qid])
+        score += null_value
+        gains.append((float(d["score_diff"]), value(d["best_text"], gold[qid]) - null_value))
     gains.sort(key=lambda g: g[0])
     finite = [d for d, _ in gains if math.isfinite(d)]
     best_thr = (min(finite) - 1.0) if finite else 0.0
@@ -335,6 +345,6 @@ def best_null_threshold(gold: dict[str, list[str]], details: dict[str, dict[str,
         while i < len(gains) and gains[i][0] == diff:  # equal diffs switch together
             score += gains[i][1]
             i += 1
-        if score > best_score:
+        if score > best_score + 1e-12:
             best_score, best_thr = score, diff
     return best_thr

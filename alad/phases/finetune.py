@@ -285,7 +285,12 @@ def finetune(
             progress,
         )
         outputs = predict_outputs(model, task, dev_feats, cfg.batch_size * 2, pad_id)
-        dev = task.score(splits.dev, task.decode(splits.dev, dev_feats, outputs, labels, cfg))
+        # Decoding settings tuned on dev (QA: the no-answer threshold) go with this epoch.
+        tune = getattr(task, "tune", None)
+        tuned = tune(splits.dev, dev_feats, outputs, cfg) if tune else {}
+        dev_cfg = cfg.model_copy(update=tuned)
+        dev = task.score(splits.dev, task.decode(splits.dev, dev_feats, outputs, labels, dev_cfg))
+        dev.update(tuned)
         history.append(
             {
                 "epoch": epoch + 1,
@@ -304,7 +309,12 @@ def finetune(
         )
         if dev["main"] > best:
             best = dev["main"]
-            save_model(model, tok, {**manifest, "dev": dev, "best_epoch": epoch + 1}, out / "model")
+            save_model(
+                model,
+                tok,
+                {**manifest, **tuned, "dev": dev, "best_epoch": epoch + 1},
+                out / "model",
+            )
         _save_state(
             out,
             model,

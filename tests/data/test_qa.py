@@ -456,3 +456,16 @@ def test_threshold_from_real_postprocess_details(tok, long_example):
     thr = best_null_threshold(gold_answers([long_example]), details)
     preds, _ = postprocess_qa([long_example], feats, starts, ends, null_threshold=thr)
     assert preds["q-long"] == ANSWER
+
+
+def test_best_null_threshold_for_f1_counts_partial_answers():
+    # A partial span (F1 0.8, EM 0) is worth answering for F1, not for EM.
+    gold = {"a": ["big red dog"], "b": []}
+    details = {
+        "a": {"score_diff": 0.5, "best_text": "big red"},
+        "b": {"score_diff": 1.0, "best_text": "x"},
+    }
+    assert best_null_threshold(gold, details, metric="exact") < 0.5  # answer nothing
+    assert best_null_threshold(gold, details, metric="f1") == 0.5  # answer "a", not "b"
+    with pytest.raises(ValueError, match="metric"):
+        best_null_threshold(gold, details, metric="recall")

@@ -220,6 +220,10 @@ def test_qa_task_trains_evaluates_and_answers(tiny_settings, tmp_path):
     context = "the old king was born in the city . the new art"
     (answer,) = Predictor(result.model_dir).answer([("who was born in the city ?", context)])
     assert answer == "" or answer in context
+    # the no-answer threshold was tuned on dev each epoch and the saved model keeps the best's
+    manifest = json.loads((result.model_dir / "manifest.json").read_text())
+    assert manifest["null_threshold"] == manifest["dev"]["null_threshold"]
+    assert all("null_threshold" not in h for h in result.history)
 
 
 def test_qa_dev_carved_by_article_never_shares_a_context():
