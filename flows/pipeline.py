@@ -23,7 +23,7 @@ from alad.config import Settings, load_settings
 from alad.pipeline import STAGES, Layout
 
 
-def _transient(task: Any, task_run: Any, state: Any) -> bool:
+def transient(task: Any, task_run: Any, state: Any) -> bool:
     """Retry crashes and flaky I/O, not errors that would fail the same way again."""
     from alad.errors import user_errors
 
@@ -39,7 +39,7 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
 @task(
     retries=1,
     retry_delay_seconds=5,
-    retry_condition_fn=_transient,
+    retry_condition_fn=transient,
     cache_policy=NONE,
     task_run_name="{stage}",
 )

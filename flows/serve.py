@@ -3,7 +3,8 @@
     python flows/serve.py          # started in the background by `make up`
 
 `demo` runs the demo profile on the packaged offline models and data; `experiment` is the same
-flow for any parameters (`prefect deployment run 'alad-pipeline/experiment' --param ...`).
+flow for any parameters (`prefect deployment run 'alad-pipeline/experiment' --param ...`);
+`alad-sweep/table1` runs the Table-1 grid (flows/sweep.py).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ if __name__ == "__main__":
     _check_api()
     from pipeline import alad_pipeline
     from prefect import serve
+    from sweep import alad_sweep
 
     serve(
         alad_pipeline.to_deployment(
@@ -44,6 +46,11 @@ if __name__ == "__main__":
         ),
         alad_pipeline.to_deployment(
             name="experiment", description="any task / compressed model / mode / window"
+        ),
+        alad_sweep.to_deployment(
+            name="table1",
+            parameters={"grid": "sweeps/table1.yaml"},
+            description="the Table-1 grid; skips cells whose result is committed",
         ),
         limit=1,  # 2 cores: one pipeline at a time; further runs wait in the queue
     )

@@ -193,3 +193,52 @@ def tiny_settings(tiny_models, tiny_corpus, tmp_path):
             "runs_dir": str(tmp_path / "runs"),
         },
     )
+
+
+@pytest.fixture
+def tiny_grid(tiny_models, tiny_corpus, tmp_path) -> Path:
+    """A sweep file: tiny models, POS, modes compressed + alad-frozen, 2 seeds (6 cells)."""
+    import yaml
+
+    compressed, large = tiny_models
+    grid = {
+        "results": str(tmp_path / "results"),
+        "runs": str(tmp_path / "runs"),
+        "large": str(large),
+        "compressed": [str(compressed)],
+        "modes": ["compressed", "alad-frozen"],
+        "window": 3,
+        "seeds": [1, 2],
+        "set": {
+            "models.max_length": 32,
+            "adapter.hidden": 16,
+            "phase1.corpus": str(tiny_corpus),
+            "phase1.max_texts": 48,
+            "phase1.epochs": 1,
+            "phase2.epochs": 1,
+            "phase3.epochs": 1,
+            "phase3.batch_size": 8,
+            "cache.dir": str(tmp_path / "features"),
+            "tracking.enabled": False,
+        },
+        "tasks": {
+            "pos": {
+                "train": str(write_conllu(tmp_path / "t.conllu", 24, 1)),
+                "dev": str(write_conllu(tmp_path / "d.conllu", 6, 2)),
+                "test": str(write_conllu(tmp_path / "e.conllu", 6, 3)),
+            }
+        },
+    }
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect server for every flow test (start-up is the slow part)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    # Start-up takes 10-13 s on this 2-core machine; the default 30 s is too tight under load.
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -6,46 +6,9 @@ import json
 
 import pytest
 import yaml
-from conftest import write_conllu
 
 from alad.config import ConfigError
 from alad.sweep import cells, load_grid, load_results, run_cell, run_sweep
-
-
-@pytest.fixture
-def tiny_grid(tiny_models, tiny_corpus, tmp_path):
-    compressed, large = tiny_models
-    grid = {
-        "results": str(tmp_path / "results"),
-        "runs": str(tmp_path / "runs"),
-        "large": str(large),
-        "compressed": [str(compressed)],
-        "modes": ["compressed", "alad-frozen"],
-        "window": 3,
-        "seeds": [1, 2],
-        "set": {
-            "models.max_length": 32,
-            "adapter.hidden": 16,
-            "phase1.corpus": str(tiny_corpus),
-            "phase1.max_texts": 48,
-            "phase1.epochs": 1,
-            "phase2.epochs": 1,
-            "phase3.epochs": 1,
-            "phase3.batch_size": 8,
-            "cache.dir": str(tmp_path / "features"),
-            "tracking.enabled": False,
-        },
-        "tasks": {
-            "pos": {
-                "train": str(write_conllu(tmp_path / "t.conllu", 24, 1)),
-                "dev": str(write_conllu(tmp_path / "d.conllu", 6, 2)),
-                "test": str(write_conllu(tmp_path / "e.conllu", 6, 3)),
-            }
-        },
-    }
-    path = tmp_path / "grid.yaml"
-    path.write_text(yaml.safe_dump(grid))
-    return path
 
 
 def test_grid_cells_and_keys(tiny_grid):

@@ -12,15 +12,6 @@ pytestmark = pytest.mark.integration
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "flows"))
 
 
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    # Start-up takes 10-13 s on this 2-core machine; the default 30 s is too tight under load.
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def test_flow_runs_every_stage_as_a_task_and_returns_run_ids(
     prefect_server, tiny_settings, tmp_path, monkeypatch
 ):
