@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -103,3 +104,25 @@ def test_corrupt_result_names_the_file(tiny_grid):
     with pytest.raises(ConfigError, match="deadbeef0000.json"):
         load_results(grid.results)
     json.loads('{"ok": 1}')
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_table1_grid_and_its_dvc_stages_agree():
+    grid = load_grid(ROOT / "sweeps" / "table1.yaml")
+    every = cells(grid)
+    assert len({c.key for c in every}) == len(every)
+    # phase 1 once per (M_C, n), shared by every task; phase 2 once per (M_C, n, task)
+    adapters = [c for c in every if c.align is not None]
+    assert len({c.align_dir("phase1") for c in adapters}) == len(
+        {(c.compressed, c.window) for c in adapters}
+    )
+    assert len({c.align_dir("phase2") for c in adapters}) == len(
+        {(c.compressed, c.window, c.task) for c in adapters}
+    )
+    stages = yaml.safe_load((ROOT / "sweeps" / "dvc.yaml").read_text())["stages"]
+    assert stages["table1"]["foreach"] == list(grid.tasks)
+    assert "sweeps/table1.yaml" in stages["table1"]["do"]["cmd"]
+    (out,) = stages["table1"]["do"]["metrics"]
+    assert out == {f"{grid.results}/${{item}}": {"cache": False, "persist": True}}
