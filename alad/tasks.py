@@ -9,6 +9,7 @@ scores is what phase 3 selects the best epoch by (POS accuracy, NER micro F1, QA
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -19,11 +20,19 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
+from alad.atomic import write_json, write_text
 from alad.config import Phase3Config
 from alad.data import qa as qa_data
 from alad.data import tagging
 from alad.data.corpus import _package_data
-from alad.data.readers import QAExample, TaggedSentence, read_bio, read_conllu, read_squad
+from alad.data.readers import (
+    QAExample,
+    TaggedSentence,
+    read_bio,
+    read_conllu,
+    read_squad,
+    write_conllu,
+)
 from alad.metrics import ner_metrics, pos_metrics, squad_v2_metrics
 
 
@@ -65,6 +74,17 @@ class Task(Protocol):
         cfg: Phase3Config,
     ) -> Any: ...
     def score(self, examples: Sequence[Any], predictions: Any) -> dict[str, Any]: ...
+    def write_predictions(
+        self,
+        examples: Sequence[Any],
+        feats: Any,
+        outputs: list[torch.Tensor],
+        labels: Sequence[str],
+        cfg: Phase3Config,
+        folder: Path,
+    ) -> list[Path]:
+        """Predictions in the field's own format, for its official scorer."""
+        ...
 
 
 class _TokenTask:
@@ -105,6 +125,18 @@ class _TokenTask:
     def gold(self, examples: Sequence[TaggedSentence]) -> list[list[str]]:
         return [list(s.tags) for s in examples]
 
+    def write_predictions(self, examples, feats, outputs, labels, cfg, folder) -> list[Path]:
+        """conlleval's input: `word gold predicted` per line, a blank line between sentences."""
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "predictions.txt"
+        predictions = self.decode(examples, feats, outputs, labels, cfg)
+        blocks = [
+            "\n".join(f"{w} {g} {p}" for w, g, p in zip(s.words, s.tags, pred, strict=True))
+            for s, pred in zip(examples, predictions, strict=True)
+        ]
+        write_text("\n\n".join(blocks) + "\n", path)
+        return [path]
+
 
 class PosTask(_TokenTask):
     name = "pos"
@@ -115,6 +147,18 @@ class PosTask(_TokenTask):
     def score(self, examples, predictions):
         m = pos_metrics(self.gold(examples), predictions)
         return {**m, "main": m["accuracy"]}
+
+    def write_predictions(self, examples, feats, outputs, labels, cfg, folder) -> list[Path]:
+        """CoNLL-U twice, the same words: gold UPOS and predicted UPOS (a UD scorer's inputs)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        gold, system = folder / "gold.conllu", folder / "predicted.conllu"
+        write_conllu(list(examples), gold)
+        predictions = self.decode(examples, feats, outputs, labels, cfg)
+        predicted = [
+            TaggedSentence(s.words, tuple(p)) for s, p in zip(examples, predictions, strict=True)
+        ]
+        write_conllu(predicted, system)
+        return [gold, system]
 
 
 class NerTask(_TokenTask):
@@ -175,33 +219,39 @@ class QaTask:
             + F.cross_entropy(masked[..., 1], batch["end"])
         ) / 2
 
-    def decode(self, examples, feats, outputs, labels, cfg):
-        starts = [o[:, 0].numpy() for o in outputs]
-        ends = [o[:, 1].numpy() for o in outputs]
-        predictions, _ = qa_data.postprocess_qa(
-            list(examples),
-            feats,
-            starts,
-            ends,
-            n_best=cfg.n_best,
-            max_answer_length=cfg.max_answer_length,
-            null_threshold=cfg.null_threshold,
-        )
-        return predictions
-
-    def tune(self, examples, feats, outputs, cfg) -> dict[str, Any]:
-        """Decoding settings chosen on dev: the no-answer threshold that maximises F1. Without
-        it a model trained briefly answers nothing: the null score wins everywhere."""
-        if not cfg.tune_null_threshold:
-            return {}
-        _, details = qa_data.postprocess_qa(
+    def _postprocess(self, examples, feats, outputs, cfg):
+        return qa_data.postprocess_qa(
             list(examples),
             feats,
             [o[:, 0].numpy() for o in outputs],
             [o[:, 1].numpy() for o in outputs],
             n_best=cfg.n_best,
             max_answer_length=cfg.max_answer_length,
+            null_threshold=cfg.null_threshold,
         )
+
+    def decode(self, examples, feats, outputs, labels, cfg):
+        return self._postprocess(examples, feats, outputs, cfg)[0]
+
+    def write_predictions(self, examples, feats, outputs, labels, cfg, folder) -> list[Path]:
+        """The official SQuAD 2.0 script's inputs: predictions.json ({id: answer}, "" = no
+        answer) and null_odds.json ({id: null score - best span score}, its --na-prob-file)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        predictions, details = self._postprocess(examples, feats, outputs, cfg)
+        odds = {
+            qid: d["score_diff"] if math.isfinite(d["score_diff"]) else 1e9
+            for qid, d in details.items()
+        }
+        write_json(predictions, folder / "predictions.json")
+        write_json(odds, folder / "null_odds.json")
+        return [folder / "predictions.json", folder / "null_odds.json"]
+
+    def tune(self, examples, feats, outputs, cfg) -> dict[str, Any]:
+        """Decoding settings chosen on dev: the no-answer threshold that maximises F1. Without
+        it a model trained briefly answers nothing: the null score wins everywhere."""
+        if not cfg.tune_null_threshold:
+            return {}
+        _, details = self._postprocess(examples, feats, outputs, cfg)
         gold = qa_data.gold_answers(examples)
         return {"null_threshold": qa_data.best_null_threshold(gold, details, metric="f1")}
 

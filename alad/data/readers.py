@@ -205,9 +205,10 @@ def write_bio(sentences: list[TaggedSentence], path: Path) -> None:
 
 
 def write_squad(examples: list[QAExample], path: Path) -> None:
-    paragraphs: dict[str, list[dict]] = {}
+    """SQuAD 2.0 JSON, one article per title (questions of one context share a paragraph)."""
+    articles: dict[str, dict[str, list[dict]]] = {}
     for e in examples:
-        paragraphs.setdefault(e.context, []).append(
+        articles.setdefault(e.title or "prepared", {}).setdefault(e.context, []).append(
             {
                 "id": e.id,
                 "question": e.question,
@@ -216,10 +217,8 @@ def write_squad(examples: list[QAExample], path: Path) -> None:
             }
         )
     data = [
-        {
-            "title": "prepared",
-            "paragraphs": [{"context": c, "qas": q} for c, q in paragraphs.items()],
-        }
+        {"title": title, "paragraphs": [{"context": c, "qas": q} for c, q in paragraphs.items()]}
+        for title, paragraphs in articles.items()
     ]
     path.write_text(
         json.dumps({"version": "v2.0", "data": data}, ensure_ascii=False), encoding="utf-8"
