@@ -210,6 +210,14 @@ def cmd_sweep_run(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_sweep_register(args: argparse.Namespace) -> None:
+    from alad.sweep import load_grid, register_best
+    from alad.tracking import Tracker
+
+    for r in register_best(load_grid(args.grid), Tracker(), args.task):
+        print(f"{r['group']}: {r['name']} v{r['version']} ({r['reason']})")
+
+
 def cmd_config_show(args: argparse.Namespace) -> None:
     print(json.dumps(_settings(args).model_dump(mode="json"), indent=2))
 
@@ -358,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     for action, func, text in (
         ("list", cmd_sweep_list, "every cell of a grid file and whether its result exists"),
         ("run", cmd_sweep_run, "run the cells without a result, cheapest first (resumable)"),
+        ("register", cmd_sweep_register, "register each finished cell's best-dev seed"),
     ):
         p = sweep.add_parser(action, parents=[common], help=text)
         p.add_argument("grid", type=Path, help="grid file, e.g. sweeps/table1.yaml")

@@ -414,6 +414,65 @@ def run_sweep(
         yield cell, record, line
 
 
+def register_best(grid: Grid, tracker: Any, tasks: list[str] | None = None) -> list[dict]:
+    """The registry keeps one model per Table-1 cell: for every cell whose seeds all have a
+    result, the seed with the best dev score is registered (as a version of
+    `alad-<task>-<M_C>`, tagged with the cell and its seeds' test mean) and goes through the
+    promotion gate. A cell registered before (tag `alad.sweep_cell`) or whose best model folder
+    is not on this machine is skipped; the results stay the record either way."""
+    from alad.tracking import git_commit, model_name
+
+    groups: dict[str, list[Cell]] = {}
+    for cell in cells(grid, tasks):
+        groups.setdefault(cell.group, []).append(cell)
+    done: list[dict] = []
+    for group, members in sorted(groups.items()):
+        if not all(c.done for c in members):
+            continue
+        records = [json.loads(c.result_path.read_text()) for c in members]
+        best = max(records, key=lambda r: r["dev"]["main"])
+        model_dir = Path(best["model_dir"])
+        name = model_name(best["cell"]["task"], best["cell"]["compressed"])
+        tag = f"{group}@{best['key']}"
+        found = tracker.client.search_model_versions(f"name = '{name}'")
+        if any(v.tags.get("alad.sweep_cell") == tag for v in found):
+            continue
+        if not (model_dir / "manifest.json").is_file():
+            log.warning(
+                "%s: best seed's model %s is not on this machine; not registered", group, model_dir
+            )
+            continue
+        tests = [r["test"]["main"] for r in records]
+        info = tracker.register(
+            None,
+            model_dir,
+            best["cell"]["task"],
+            best["cell"]["compressed"],
+            {k: v for k, v in best["dev"].items() if isinstance(v, int | float)},
+            {
+                "alad.sweep_cell": tag,
+                "mode": best["cell"]["mode"],
+                "window": str(best["cell"]["window"]),
+                "seed": str(best["cell"]["seed"]),
+                "seeds": ",".join(str(r["cell"]["seed"]) for r in records),
+                "test_mean": f"{sum(tests) / len(tests):.4f}",
+                "git_commit": git_commit(),
+            },
+        )
+        decision = tracker.promote(info.name, info.version, "main", 0.0)
+        done.append(
+            {
+                "group": group,
+                "name": info.name,
+                "version": info.version,
+                "promoted": decision.promoted,
+                "reason": decision.reason,
+            }
+        )
+        log.info("%s: registered %s v%s (%s)", group, info.name, info.version, decision.reason)
+    return done
+
+
 def load_results(root: Path) -> list[dict[str, Any]]:
     """Every committed result under `root` (one JSON per cell)."""
     out = []
@@ -427,4 +486,14 @@ def load_results(root: Path) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["Cell", "Grid", "load_grid", "cells", "plan", "run_cell", "run_sweep", "load_results"]
+__all__ = [
+    "Cell",
+    "Grid",
+    "load_grid",
+    "cells",
+    "plan",
+    "run_cell",
+    "run_sweep",
+    "load_results",
+    "register_best",
+]

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from alad.config import ConfigError
-from alad.sweep import cells, load_grid, load_results, run_cell, run_sweep
+from alad.sweep import cells, load_grid, load_results, register_best, run_cell, run_sweep
+from alad.tracking import Tracker
 
 
 def test_grid_cells_and_keys(tiny_grid):
@@ -60,7 +61,7 @@ class Interrupted(Exception):
     pass
 
 
-def test_sweep_skips_finished_cells_after_an_interruption(tiny_grid):
+def test_sweep_skips_finished_cells_after_an_interruption(tiny_grid, tmp_path):
     grid = load_grid(tiny_grid)
     ran: list[str] = []
 
@@ -94,6 +95,19 @@ def test_sweep_skips_finished_cells_after_an_interruption(tiny_grid):
     assert frozen["data"]["train"] == 24 and frozen["data"]["test"] == 6
     assert 0 <= frozen["test"]["main"] <= 1
     assert list(run_sweep(load_grid(tiny_grid), run=count)) == []  # all done: nothing runs
+
+    # the registry keeps one model per Table-1 cell: the seed with the best dev score
+    tracker = Tracker(uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="sweep-test")
+    registered = register_best(grid, tracker)
+    assert sorted(r["group"].rsplit("/", 1)[-1] for r in registered) == sorted(
+        ["large", "compressed", "alad-frozen-n3"]
+    )
+    for r in registered:
+        seeds = [x for x in results.values() if x["group"] == r["group"]]
+        best = max(seeds, key=lambda x: x["dev"]["main"])
+        tags = tracker.client.get_model_version(r["name"], r["version"]).tags
+        assert tags["seed"] == str(best["cell"]["seed"]) and tags["seeds"] in ("1,2", "2,1")
+    assert register_best(grid, tracker) == []  # each cell once
 
 
 def test_corrupt_result_names_the_file(tiny_grid):
