@@ -170,12 +170,15 @@ def _pad(pieces: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return padded, mask
 
 
-def _batches(lengths: torch.Tensor, batch_size: int, rng: np.random.Generator | None):
+def grouped_batches(
+    lengths: torch.Tensor | Sequence[int], batch_size: int, rng: np.random.Generator | None
+) -> list[np.ndarray]:
     """Row batches. Shuffled: texts of similar length share a batch (less padding), drawn from
     random pools of 16 batches, and batch order is shuffled; unshuffled: in order."""
     if rng is None:
         rows = np.arange(len(lengths))
         return [rows[s : s + batch_size] for s in range(0, len(rows), batch_size)]
+    lengths = torch.as_tensor(lengths)
     rows = rng.permutation(len(lengths))
     pool = batch_size * 16
     batches = []
@@ -213,7 +216,7 @@ def paired_batches(
             )
         pieces_c = torch.split(h_c, len_c.tolist())
         pieces_l = torch.split(h_l, len_l.tolist())
-        for batch in _batches(len_c, batch_size, rng):
+        for batch in grouped_batches(len_c, batch_size, rng):
             x, mask = _pad([pieces_c[i] for i in batch])
             y, _ = _pad([pieces_l[i] for i in batch])
             yield x, y, mask

@@ -128,6 +128,11 @@ class Phase3Config(_Section):
     weight_decay: float = Field(
         0.01, ge=0, le=1, description="AdamW weight decay (never on biases and LayerNorm)."
     )
+    group_by_length: bool = Field(
+        True,
+        description="Batch rows of similar length together (random pools, shuffled batch "
+        "order): about half the padding of random batches, the same data each epoch.",
+    )
     tune_null_threshold: bool = Field(
         True,
         description="QA: after each epoch, set null_threshold to the value that maximises dev "

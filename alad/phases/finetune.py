@@ -29,7 +29,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from alad.adapter import AlignmentAdapter
 from alad.atomic import replace_dir, write_json
-from alad.cache import FrozenOutputs, feature_root
+from alad.cache import FrozenOutputs, feature_root, grouped_batches
 from alad.checkpoint import check_fits, load_checkpoint
 from alad.config import ConfigError, Phase3Config, Settings
 from alad.heads import build_head
@@ -370,6 +370,19 @@ def _cache_frozen_outputs(
     return time.perf_counter() - t0
 
 
+def _epoch_order(feats: Any, cfg: Phase3Config, seed: int, epoch: int) -> list[int]:
+    """Row order of one epoch, seeded by (seed, epoch). `group_by_length`: rows of similar
+    length share a batch (drawn from random pools of 16 batches, batch order shuffled), which
+    halves the padded tokens of a POS epoch (51k -> 26k at batch 16) without a fixed order."""
+    rng = np.random.default_rng([seed, epoch])
+    if not cfg.group_by_length:
+        return rng.permutation(len(feats.input_ids)).tolist()
+    batches = grouped_batches([len(r) for r in feats.input_ids], cfg.batch_size, rng)
+    # Task.batches cuts the flat order every batch_size rows: the one short batch goes last.
+    batches.sort(key=lambda b: len(b) < cfg.batch_size)
+    return [int(i) for b in batches for i in b]
+
+
 def _train_epoch(
     model: AlignedModel,
     task: Task,
@@ -384,7 +397,7 @@ def _train_epoch(
     progress: bool,
 ) -> float:
     model.train()
-    order = np.random.default_rng([seed, epoch]).permutation(task.num_rows(feats))
+    order = _epoch_order(feats, cfg, seed, epoch)
     total, count = 0.0, 0
     bar = tqdm(
         total=len(order),

@@ -99,7 +99,15 @@ def test_frozen_mode_leaves_the_compressed_model_untouched(tiny_settings, tmp_pa
 
 
 def test_joint_mode_learns_the_toy_task(tiny_settings, tmp_path):
-    s = _settings(tiny_settings, tmp_path, n_train=300, mode="alad-joint", epochs=5, lr=3e-3)
+    s = _settings(
+        tiny_settings,
+        tmp_path,
+        n_train=300,
+        mode="alad-joint",
+        epochs=5,
+        lr=3e-3,
+        group_by_length=False,
+    )
     result = finetune(s, out=tmp_path / "joint", progress=False)
     assert result.dev["f1_micro"] > 0.5, result.history
 
@@ -267,3 +275,23 @@ def test_frozen_mode_runs_the_encoder_once_and_matches_uncached(tiny_settings, t
     assert [h["dev_main"] for h in results[True].history] == pytest.approx(
         [h["dev_main"] for h in results[False].history], abs=0.05
     )
+
+
+def test_epoch_order_groups_rows_by_length_and_stays_a_seeded_permutation(tiny_settings):
+    from types import SimpleNamespace
+
+    rng = random.Random(0)
+    feats = SimpleNamespace(input_ids=[[1] * rng.randint(3, 60) for _ in range(203)])
+    cfg = tiny_settings.phase3.model_copy(update={"batch_size": 16, "group_by_length": True})
+    order = ft_mod._epoch_order(feats, cfg, seed=13, epoch=0)
+    assert sorted(order) == list(range(203))
+    assert order == ft_mod._epoch_order(feats, cfg, seed=13, epoch=0)
+    assert order != ft_mod._epoch_order(feats, cfg, seed=13, epoch=1)
+    batches = [order[i : i + 16] for i in range(0, 203, 16)]
+
+    def padded(bs):
+        return sum(max(len(feats.input_ids[i]) for i in b) * len(b) for b in bs)
+
+    plain = cfg.model_copy(update={"group_by_length": False})
+    shuffled = ft_mod._epoch_order(feats, plain, seed=13, epoch=0)
+    assert padded(batches) < 0.75 * padded([shuffled[i : i + 16] for i in range(0, 203, 16)])
