@@ -129,7 +129,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from alad.metrics import TABLE_HEADER
     from alad.phases.evaluate import evaluate_model
 
-    report = evaluate_model(args.model, args.test)
+    report = evaluate_model(args.model, args.test, predictions=args.predictions)
     if args.json:
         write_json(report, args.json)
     print(TABLE_HEADER[report["task"]])
@@ -310,6 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path, help="saved model folder (…/model)")
     p.add_argument("--test", required=True, help="test file in the task's format")
     p.add_argument("--json", type=Path, help="also write the full report here")
+    p.add_argument(
+        "--predictions",
+        type=Path,
+        metavar="DIR",
+        help="write the predictions in the task's format for its official scorer: "
+        "POS gold.conllu + predicted.conllu, NER conlleval's predictions.txt, "
+        "QA predictions.json + null_odds.json",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(

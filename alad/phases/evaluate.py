@@ -44,8 +44,10 @@ def evaluate_model(
     encoders: tuple[Encoder, Encoder] | None = None,
     speed_rows: int = 256,
     repeats: int = 3,
+    predictions: Path | None = None,
 ) -> dict[str, Any]:
-    """Scores on `test` (a file, or already-read examples) + size % + speed-up + a table row."""
+    """Scores on `test` (a file, or already-read examples) + size % + speed-up + a table row.
+    With `predictions`, the predictions are also written there in the task's own format."""
     model, tok, manifest = load_model(model_dir)
     task = TASKS[manifest["task"]]
     examples = task.read(test) if isinstance(test, str) else test
@@ -56,6 +58,8 @@ def evaluate_model(
     pad_id = tok.pad_token_id or 0
     outputs = predict_outputs(model, task, feats, 32, pad_id)
     scores = task.score(examples, task.decode(examples, feats, outputs, labels, cfg))
+    if predictions is not None:
+        task.write_predictions(examples, feats, outputs, labels, cfg, Path(predictions))
 
     large = encoders[1] if encoders else load_encoder(manifest["large"])
     large_model = AlignedModel(

@@ -295,3 +295,54 @@ def test_epoch_order_groups_rows_by_length_and_stays_a_seeded_permutation(tiny_s
     plain = cfg.model_copy(update={"group_by_length": False})
     shuffled = ft_mod._epoch_order(feats, plain, seed=13, epoch=0)
     assert padded(batches) < 0.75 * padded([shuffled[i : i + 16] for i in range(0, 203, 16)])
+
+
+def test_evaluate_writes_predictions_the_official_scorers_read(tiny_settings, tmp_path):
+    from seqeval.metrics import f1_score
+
+    from alad.data.readers import read_conllu
+    from alad.phases.evaluate import evaluate_model
+
+    # NER: conlleval's `word gold predicted` lines score the same F1 as the report
+    s = _settings(tiny_settings, tmp_path, mode="compressed")
+    model = finetune(s, out=tmp_path / "ner", progress=False, evaluate_test=False).model_dir
+    report = evaluate_model(model, s.phase3.test, predictions=tmp_path / "p-ner")
+    blocks = (tmp_path / "p-ner" / "predictions.txt").read_text().strip().split("\n\n")
+    rows = [[line.split(" ") for line in b.splitlines()] for b in blocks]
+    assert all(len(r) == 3 for b in rows for r in b)
+    gold, pred = [[r[1] for r in b] for b in rows], [[r[2] for r in b] for b in rows]
+    assert f1_score(gold, pred) == pytest.approx(report["f1_micro"])
+
+    # POS: gold and predicted CoNLL-U with the same words; their agreement is the accuracy
+    p3 = {
+        "task": "pos",
+        "train": str(write_conllu(tmp_path / "t.conllu", 30, 1)),
+        "dev": str(write_conllu(tmp_path / "d.conllu", 6, 2)),
+        "test": str(write_conllu(tmp_path / "e.conllu", 8, 3)),
+    }
+    s = _settings(tiny_settings, tmp_path, mode="compressed", **p3)
+    model = finetune(s, out=tmp_path / "pos", progress=False, evaluate_test=False).model_dir
+    report = evaluate_model(model, p3["test"], predictions=tmp_path / "p-pos")
+    g = read_conllu(tmp_path / "p-pos" / "gold.conllu")
+    p = read_conllu(tmp_path / "p-pos" / "predicted.conllu")
+    assert [x.words for x in g] == [x.words for x in p]
+    pairs = [(a, b) for x, y in zip(g, p, strict=True) for a, b in zip(x.tags, y.tags, strict=True)]
+    assert sum(a == b for a, b in pairs) / len(pairs) == pytest.approx(report["accuracy"])
+
+    # QA: predictions.json + null_odds.json for evaluate-v2.0.py
+    p3 = {
+        "task": "qa",
+        "train": str(write_squad(tmp_path / "t.json", 20, 1)),
+        "dev": str(write_squad(tmp_path / "d.json", 6, 2)),
+        "test": str(write_squad(tmp_path / "e.json", 6, 3)),
+        "max_length": 32,
+        "stride": 8,
+    }
+    s = _settings(tiny_settings, tmp_path, mode="compressed", **p3)
+    model = finetune(s, out=tmp_path / "qa", progress=False, evaluate_test=False).model_dir
+    report = evaluate_model(model, p3["test"], predictions=tmp_path / "p-qa")
+    answers = json.loads((tmp_path / "p-qa" / "predictions.json").read_text())
+    odds = json.loads((tmp_path / "p-qa" / "null_odds.json").read_text())
+    assert sorted(answers) == sorted(odds) == [f"q{i}" for i in range(6)]
+    no_answer = sum(a == "" for a in answers.values())
+    assert report["NoAns_total"] + report["HasAns_total"] == 6 and no_answer <= 6
