@@ -5,6 +5,7 @@
 #
 #   experiments/parity.sh                 # seeds 13 14 15, minilm-l6 then mpnet-base
 #   SEEDS="13 14" MODELS=minilm-l6 experiments/parity.sh
+#   LABEL=alad-warmup0 ALAD_EXTRA="--set phase3.warmup_ratio=0" HARNESSES=alad experiments/parity.sh
 #   .venv/bin/python experiments/parity_summary.py   # mean ± std table
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,8 @@ D=${DATA:-../shared/data/pos_de}
 REF=${REF:-../shared/reference/hf_tokcls.py}
 SEEDS=${SEEDS:-13 14 15}
 MODELS=${MODELS:-minilm-l6 mpnet-base}
+LABEL=${LABEL:-alad}                 # an alad variant's name in results/parity/
+HARNESSES=${HARNESSES:-alad reference}
 OUT=results/parity
 WORK=${WORK:-runs/parity}
 mkdir -p "$OUT" "$WORK"
@@ -27,17 +30,17 @@ PY
 for model in $MODELS; do
   mode=$([ "$model" = mpnet-base ] && echo large || echo compressed)
   for seed in $SEEDS; do
-    f="$OUT/alad-$model-s$seed.json"
-    if [ ! -f "$f" ]; then
-      echo "== alad $model seed $seed ($(date +%T), load $(cut -d' ' -f1 /proc/loadavg))"
+    f="$OUT/$LABEL-$model-s$seed.json"
+    if [[ " $HARNESSES " == *" alad "* && ! -f "$f" ]]; then
+      echo "== $LABEL $model seed $seed ($(date +%T), load $(cut -d' ' -f1 /proc/loadavg))"
       t0=$(date +%s)
       .venv/bin/alad finetune -q --task pos --mode "$mode" --compressed minilm-l6 --large mpnet-base \
         --train "$D/train.conllu" --dev "$D/dev.conllu" --test "$D/test.conllu" \
-        --set seed="$seed" --out "$WORK/alad-$model-s$seed" ${ALAD_EXTRA:-}
-      $PY - "$WORK/alad-$model-s$seed/metrics.json" "$f" "$model" "$seed" "$t0" <<'PY'
+        --set seed="$seed" --out "$WORK/$LABEL-$model-s$seed" ${ALAD_EXTRA:-}
+      $PY - "$WORK/$LABEL-$model-s$seed/metrics.json" "$f" "$model" "$seed" "$t0" "$LABEL" <<'PY'
 import json, sys, time, os
 m = json.load(open(sys.argv[1]))
-rec = {"harness": "alad", "model": sys.argv[3], "seed": int(sys.argv[4]),
+rec = {"harness": sys.argv[6], "extra": os.environ.get("ALAD_EXTRA", ""), "model": sys.argv[3], "seed": int(sys.argv[4]),
        "dev": m["dev"]["main"], "test": m["test"]["main"],
        "dev_per_epoch": [h["dev_main"] for h in m["history"]],
        "secs": round(time.time() - int(sys.argv[5])), "load1_end": os.getloadavg()[0]}
@@ -46,7 +49,7 @@ print(rec)
 PY
     fi
     f="$OUT/reference-$model-s$seed.json"
-    if [ ! -f "$f" ]; then
+    if [[ " $HARNESSES " == *" reference "* && ! -f "$f" ]]; then
       echo "== reference $model seed $seed ($(date +%T), load $(cut -d' ' -f1 /proc/loadavg))"
       $PY "$REF" --task pos --model "$(model_dir "$model")" --train "$D/train.conllu" \
         --dev "$D/dev.conllu" --test "$D/test.conllu" --lr 5e-5 --epochs 4 --bs 16 \
