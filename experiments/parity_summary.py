@@ -26,6 +26,6 @@ for (model, harness), rs in sorted(runs.items()):
     print(
         f"| {model} | {harness} | {','.join(str(r['seed']) for r in rs)} | "
         f"{ms([r['dev'] for r in rs])} | {ms([r['test'] for r in rs])} | "
-        f"{' / '.join(f'{100 * r["test"]:.1f}' for r in rs)} | "
+        f"{' / '.join(format(100 * r['test'], '.1f') for r in rs)} | "
         f"{statistics.mean(r['secs'] for r in rs):.0f} |"
     )
