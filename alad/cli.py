@@ -129,7 +129,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from alad.metrics import TABLE_HEADER
     from alad.phases.evaluate import evaluate_model
 
-    report = evaluate_model(args.model, args.test, predictions=args.predictions)
+    report = evaluate_model(args.model, args.test, speed=args.speed, predictions=args.predictions)
     if args.json:
         write_json(report, args.json)
     print(TABLE_HEADER[report["task"]])
@@ -310,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path, help="saved model folder (…/model)")
     p.add_argument("--test", required=True, help="test file in the task's format")
     p.add_argument("--json", type=Path, help="also write the full report here")
+    p.add_argument(
+        "--speed",
+        action="store_true",
+        help="also measure the speed-up vs the large model (runs both, best of 3; "
+        "Table 1 uses `alad bench latency` instead)",
+    )
     p.add_argument(
         "--predictions",
         type=Path,
