@@ -5,7 +5,7 @@
     alad models list | prepare | info NAME
     alad align phase1 [--out runs/phase1]
     alad align phase2 --init runs/phase1 [--set phase2.corpus=path/to/train.conllu]
-    alad bench align
+    alad bench align | latency
 
 Every command reads one validated config: params.yaml (if present) < --profile < ALAD_* env <
 --set KEY=VALUE. Errors the user can fix are printed as one clear message, not a traceback.
@@ -181,6 +181,31 @@ def cmd_bench_align(args: argparse.Namespace) -> None:
     from alad.bench import bench_align
 
     bench_align(_settings(args), texts=args.texts, epochs=args.epochs)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def cmd_bench_latency(args: argparse.Namespace) -> None:
+    from alad.bench import bench_latency
+
+    settings = _settings(args)
+    bench_latency(
+        large=args.large or settings.models.large,
+        compressed=[c for c in args.compressed.split(",") if c],
+        windows=args.windows,
+        batches=args.batches,
+        tokens=args.tokens,
+        k=args.k,
+        hidden=args.hidden or settings.adapter.hidden,
+        out=args.out,
+    )
 
 
 def cmd_sweep_list(args: argparse.Namespace) -> None:
@@ -373,6 +398,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--texts", type=int, default=1000, help="Wikipedia sentences to use")
     p.add_argument("--epochs", type=int, default=3, help="epochs to time")
     p.set_defaults(func=cmd_bench_align)
+
+    p = bench.add_parser(
+        "latency",
+        parents=[common],
+        help="ms per batch of M_L, each M_C and M_C + AlAd (Table 1's speed-up column)",
+    )
+    p.add_argument("--large", help="M_L (default: models.large)")
+    p.add_argument(
+        "--compressed",
+        default="minilm-l6,minilm-l3,mpnet-base:prune4",
+        help="comma-separated M_C specs (default: %(default)s)",
+    )
+    p.add_argument("--windows", type=_ints, default=[1, 3, 5], help="AlAd windows, e.g. 1,3,5")
+    p.add_argument("--batches", type=_ints, default=[1, 32], help="batch sizes, e.g. 1,32")
+    p.add_argument("--tokens", type=int, default=128, help="tokens per sequence")
+    p.add_argument("--k", type=int, default=5, help="repeats per model; the best is kept")
+    p.add_argument("--hidden", type=int, help="AlAd hidden width H (default: adapter.hidden)")
+    p.add_argument(
+        "--out", type=Path, default=Path("results/latency.json"), help="JSON written here"
+    )
+    p.set_defaults(func=cmd_bench_latency)
 
     sweep = sub.add_parser(
         "sweep", help="the Table-1 grid: cells run once, results committed"
