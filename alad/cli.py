@@ -6,6 +6,7 @@
     alad align phase1 [--out runs/phase1]
     alad align phase2 --init runs/phase1 [--set phase2.corpus=path/to/train.conllu]
     alad bench align | latency
+    alad report                                # reports/table1.md + pareto.png from results/
 
 Every command reads one validated config: params.yaml (if present) < --profile < ALAD_* env <
 --set KEY=VALUE. Errors the user can fix are printed as one clear message, not a traceback.
@@ -206,6 +207,14 @@ def cmd_bench_latency(args: argparse.Namespace) -> None:
         hidden=args.hidden or settings.adapter.hidden,
         out=args.out,
     )
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from alad.report import write_report
+
+    paths = write_report(args.results, args.latency, args.out)
+    for path in paths.values():
+        print(f"wrote {path}")
 
 
 def cmd_sweep_list(args: argparse.Namespace) -> None:
@@ -419,6 +428,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("results/latency.json"), help="JSON written here"
     )
     p.set_defaults(func=cmd_bench_latency)
+
+    p = sub.add_parser(
+        "report",
+        parents=[common],
+        help="Table 1 (markdown) and the Pareto plot from the committed sweep results",
+    )
+    p.add_argument(
+        "--results", type=Path, default=Path("results/table1"), help="result JSONs (any depth)"
+    )
+    p.add_argument(
+        "--latency",
+        type=Path,
+        default=Path("results/latency.json"),
+        help="`alad bench latency` output for the speed-up column (optional)",
+    )
+    p.add_argument("--out", type=Path, default=Path("reports"), help="table1.md, pareto.png here")
+    p.set_defaults(func=cmd_report)
 
     sweep = sub.add_parser(
         "sweep", help="the Table-1 grid: cells run once, results committed"
