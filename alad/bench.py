@@ -139,10 +139,6 @@ class Candidate:
     token_ids: torch.Tensor  # the encoder's ordinary (non-special) token ids
 
     @property
-    def label(self) -> str:
-        return f"{self.encoder} + AlAd" if self.window else self.encoder
-
-    @property
     def params(self) -> int:
         """As evaluation counts them: encoder + adapter (a head is not part of "size")."""
         return self.model.encoder_parameters() + self.model.adapter_parameters()
@@ -221,7 +217,7 @@ def format_latency(rows: list[dict[str, Any]]) -> str:
         f"{'model':28s} {'n':>2s} {'batch':>5s} {'ms/batch':>9s} {'tokens/s':>9s} "
         f"{'speed-up':>8s} {'params':>12s} {'size %':>7s}"
     ]
-    for r in sorted(rows, key=lambda r: (r["batch"], -r["params"], r["window"] or 0)):
+    for r in sorted(rows, key=lambda r: r["batch"]):  # stable: M_L, then each M_C, +AlAd n
         label = f"{r['model']} + AlAd" if r["window"] else r["model"]
         lines.append(
             f"{label:28s} {r['window'] or '-':>2} {r['batch']:>5d} {r['ms_per_batch']:>9.1f} "
