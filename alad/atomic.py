@@ -9,11 +9,15 @@ from pathlib import Path
 from typing import Any
 
 
-def write_text(text: str, path: Path) -> None:
+def write_bytes(data: bytes, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def write_text(text: str, path: Path) -> None:
+    write_bytes(text.encode("utf-8"), path)
 
 
 def write_json(data: Any, path: Path) -> None:

@@ -1,26 +1,45 @@
 """Benchmarks that print figures (never timed tests).
 
     alad bench align --texts 1000 --epochs 3
+    alad bench latency [--compressed minilm-l6,minilm-l3,mpnet-base:prune4] [--k 5]
 
+`bench align`:
 1. Cache effect: epoch 1 pays for running both frozen models (extraction) plus training; later
    epochs only read shards and train the adapter. Target: later epoch <= 10% of the first.
 2. Extraction throughput of the large model (tokenise, forward, keep real tokens, fp16, write
    shards) vs a raw forward pass over the same length-sorted batches. Target: >= 0.8.
+
+`bench latency`: Table 1's speed-up column. M_L, each M_C and each M_C + AlAd (n = 1, 3, 5),
+all with the same token-classification head shape, on batches of 1 and 32 sequences of 128
+random tokens, in one process; the models alternate round-robin and each keeps its best of k
+(alad.timing.best_of). AlAd's weights are freshly initialised: values do not change its speed.
+Writes results/latency.json (what `alad report` joins into Table 1) with the machine's facts.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from alad.adapter import AlignmentAdapter
+from alad.atomic import write_json
 from alad.cache import build_cache, length_sorted_batches
 from alad.config import Settings
 from alad.data.corpus import load_corpus, sample_split
+from alad.heads import TokenClassificationHead
+from alad.model import AlignedModel
 from alad.models.catalog import Encoder, load_encoder
 from alad.phases.align import AlignData, run_alignment
+from alad.timing import best_of
 
 
 @torch.no_grad()
@@ -100,3 +119,158 @@ def bench_align(settings: Settings, texts: int = 1000, epochs: int = 3) -> dict[
         f"{extract_tps / raw:.2f} of raw (target >= 0.8)"
     )
     return figures
+
+
+# ---------------------------------------------------------------------------------------------
+# Latency: M_L vs M_C vs M_C + AlAd
+
+DEFAULT_COMPRESSED = ("minilm-l6", "minilm-l3", "mpnet-base:prune4")
+UPOS_LABELS = 17  # the head every model gets (POS's shape); a head is a small share of time
+
+
+@dataclass
+class Candidate:
+    """One model to time: an encoder spec, optionally AlAd of window n, and a task head."""
+
+    encoder: str
+    window: int | None  # None: no adapter
+    role: str  # "large" | "compressed" | "alad"
+    model: AlignedModel
+    token_ids: torch.Tensor  # the encoder's ordinary (non-special) token ids
+
+    @property
+    def params(self) -> int:
+        """As evaluation counts them: encoder + adapter (a head is not part of "size")."""
+        return self.model.encoder_parameters() + self.model.adapter_parameters()
+
+
+def _ordinary_ids(encoder: Encoder) -> torch.Tensor:
+    special = set(encoder.tokenizer.all_special_ids)
+    return torch.tensor([i for i in range(encoder.model.config.vocab_size) if i not in special])
+
+
+def candidates(
+    large: Encoder,
+    compressed: Sequence[Encoder],
+    windows: Sequence[int],
+    hidden: int,
+    num_labels: int = UPOS_LABELS,
+) -> list[Candidate]:
+    """M_L, then per M_C: M_C alone and M_C + AlAd(n) for each window (all in eval mode)."""
+
+    def make(enc: Encoder, window: int | None, role: str) -> Candidate:
+        adapter = AlignmentAdapter(enc.dim, large.dim, window, hidden) if window else None
+        head = TokenClassificationHead(large.dim if window else enc.dim, num_labels)
+        model = AlignedModel(enc.model, head, adapter).eval()
+        return Candidate(enc.name, window, role, model, _ordinary_ids(enc))
+
+    out = [make(large, None, "large")]
+    for enc in compressed:
+        out.append(make(enc, None, "compressed"))
+        out += [make(enc, n, "alad") for n in windows]
+    return out
+
+
+@torch.no_grad()
+def measure_latency(
+    models: Sequence[Candidate], batches: Sequence[int], tokens: int, k: int, seed: int = 0
+) -> dict[tuple[int, int], float]:
+    """Best-of-k seconds per (index into `models`, batch size) of one forward pass over a batch
+    of `tokens` random ordinary tokens (full attention mask); everything alternates."""
+    gen = torch.Generator().manual_seed(seed)
+    calls = {}
+    for i, cand in enumerate(models):
+        for batch in batches:
+            pick = torch.randint(len(cand.token_ids), (batch, tokens), generator=gen)
+            ids, mask = cand.token_ids[pick], torch.ones(batch, tokens, dtype=torch.long)
+            calls[(i, batch)] = lambda m=cand.model, ids=ids, mask=mask: m(ids, mask)
+    return best_of(calls, k)
+
+
+def latency_rows(
+    models: Sequence[Candidate], seconds: dict[tuple[int, int], float], tokens: int
+) -> list[dict[str, Any]]:
+    """One row per (model, batch): ms per batch, tokens/s, speed-up and size vs M_L (models[0])."""
+    large = models[0]
+    rows = []
+    for (i, batch), s in seconds.items():
+        cand = models[i]
+        rows.append(
+            {
+                "model": cand.encoder,
+                "role": cand.role,
+                "window": cand.window,
+                "batch": batch,
+                "tokens": tokens,
+                "ms_per_batch": 1000 * s,
+                "tokens_per_s": batch * tokens / s,
+                "speedup": seconds[(0, batch)] / s,
+                "params": cand.params,
+                "size_pct": 100.0 * cand.params / large.params,
+            }
+        )
+    return rows
+
+
+def format_latency(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"{'model':28s} {'n':>2s} {'batch':>5s} {'ms/batch':>9s} {'tokens/s':>9s} "
+        f"{'speed-up':>8s} {'params':>12s} {'size %':>7s}"
+    ]
+    for r in sorted(rows, key=lambda r: r["batch"]):  # stable: M_L, then each M_C, +AlAd n
+        label = f"{r['model']} + AlAd" if r["window"] else r["model"]
+        lines.append(
+            f"{label:28s} {r['window'] or '-':>2} {r['batch']:>5d} {r['ms_per_batch']:>9.1f} "
+            f"{r['tokens_per_s']:>9.0f} {r['speedup']:>7.2f}x {r['params']:>12,d} "
+            f"{r['size_pct']:>7.1f}"
+        )
+    return "\n".join(lines)
+
+
+def bench_latency(
+    large: str = "mpnet-base",
+    compressed: Sequence[str] = DEFAULT_COMPRESSED,
+    windows: Sequence[int] = (1, 3, 5),
+    batches: Sequence[int] = (1, 32),
+    tokens: int = 128,
+    k: int = 5,
+    hidden: int = 1280,
+    out: Path | None = Path("results/latency.json"),
+) -> dict[str, Any]:
+    """Time every candidate in this process, print the table, write `out` (atomically)."""
+    from alad.tracking import git_commit
+
+    load_before = os.getloadavg()
+    models = candidates(load_encoder(large), [load_encoder(c) for c in compressed], windows, hidden)
+    print(
+        f"bench latency: {len(models)} models x batches {list(batches)} x {tokens} tokens, "
+        f"best of {k}, {torch.get_num_threads()} threads, load {load_before[0]:.2f}"
+    )
+    rows = latency_rows(models, measure_latency(models, batches, tokens, k), tokens)
+    load_after = os.getloadavg()
+    report = {
+        "large": large,
+        "compressed": list(compressed),
+        "windows": list(windows),
+        "hidden": hidden,
+        "head": f"token classification, {UPOS_LABELS} labels",
+        "tokens": tokens,
+        "k": k,
+        "rows": rows,
+        "machine": {
+            "host": socket.gethostname(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in load_after],
+        },
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+    }
+    print(format_latency(rows))
+    print(f"load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    if out is not None:
+        write_json(report, Path(out))
+        print(f"wrote {out}")
+    return report

@@ -5,7 +5,8 @@
     alad models list | prepare | info NAME
     alad align phase1 [--out runs/phase1]
     alad align phase2 --init runs/phase1 [--set phase2.corpus=path/to/train.conllu]
-    alad bench align
+    alad bench align | latency
+    alad report                                # reports/table1.md + pareto.png from results/
 
 Every command reads one validated config: params.yaml (if present) < --profile < ALAD_* env <
 --set KEY=VALUE. Errors the user can fix are printed as one clear message, not a traceback.
@@ -129,7 +130,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from alad.metrics import TABLE_HEADER
     from alad.phases.evaluate import evaluate_model
 
-    report = evaluate_model(args.model, args.test, predictions=args.predictions)
+    report = evaluate_model(args.model, args.test, speed=args.speed, predictions=args.predictions)
     if args.json:
         write_json(report, args.json)
     print(TABLE_HEADER[report["task"]])
@@ -181,6 +182,39 @@ def cmd_bench_align(args: argparse.Namespace) -> None:
     from alad.bench import bench_align
 
     bench_align(_settings(args), texts=args.texts, epochs=args.epochs)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def cmd_bench_latency(args: argparse.Namespace) -> None:
+    from alad.bench import bench_latency
+
+    settings = _settings(args)
+    bench_latency(
+        large=args.large or settings.models.large,
+        compressed=[c for c in args.compressed.split(",") if c],
+        windows=args.windows,
+        batches=args.batches,
+        tokens=args.tokens,
+        k=args.k,
+        hidden=args.hidden or settings.adapter.hidden,
+        out=args.out,
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from alad.report import write_report
+
+    paths = write_report(args.results, args.latency, args.out)
+    for path in paths.values():
+        print(f"wrote {path}")
 
 
 def cmd_sweep_list(args: argparse.Namespace) -> None:
@@ -311,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", required=True, help="test file in the task's format")
     p.add_argument("--json", type=Path, help="also write the full report here")
     p.add_argument(
+        "--speed",
+        action="store_true",
+        help="also measure the speed-up vs the large model (runs both, best of 3; "
+        "Table 1 uses `alad bench latency` instead)",
+    )
+    p.add_argument(
         "--predictions",
         type=Path,
         metavar="DIR",
@@ -367,6 +407,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--texts", type=int, default=1000, help="Wikipedia sentences to use")
     p.add_argument("--epochs", type=int, default=3, help="epochs to time")
     p.set_defaults(func=cmd_bench_align)
+
+    p = bench.add_parser(
+        "latency",
+        parents=[common],
+        help="ms per batch of M_L, each M_C and M_C + AlAd (Table 1's speed-up column)",
+    )
+    p.add_argument("--large", help="M_L (default: models.large)")
+    p.add_argument(
+        "--compressed",
+        default="minilm-l6,minilm-l3,mpnet-base:prune4",
+        help="comma-separated M_C specs (default: %(default)s)",
+    )
+    p.add_argument("--windows", type=_ints, default=[1, 3, 5], help="AlAd windows, e.g. 1,3,5")
+    p.add_argument("--batches", type=_ints, default=[1, 32], help="batch sizes, e.g. 1,32")
+    p.add_argument("--tokens", type=int, default=128, help="tokens per sequence")
+    p.add_argument("--k", type=int, default=5, help="repeats per model; the best is kept")
+    p.add_argument("--hidden", type=int, help="AlAd hidden width H (default: adapter.hidden)")
+    p.add_argument(
+        "--out", type=Path, default=Path("results/latency.json"), help="JSON written here"
+    )
+    p.set_defaults(func=cmd_bench_latency)
+
+    p = sub.add_parser(
+        "report",
+        parents=[common],
+        help="Table 1 (markdown) and the Pareto plot from the committed sweep results",
+    )
+    p.add_argument(
+        "--results", type=Path, default=Path("results/table1"), help="result JSONs (any depth)"
+    )
+    p.add_argument(
+        "--latency",
+        type=Path,
+        default=Path("results/latency.json"),
+        help="`alad bench latency` output for the speed-up column (optional)",
+    )
+    p.add_argument("--out", type=Path, default=Path("reports"), help="table1.md, pareto.png here")
+    p.set_defaults(func=cmd_report)
 
     sweep = sub.add_parser(
         "sweep", help="the Table-1 grid: cells run once, results committed"

@@ -11,6 +11,11 @@ class RegistryError(ValueError):
     """A registry request that cannot be carried out as asked (e.g. nothing to roll back to)."""
 
 
+class ResultError(ValueError):
+    """A committed result file (sweep cell, latency benchmark) that cannot be read as one; the
+    message names the file and what is wrong with it."""
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """Every error class whose message tells the user what to fix (imported lazily: cheap CLI)."""
     from alad.checkpoint import CheckpointError
@@ -32,6 +37,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         ModelUnavailable,
         NonFiniteLoss,
         RegistryError,
+        ResultError,
         ServicesDown,
         TokenMismatch,
     )

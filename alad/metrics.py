@@ -236,6 +236,14 @@ def squad_v2_metrics(gold: dict[str, list[str]], pred: dict[str, str]) -> dict:
 # Size, speed and the table
 
 
+def size_pct(compressed_params: int, large_params: int) -> float:
+    """The paper's "size %": 100·compressed/large parameters."""
+    for name, value in (("compressed_params", compressed_params), ("large_params", large_params)):
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, got {value!r}")
+    return 100.0 * compressed_params / large_params
+
+
 def size_and_speed(
     compressed_params: int, large_params: int, compressed_seconds: float, large_seconds: float
 ) -> dict:
@@ -250,7 +258,7 @@ def size_and_speed(
         if not value > 0 or math.isinf(value):
             raise ValueError(f"{name} must be positive and finite, got {value!r}")
     return {
-        "size_pct": 100.0 * compressed_params / large_params,
+        "size_pct": size_pct(compressed_params, large_params),
         "speedup": large_seconds / compressed_seconds,
     }
 

@@ -221,7 +221,8 @@ def stage_phase3(settings: Settings, layout: Layout, parent_run_id: str | None =
 
 
 def stage_evaluate(settings: Settings, layout: Layout, parent_run_id: str | None = None) -> dict:
-    """Test scores, size %, speed-up; the Table-1 row; loss-curve plots of every phase."""
+    """Test scores, size %; the Table-1 row; loss-curve plots of every phase (no timing:
+    speed-ups come from `alad bench latency` or `alad evaluate --speed`)."""
     from alad.metrics import TABLE_HEADER
     from alad.phases.evaluate import evaluate_model
     from alad.plots import plot_histories

@@ -1,28 +1,61 @@
-"""Loss-curve plots of a pipeline run (a picture says more than the per-epoch table).
+"""Plots: loss curves of a pipeline run, and Table 1's quality/size/latency Pareto plot.
 
-alad stage evaluate        # writes runs/eval/plots/{phase1,phase2,phase3}.png
+    alad stage evaluate        # writes runs/eval/plots/{phase1,phase2,phase3}.png
+    alad report                # writes reports/pareto.png
+
+Figures are built with matplotlib's object API (`Figure` + the Agg canvas), not pyplot: no global
+figure state, so plotting is safe from Prefect's worker threads, and nothing needs closing.
+Files are written whole under a temporary name and renamed (alad.atomic).
 """
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from alad.atomic import write_bytes
 
 CURVES = {
     "phase1": (["train_mse", "heldout_mse"], "Phase 1: alignment MSE (general text)"),
     "phase2": (["train_mse", "heldout_mse"], "Phase 2: alignment MSE (task text)"),
     "phase3": (["train_loss", "dev_main"], "Phase 3: train loss and validation score"),
 }
+DPI = 110
+# One marker per phase-3 mode (alad.phases.modes.MODES); colours go to the models.
+MODE_MARKERS = {
+    "large": "*",
+    "compressed": "o",
+    "alad-frozen": "s",
+    "alad-joint": "D",
+    "lora": "^",
+    "lora-alad": "v",
+}
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Any, target: Path | IO[bytes]) -> None:
+    """PNG to a file object, or atomically to a path."""
+    if isinstance(target, Path):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        write_bytes(buffer.getvalue(), target)
+    else:
+        fig.savefig(target, format="png")
 
 
 def plot_history(history: list[dict[str, Any]], keys: list[str], title: str, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=110)
+    fig = _figure(5, 3.2)
+    ax = fig.add_subplot()
     epochs = [h["epoch"] for h in history]
     for key in keys:
         ax.plot(epochs, [h[key] for h in history], marker="o", label=key)
@@ -31,9 +64,7 @@ def plot_history(history: list[dict[str, Any]], keys: list[str], title: str, pat
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 
@@ -47,3 +78,49 @@ def plot_histories(layout: Any, out: Path) -> list[Path]:
             if history:
                 paths.append(plot_history(history, keys, title, out / f"{phase}.png"))
     return paths
+
+
+def plot_pareto(
+    points: list[dict[str, Any]], tasks: list[tuple[str, str]], target: Path | IO[bytes]
+) -> None:
+    """One column per task: quality (`y` ± `yerr`) against `size_pct` (top) and `ms` (bottom).
+
+    `points`: dicts with task, series (the colour: one per model), mode (the marker), y, yerr,
+    size_pct and ms (None: not measured, the point is left out of that panel).
+    `tasks`: (task, title) per column."""
+    from matplotlib.lines import Line2D
+
+    fig = _figure(4.2 * max(1, len(tasks)), 7.4)
+    series = sorted({p["series"] for p in points})
+    colours = {s: f"C{i % 10}" for i, s in enumerate(series)}
+    axes = fig.subplots(2, max(1, len(tasks)), squeeze=False)
+    for col, (task, title) in enumerate(tasks):
+        for row, (x, xlabel) in enumerate(
+            (("size_pct", "size (% of M_L parameters)"), ("ms", "ms per batch of 32 (CPU)"))
+        ):
+            ax = axes[row][col]
+            shown = [p for p in points if p["task"] == task and p.get(x) is not None]
+            for p in shown:
+                ax.errorbar(
+                    p[x],
+                    p["y"],
+                    yerr=p["yerr"] or None,
+                    fmt=MODE_MARKERS.get(p["mode"], "x"),
+                    color=colours[p["series"]],
+                    markersize=9 if p["mode"] == "large" else 6,
+                    capsize=3,
+                )
+            if not shown:
+                why = "no latency.json" if x == "ms" else "no sizes in the results"
+                ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("test score × 100")
+            ax.grid(alpha=0.3)
+            if row == 0:
+                ax.set_title(title, fontsize=10)
+    handles = [Line2D([], [], color=colours[s], marker="o", ls="", label=s) for s in series]
+    modes = [m for m in MODE_MARKERS if any(p["mode"] == m for p in points)]
+    handles += [Line2D([], [], color="0.3", marker=MODE_MARKERS[m], ls="", label=m) for m in modes]
+    fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    _save(fig, target)

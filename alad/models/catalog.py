@@ -139,6 +139,28 @@ def load_encoder(spec: str) -> Encoder:
     return Encoder(name=spec, model=model, tokenizer=tokenizer, source=source)
 
 
+def count_parameters(spec: str) -> int:
+    """Parameters of `spec` as `Encoder.num_parameters` counts them, without reading weights:
+    the architecture is built on the meta device from its config. For the size % column,
+    which needs M_L's parameter count but not M_L itself."""
+    from transformers import AutoConfig
+
+    base, ops = split_spec(spec)
+    source = resolve(base)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except OSError as exc:
+        raise ModelUnavailable(f"cannot read the config of model {base!r} ({exc})") from exc
+    with torch.device("meta"):
+        try:
+            model = AutoModel.from_config(config, add_pooling_layer=False)
+        except TypeError:
+            model = AutoModel.from_config(config)
+    # int8 leaves the count as it is (packed weights count as the float ones did) and cannot
+    # quantize meta tensors: only the ops that change the architecture are applied.
+    return parameter_count(apply_ops(model, [op for op in ops if op != "int8"]))
+
+
 def size_report(compressed: Encoder, large: Encoder, extra_params: int = 0) -> dict[str, float]:
     """Parameters and size as % of the large model (the paper's "size %" column)."""
     params = compressed.num_parameters + extra_params

@@ -1,10 +1,14 @@
-"""Evaluate a saved model: the task metric, size as % of the large model, measured speed-up.
+"""Evaluate a saved model: the task metric, size as % of the large model, and on request the
+measured speed-up.
 
-    alad evaluate runs/pos-alad-frozen/model --test ../shared/data/pos_de/test.conllu
+    alad evaluate runs/pos-alad-frozen/model --test ../shared/data/pos_de/test.conllu [--speed]
 
-Speed-up is measured here, in the same process on the same inputs: the saved model's forward
-pass (encoder + AlAd + head) against the large model's (encoder + a head of the same shape),
-over the same length-sorted batches, after one warm-up batch each, best of 3 alternating runs.
+Size % needs only the large model's parameter count (its architecture, not its weights, see
+`catalog.count_parameters`). Speed-up is measured only with `speed=True` (`--speed`): timing on
+every evaluation ran M_L three times per run and, on a shared machine, gave noisy figures;
+Table 1's speed-ups come from one `alad bench latency` run instead. When measured, it is the
+saved model's forward pass (encoder + AlAd + head) against the large model's (encoder + a head
+of the same shape) over the same length-sorted batches, best of 3 alternating runs each.
 """
 
 from __future__ import annotations
@@ -16,17 +20,19 @@ from typing import Any
 import torch
 
 from alad.heads import build_head
-from alad.metrics import format_table_row, size_and_speed
+from alad.metrics import format_table_row, size_and_speed, size_pct
 from alad.model import AlignedModel, load_model, phase3_config
-from alad.models.catalog import Encoder, load_encoder
+from alad.models.catalog import Encoder, count_parameters, load_encoder
 from alad.phases.finetune import predict_outputs
 from alad.tasks import TASKS, Task
+from alad.timing import best_of
 
 
 @torch.no_grad()
 def forward_seconds(
     model: torch.nn.Module, task: Task, feats: Any, batch_size: int, pad_id: int, rows: int
 ) -> float:
+    """One pass over the `rows` shortest rows (untimed warm-up on the first batch)."""
     model.eval()
     n = min(rows, task.num_rows(feats))
     order = sorted(range(task.num_rows(feats)), key=lambda i: len(feats.input_ids[i]))[:n]
@@ -38,16 +44,48 @@ def forward_seconds(
     return time.perf_counter() - t0
 
 
+def measure_speed(
+    model: AlignedModel,
+    feats: Any,
+    pad_id: int,
+    large: Encoder,
+    manifest: dict[str, Any],
+    examples: list[Any],
+    rows: int = 256,
+    repeats: int = 3,
+) -> dict[str, float]:
+    """Seconds of the saved model and of M_L with a head of the same shape on the same
+    examples, alternating, best of `repeats` each (alad.timing.best_of)."""
+    task = TASKS[manifest["task"]]
+    head = build_head(manifest["head"]["kind"], large.dim, manifest["head"]["num_labels"])
+    large_model = AlignedModel(large.model, head)
+    large_feats = task.encode(
+        large.tokenizer, examples, manifest["labels"], phase3_config(manifest), False
+    )
+    large_pad = large.tokenizer.pad_token_id or 0
+    best = best_of(
+        {
+            "model": lambda: forward_seconds(model, task, feats, 32, pad_id, rows),
+            "large": lambda: forward_seconds(large_model, task, large_feats, 32, large_pad, rows),
+        },
+        repeats,
+        warmup=False,  # forward_seconds warms up itself, on one batch
+    )
+    return {"model_seconds": best["model"], "large_seconds": best["large"]}
+
+
 def evaluate_model(
     model_dir: Path,
     test: str | list[Any],
     encoders: tuple[Encoder, Encoder] | None = None,
+    speed: bool = False,
     speed_rows: int = 256,
     repeats: int = 3,
     predictions: Path | None = None,
 ) -> dict[str, Any]:
-    """Scores on `test` (a file, or already-read examples) + size % + speed-up + a table row.
-    With `predictions`, the predictions are also written there in the task's own format."""
+    """Scores on `test` (a file, or already-read examples) + size % + a table row; with
+    `speed`, also the measured speed-up vs the large model. With `predictions`, the
+    predictions are also written there in the task's own format."""
     model, tok, manifest = load_model(model_dir)
     task = TASKS[manifest["task"]]
     examples = task.read(test) if isinstance(test, str) else test
@@ -61,30 +99,24 @@ def evaluate_model(
     if predictions is not None:
         task.write_predictions(examples, feats, outputs, labels, cfg, Path(predictions))
 
-    large = encoders[1] if encoders else load_encoder(manifest["large"])
-    large_model = AlignedModel(
-        large.model, build_head(manifest["head"]["kind"], large.dim, manifest["head"]["num_labels"])
-    )
-    large_feats = task.encode(large.tokenizer, examples, labels, cfg, False)
-    # Alternate the two models and keep each one's best of `repeats`: on a shared machine a
-    # burst of load hits one measurement, not a whole model's.
-    t_model = t_large = float("inf")
-    for _ in range(repeats):
-        t_model = min(t_model, forward_seconds(model, task, feats, 32, pad_id, speed_rows))
-        t_large = min(
-            t_large,
-            forward_seconds(
-                large_model, task, large_feats, 32, large.tokenizer.pad_token_id or 0, speed_rows
-            ),
-        )
     params = model.encoder_parameters() + model.adapter_parameters()
-    scores.update(size_and_speed(params, large.num_parameters, t_model, t_large))
+    large = encoders[1] if encoders else None
+    if speed and large is None:
+        large = load_encoder(manifest["large"])
+    large_params = large.num_parameters if large else count_parameters(manifest["large"])
+    scores["size_pct"] = size_pct(params, large_params)
+    if speed and large is not None:
+        seconds = measure_speed(
+            model, feats, pad_id, large, manifest, examples, speed_rows, repeats
+        )
+        scores.update(seconds)
+        scores.update(
+            size_and_speed(params, large_params, seconds["model_seconds"], seconds["large_seconds"])
+        )
     scores.update(
         {
             "params": params,
-            "large_params": large.num_parameters,
-            "model_seconds": t_model,
-            "large_seconds": t_large,
+            "large_params": large_params,
             "examples": len(examples),
             "task": manifest["task"],
         }

@@ -7,7 +7,7 @@
 
 Output folder: `model/` (the best epoch by validation score, see alad/model.py), `state/`
 (last epoch's weights + optimizer, to resume an interrupted run; removed when finished) and
-`metrics.json` (history, best dev scores, test scores, size, speed-up).
+`metrics.json` (history, best dev scores, test scores, size).
 """
 
 from __future__ import annotations
@@ -52,9 +52,10 @@ class FinetuneResult:
     metrics_path: Path
 
     def summary(self) -> str:
+        speed = f", speed-up {self.test['speedup']:.2f}x" if "speedup" in self.test else ""
         test = (
             f"test main {self.test['main']:.4f}; size {self.test['size_pct']:.1f}% of the "
-            f"large model, speed-up {self.test['speedup']:.2f}x; "
+            f"large model{speed}; "
             if self.test
             else ""
         )

@@ -6,11 +6,11 @@ import re
 
 import pytest
 import torch
-from conftest import make_tiny_bert
+from conftest import make_tiny_bert, make_tiny_mpnet
 from torch import nn
 from transformers import BertConfig, BertModel, MPNetConfig, MPNetModel
 
-from alad.models.catalog import load_encoder
+from alad.models.catalog import count_parameters, load_encoder
 from alad.models.compress import (
     apply_ops,
     parameter_count,
@@ -218,6 +218,17 @@ def test_load_encoder_applies_suffixes(tiny_bert_folder, suffix, layers, quantiz
     ids = enc.tokenizer(["the city of music ."], return_tensors="pt")
     out = enc.embed(ids["input_ids"], ids["attention_mask"])
     assert out.shape == (1, ids["input_ids"].shape[1], 32)
+
+
+@pytest.mark.parametrize("suffix", ["", ":prune1", ":int8", ":prune1:int8"])
+def test_count_parameters_without_weights_matches_the_loaded_model(tiny_bert_folder, suffix):
+    spec = str(tiny_bert_folder) + suffix
+    assert count_parameters(spec) == load_encoder(spec).num_parameters
+
+
+def test_count_parameters_of_mpnet(tmp_path):
+    folder = make_tiny_mpnet(tmp_path / "mpnet")
+    assert count_parameters(str(folder)) == load_encoder(str(folder)).num_parameters
 
 
 def test_load_encoder_prune1_matches_first_layer(tiny_bert_folder):

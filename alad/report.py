@@ -1,0 +1,511 @@
+"""Table 1 from the committed sweep results: reports/table1.md and reports/pareto.png.
+
+    alad report [--results results/table1] [--latency results/latency.json] [--out reports]
+
+Reads only files: every result JSON under `--results` (one per finished cell, written by
+`alad sweep run`, any folder depth) and, for the speed-up column, `alad bench latency`'s JSON.
+One table per task in the paper's layout: the `large` row (M_L fine-tuned) as the reference, then
+each M_C with its modes; every score is "mean ± sample std (k seeds)" of the test set, the size
+% of M_L, the speed-up vs M_L (batch 32 from latency.json, matching M_C and n) and, for AlAd
+rows, the share of the compressed -> large gap that AlAd recovers. A cell of the grid without a
+result simply does not appear; the report says how many result files it used.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alad.atomic import write_text
+from alad.errors import ResultError
+from alad.phases.modes import MODES
+
+TASK_NAMES = ("pos", "ner", "qa")
+TASK_TITLES = {
+    "pos": "POS tagging",
+    "ner": "NER",
+    "qa": "Extractive QA (SQuAD 2.0)",
+}
+# (column header, test-metric key, scale to %): POS/NER metrics are fractions, QA's percentages
+# (alad/metrics.py). The first column is the one the paper's Table 1 shows.
+COLUMNS: dict[str, list[tuple[str, str, float]]] = {
+    "pos": [("Acc", "accuracy", 100.0), ("F1 macro", "f1_macro", 100.0)],
+    "ner": [("F1_O", "f1_micro", 100.0), ("F1 macro", "f1_macro", 100.0)],
+    "qa": [
+        ("EM", "exact", 1.0),
+        ("F1", "f1", 1.0),
+        ("HasAns F1", "HasAns_f1", 1.0),
+        ("NoAns F1", "NoAns_f1", 1.0),
+    ],
+}
+REQUIRED = {"pos": ("accuracy", "f1_macro"), "ner": ("f1_micro", "f1_macro"), "qa": ("exact", "f1")}
+MAIN_NAME = {"pos": "Acc", "ner": "F1_O", "qa": "F1"}  # what test["main"] is, per task
+LATENCY_BATCH = 32
+DASH = "–"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass(frozen=True)
+class Result:
+    """One finished cell (one seed) as committed by the sweep."""
+
+    path: Path
+    record: dict[str, Any] = field(repr=False)
+
+    @property
+    def cell(self) -> dict[str, Any]:
+        return self.record["cell"]
+
+    @property
+    def test(self) -> dict[str, Any]:
+        return self.record["test"]
+
+    @property
+    def row_key(self) -> tuple[str, str, str, int | None]:
+        """The Table-1 row this seed belongs to: (task, M_C, mode, n); M_L's row for `large`."""
+        c = self.cell
+        if c["mode"] == "large":
+            return c["task"], c["large"], "large", None
+        return c["task"], c["compressed"], c["mode"], c.get("window")
+
+
+def _fail(path: Path, what: str) -> ResultError:
+    return ResultError(
+        f"{path}: {what}; fix or delete the file (`alad sweep run` reruns a cell without a result)"
+    )
+
+
+def read_result(path: Path) -> Result:
+    """One result JSON, checked for what the report reads (ResultError names the file)."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _fail(path, f"not valid JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise _fail(path, f"expected a JSON object, got {type(record).__name__}")
+    cell, test = record.get("cell"), record.get("test")
+    if not isinstance(cell, dict) or not isinstance(test, dict):
+        raise _fail(path, "no 'cell' or 'test' object (not a sweep result?)")
+    for key in ("task", "compressed", "large", "mode"):
+        if not isinstance(cell.get(key), str):
+            raise _fail(path, f"cell.{key} missing or not a string")
+    if cell["task"] not in TASK_NAMES:
+        raise _fail(path, f"cell.task {cell['task']!r} is not one of {TASK_NAMES}")
+    if cell["mode"] not in MODES:
+        raise _fail(path, f"cell.mode {cell['mode']!r} is not one of {tuple(MODES)}")
+    if not isinstance(cell.get("seed"), int):
+        raise _fail(path, "cell.seed missing or not an integer")
+    if not (cell.get("window") is None or isinstance(cell["window"], int)):
+        raise _fail(path, "cell.window must be an integer or null")
+    for key in ("main", *REQUIRED[cell["task"]]):
+        if not _number(test.get(key)):
+            raise _fail(path, f"test.{key} missing or not a number")
+    return Result(Path(path), record)
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def load_results(root: Path) -> list[Result]:
+    """Every result JSON under `root` (at any depth; hidden temporary files skipped)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ResultError(f"{root}: no such results folder; run `alad sweep run` first")
+    paths = sorted(
+        p for p in root.rglob("*.json") if not any(part.startswith(".") for part in p.parts)
+    )
+    if not paths:
+        raise ResultError(f"{root}: no result JSONs; run `alad sweep run` first")
+    return [read_result(p) for p in paths]
+
+
+def load_latency(path: Path | None) -> dict[str, Any] | None:
+    """`alad bench latency`'s JSON, or None when there is none."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ResultError(f"{path}: not valid JSON ({exc}); rerun `alad bench latency`") from None
+    need = {"model", "window", "batch", "ms_per_batch", "speedup"}
+    rows = data.get("rows") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not all(
+        isinstance(r, dict) and need <= r.keys() for r in rows
+    ):
+        raise ResultError(
+            f"{path}: not a latency file of `alad bench latency` (needs 'large' and 'rows' with "
+            f"{sorted(need)}); rerun the benchmark"
+        )
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows of Table 1
+
+
+@dataclass
+class Row:
+    """A Table-1 row: one (task, M_C, mode, n) and its seeds (the newest result per seed)."""
+
+    task: str
+    compressed: str
+    mode: str
+    window: int | None
+    results: list[Result]
+    superseded: list[Result] = field(default_factory=list)
+
+    @property
+    def large(self) -> str:
+        return self.results[0].cell["large"]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.cell["seed"] for r in self.results]
+
+    def values(self, key: str, scale: float = 1.0) -> list[float]:
+        return [scale * r.test[key] for r in self.results if _number(r.test.get(key))]
+
+    def mean(self, key: str, scale: float = 1.0) -> float | None:
+        v = self.values(key, scale)
+        return statistics.fmean(v) if v else None
+
+    def std(self, key: str, scale: float = 1.0) -> float:
+        v = self.values(key, scale)
+        return statistics.stdev(v) if len(v) > 1 else 0.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.mode} n={self.window}" if self.window else self.mode
+
+
+def group_rows(results: Iterable[Result]) -> dict[str, list[Row]]:
+    """Results -> rows per task, in the paper's order: `large` first, then each M_C (largest
+    first) with its modes in MODES order and windows ascending. Two results of the same row and
+    seed (e.g. the grid's config changed and the cell reran): the newer one counts."""
+    by_key: dict[tuple[str, str, str, int | None], dict[int, list[Result]]] = {}
+    for r in results:
+        by_key.setdefault(r.row_key, {}).setdefault(r.cell["seed"], []).append(r)
+    rows: dict[str, list[Row]] = {}
+    for (task, compressed, mode, window), seeds in by_key.items():
+        kept, old = [], []
+        for _, same in sorted(seeds.items()):
+            same = sorted(same, key=lambda r: (str(r.record.get("finished", "")), str(r.path)))
+            kept.append(same[-1])
+            old += same[:-1]
+        rows.setdefault(task, []).append(Row(task, compressed, mode, window, kept, old))
+    modes = list(MODES)
+    for task_rows in rows.values():
+        size = {}
+        for row in task_rows:
+            s = row.mean("size_pct")
+            if s is not None and row.mode != "large":
+                size[row.compressed] = max(size.get(row.compressed, 0.0), s)
+        task_rows.sort(
+            key=lambda r: (
+                r.mode != "large",
+                -size.get(r.compressed, 0.0),
+                r.compressed,
+                modes.index(r.mode),
+                r.window or 0,
+            )
+        )
+    return {t: rows[t] for t in TASK_NAMES if t in rows}
+
+
+def _latency_row(row: Row, latency: dict[str, Any] | None) -> dict[str, Any] | None:
+    """latency.json's batch-32 figure for this row's encoder and window (measured against the
+    same M_L). LoRA is merged into M_C's weights when saved: a LoRA row runs as its M_C."""
+    if latency is None or latency.get("large") != row.large:
+        return None
+    encoder = row.large if row.mode == "large" else row.compressed
+    window = row.window if MODES[row.mode].adapter else None
+    for r in latency["rows"]:
+        if (r["model"], r.get("window"), r["batch"]) == (encoder, window, LATENCY_BATCH):
+            return r
+    return None
+
+
+def speedup(row: Row, latency: dict[str, Any] | None) -> float | None:
+    r = _latency_row(row, latency)
+    return float(r["speedup"]) if r else None
+
+
+def latency_ms(row: Row, latency: dict[str, Any] | None) -> float | None:
+    r = _latency_row(row, latency)
+    return float(r["ms_per_batch"]) if r else None
+
+
+def gap_recovered(row: Row, rows: list[Row]) -> str:
+    """(AlAd − compressed) / (large − compressed) on the main metric, from seed means."""
+    if not MODES[row.mode].adapter:
+        return ""
+    large = next((r for r in rows if r.mode == "large"), None)
+    base = next(
+        (r for r in rows if r.mode == "compressed" and r.compressed == row.compressed), None
+    )
+    if large is None or base is None:
+        return DASH
+    a, c, m = row.mean("main"), base.mean("main"), large.mean("main")
+    if a is None or c is None or m is None:
+        return DASH
+    if m <= c:
+        return "n/a"
+    return f"{100 * (a - c) / (m - c):.0f}%"
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+
+
+def mean_std(values: list[float]) -> str:
+    """ "84.3 ± 0.5 (3)": mean ± sample std (k seeds); one seed: "84.3 ± — (1)"."""
+    if not values:
+        return DASH
+    if len(values) == 1:
+        return f"{values[0]:.1f} ± — (1)"
+    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f} ({len(values)})"
+
+
+def _md_row(cells: Iterable[Any]) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def _trivial_qa(rows: list[Row]) -> tuple[float | None, str]:
+    """Test-set share of unanswerable questions (%): what always answering "no answer" scores
+    (EM = F1, HasAns F1 = 0, NoAns F1 = 100). From NoAns_total/total, else a "trivial" field."""
+    shares = set()
+    for row in rows:
+        for r in row.results:
+            t = r.test
+            if (
+                _number(t.get("total"))
+                and t["total"] > 0
+                and (_number(t.get("NoAns_total")) or _number(t.get("HasAns_total")))
+            ):
+                no_ans = t.get("NoAns_total", t["total"] - t.get("HasAns_total", 0))
+                shares.add(round(100.0 * no_ans / t["total"], 6))
+            elif _number(r.record.get("trivial")):
+                shares.add(round(float(r.record["trivial"]), 6))
+    if len(shares) == 1:
+        return shares.pop(), ""
+    if not shares:
+        return None, "the results hold neither NoAns_total/total nor a `trivial` field"
+    return None, f"the cells' test sets differ ({len(shares)} different no-answer shares)"
+
+
+def task_table(task: str, rows: list[Row], latency: dict[str, Any] | None) -> str:
+    cols = COLUMNS[task]
+    head = ["M_C", "mode", *(c[0] for c in cols), "size %", "speed-up", "gap recovered"]
+    lines = [_md_row(head), _md_row(["---"] * len(head))]
+    for row in rows:
+        s = speedup(row, latency)
+        size = row.mean("size_pct")
+        name = f"{row.large} (M_L)" if row.mode == "large" else row.compressed
+        lines.append(
+            _md_row(
+                [
+                    name,
+                    row.label,
+                    *(mean_std(row.values(key, scale)) for _, key, scale in cols),
+                    f"{size:.1f}" if size is not None else DASH,
+                    f"{s:.2f}" if s is not None else DASH,
+                    gap_recovered(row, rows),
+                ]
+            )
+        )
+    if task == "qa":
+        share, why = _trivial_qa(rows)
+        if share is not None:
+            trivial = [f"{share:.1f}", f"{share:.1f}", "0.0", "100.0"]
+            lines.append(_md_row(["always no-answer", "trivial", *trivial, DASH, DASH, ""]))
+        else:
+            lines.append("")
+            lines.append(f"(The always-no-answer baseline is omitted: {why}.)")
+    return "\n".join(lines)
+
+
+def _range(values: list[float]) -> str:
+    if not values:
+        return "?"
+    lo, hi = min(values), max(values)
+    return f"{lo:.2f}" if lo == hi else f"{lo:.2f}–{hi:.2f}"
+
+
+def task_notes(task: str, rows: list[Row]) -> str:
+    results = [r for row in rows for r in row.results]
+    sizes: dict[str, int] = {}
+    for r in results:
+        d = r.record.get("data") or {}
+        split = " / ".join(f"{k} {d[k]:,}" for k in ("train", "dev", "test") if _number(d.get(k)))
+        sizes[split or "not recorded"] = sizes.get(split or "not recorded", 0) + 1
+    data = "; ".join(f"{s} ({n} cells)" for s, n in sizes.items())
+    seeds = sorted({s for row in rows for s in row.seeds})
+    seconds = sum(float(r.record.get("seconds") or 0.0) for r in results)
+    machines: dict[str, int] = {}
+    for r in results:
+        m = r.record.get("machine") or {}
+        desc = (
+            f"{m.get('host', '?')} ({m.get('cpus', '?')} CPUs, "
+            f"{m.get('torch_threads', '?')} torch threads)"
+        )
+        machines[desc] = machines.get(desc, 0) + 1
+    loads = [
+        (r.record.get("machine") or {}).get(k)
+        for r in results
+        for k in ("load1_start", "load1_end")
+    ]
+    commits = sorted({str(r.record.get("git_commit", "?"))[:7] for r in results})
+    superseded = [r.path for row in rows for r in row.superseded]
+    lines = [
+        f"- Data (examples per split): {data}.",
+        f"- Seeds: {', '.join(map(str, seeds))}; {len(results)} cells (one per row and seed).",
+        f"- Run time of its cells: {seconds / 3600:.2f} h (wall-clock seconds summed over cells; "
+        "each cell used all torch threads of its machine).",
+        "- Machine: "
+        + "; ".join(f"{d} × {n} cells" for d, n in machines.items())
+        + f"; 1-min load average {_range([x for x in loads if _number(x)])} during the cells.",
+        f"- Code: git {', '.join(commits)}.",
+        f"- Gap recovered: (AlAd − compressed) / (M_L − compressed) on {MAIN_NAME[task]} (seed "
+        "means, same M_C); n/a where M_L does not beat M_C.",
+        f"- Commands: `alad sweep run sweeps/table1.yaml --task {task}` (the cells), "
+        "`alad bench latency` (speed-up), `alad report` (this file).",
+    ]
+    if superseded:
+        lines.append(
+            "- Superseded (an older result of the same row and seed, not counted): "
+            + ", ".join(f"`{p}`" for p in superseded)
+            + "."
+        )
+    return "\n".join(lines)
+
+
+def seed_table(task: str, rows: list[Row]) -> str:
+    cols = COLUMNS[task]
+    head = ["M_C", "mode", "seed", "dev main", *(c[0] for c in cols), "size %", "s", "key"]
+    lines = [_md_row(head), _md_row(["---"] * len(head))]
+    for row in rows:
+        for r in row.results:
+            t, dev = r.test, r.record.get("dev") or {}
+            lines.append(
+                _md_row(
+                    [
+                        row.compressed,
+                        row.label,
+                        r.cell["seed"],
+                        f"{100 * dev['main']:.1f}" if _number(dev.get("main")) else DASH,
+                        *(
+                            f"{scale * t[key]:.1f}" if _number(t.get(key)) else DASH
+                            for _, key, scale in cols
+                        ),
+                        f"{t['size_pct']:.1f}" if _number(t.get("size_pct")) else DASH,
+                        f"{r.record['seconds']:.0f}" if _number(r.record.get("seconds")) else DASH,
+                        r.record.get("key", r.path.stem),
+                    ]
+                )
+            )
+    return "\n".join(lines)
+
+
+def _latency_line(latency: dict[str, Any] | None, path: Path | None) -> str:
+    if latency is None:
+        return (
+            f"Speed-up: no latency file (`{path}`); the column shows {DASH}. "
+            "Run `alad bench latency` (on an idle machine) to fill it."
+        )
+    m = latency.get("machine", {})
+    before, after = m.get("loadavg_before", ["?"]), m.get("loadavg_after", ["?"])
+    return (
+        f"Speed-up: M_L's time / the row's time for one batch of {LATENCY_BATCH} × "
+        f"{latency.get('tokens', '?')} tokens, best of {latency.get('k', '?')} alternating runs, "
+        f"from `{path}` ({latency.get('date', '?')}, {m.get('host', '?')}, "
+        f"{m.get('torch_threads', '?')} torch threads, 1-min load {before[0]} before / "
+        f"{after[0]} after, git {str(latency.get('git_commit', '?'))[:7]}). LoRA rows run as "
+        "fast as their M_C (LoRA is merged when saved); AlAd rows as M_C + AlAd of the same n."
+    )
+
+
+def build_markdown(
+    rows: dict[str, list[Row]],
+    latency: dict[str, Any] | None,
+    results_dir: Path,
+    latency_path: Path | None,
+) -> str:
+    n_files = sum(len(row.results) + len(row.superseded) for rs in rows.values() for row in rs)
+    n_used = sum(len(row.results) for rs in rows.values() for row in rs)
+    parts = [
+        "# Table 1: AlAd on compressed models",
+        "",
+        f"Generated by `alad report` from the {n_files} result files under `{results_dir}` "
+        f"({n_used} cells used, {sum(len(rs) for rs in rows.values())} table rows); a cell of "
+        "the grid without a result does not appear.",
+        "Scores are on the test set: mean ± sample standard deviation (number of seeds), POS and "
+        "NER × 100, QA in %; size % is the share of M_L's parameters (encoder + AlAd).",
+        _latency_line(latency, latency_path),
+        "",
+        "![quality vs size and latency](pareto.png)",
+    ]
+    for task, task_rows in rows.items():
+        parts += [
+            "",
+            f"## {TASK_TITLES[task]}",
+            "",
+            task_table(task, task_rows, latency),
+            "",
+            task_notes(task, task_rows),
+        ]
+    parts += ["", "## Per seed", ""]
+    for task, task_rows in rows.items():
+        parts += [f"### {TASK_TITLES[task]}", "", seed_table(task, task_rows), ""]
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+def pareto_points(rows: dict[str, list[Row]], latency: dict[str, Any] | None) -> list[dict]:
+    """One point per row: main ×100 (mean, std) against size % and ms per batch of 32."""
+    points = []
+    for task, task_rows in rows.items():
+        for row in task_rows:
+            y = row.mean("main", 100.0)  # a fraction for every task (QA: f1 / 100)
+            if y is None:
+                continue
+            points.append(
+                {
+                    "task": task,
+                    "series": f"{row.large} (M_L)" if row.mode == "large" else row.compressed,
+                    "mode": row.mode,
+                    "label": row.label,
+                    "y": y,
+                    "yerr": row.std("main", 100.0),
+                    "size_pct": row.mean("size_pct"),
+                    "ms": latency_ms(row, latency),
+                }
+            )
+    return points
+
+
+def write_report(
+    results_dir: Path = Path("results/table1"),
+    latency_path: Path | None = Path("results/latency.json"),
+    out: Path = Path("reports"),
+) -> dict[str, Path]:
+    """Write `out`/table1.md and `out`/pareto.png (each atomically); returns their paths."""
+    from alad.plots import plot_pareto
+
+    rows = group_rows(load_results(results_dir))
+    latency = load_latency(latency_path)
+    md, png = Path(out) / "table1.md", Path(out) / "pareto.png"
+    titles = [(t, f"{TASK_TITLES[t]} ({MAIN_NAME[t]})") for t in rows]
+    plot_pareto(pareto_points(rows, latency), titles, png)
+    write_text(build_markdown(rows, latency, results_dir, latency_path) + "\n", md)
+    return {"table": md, "plot": png}

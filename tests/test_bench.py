@@ -1,0 +1,70 @@
+"""`alad bench latency` on the tiny in-test models: the JSON's shape and the reference row.
+(Timings are printed by the benchmark, never asserted.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alad.bench import bench_latency
+from alad.cli import main
+from alad.timing import best_of
+
+
+def test_best_of_alternates_and_keeps_the_minimum():
+    order: list[str] = []
+    best = best_of({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, k=3)
+    assert order == ["a", "b"] * 4  # one warm-up round, then 3 alternating rounds
+    assert set(best) == {"a", "b"} and all(0 <= s < float("inf") for s in best.values())
+
+
+def test_bench_latency_writes_every_model_and_batch(tiny_models, tmp_path):
+    compressed, large = tiny_models
+    out = tmp_path / "results" / "latency.json"
+    report = bench_latency(
+        large=str(large),
+        compressed=[str(compressed), f"{compressed}:prune1"],
+        windows=[1, 3],
+        batches=[1, 2],
+        tokens=16,
+        k=1,
+        hidden=8,
+        out=out,
+    )
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    rows = report["rows"]
+    # M_L + 2 x (M_C, M_C + AlAd n=1, n=3), each at batch 1 and 2
+    assert len(rows) == (1 + 2 * 3) * 2
+    assert {(r["model"], r["window"]) for r in rows} == {
+        (str(large), None),
+        *((c, n) for c in (str(compressed), f"{compressed}:prune1") for n in (None, 1, 3)),
+    }
+    for r in rows:
+        assert r["ms_per_batch"] > 0 and r["tokens_per_s"] > 0 and r["speedup"] > 0
+        assert r["tokens_per_s"] == pytest.approx(1000 * r["batch"] * 16 / r["ms_per_batch"])
+    reference = [r for r in rows if r["role"] == "large"]
+    assert [r["speedup"] for r in reference] == [1.0, 1.0]
+    assert [r["size_pct"] for r in reference] == [100.0, 100.0]
+    plain = next(r for r in rows if r["model"] == str(compressed) and r["window"] is None)
+    alad = next(r for r in rows if r["model"] == str(compressed) and r["window"] == 3)
+    # AlAd(32 -> 48, n=3, H=8) = 3*32*8 + 8 + 8*48 + 48 parameters on top of M_C
+    assert alad["params"] - plain["params"] == 3 * 32 * 8 + 8 + 8 * 48 + 48
+    assert report["k"] == 1 and report["tokens"] == 16 and report["large"] == str(large)
+    machine = report["machine"]
+    assert {"host", "cpus", "torch_threads", "torch", "loadavg_before", "loadavg_after"} <= set(
+        machine
+    )
+    assert report["date"] and report["git_commit"]
+
+
+def test_bench_latency_cli(tiny_models, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    compressed, large = tiny_models
+    argv = ["bench", "latency", "--large", str(large), "--compressed", str(compressed)]
+    argv += ["--windows", "5", "--batches", "1", "--tokens", "8", "--k", "1", "--hidden", "8"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "speed-up" in out and "1.00x" in out
+    rows = json.loads((tmp_path / "results" / "latency.json").read_text())["rows"]
+    assert [(r["window"], r["batch"]) for r in rows] == [(None, 1), (None, 1), (5, 1)]

@@ -1,0 +1,260 @@
+"""`alad report` on synthetic sweep results: Table 1's numbers, the join with latency.json,
+the Pareto PNG, and one clear error for a malformed result file."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from alad.cli import main
+from alad.errors import ResultError
+from alad.report import mean_std, write_report
+
+LARGE = "mpnet-base"
+PNG = b"\x89PNG\r\n\x1a\n"
+SEEDS = (13, 14, 15)
+
+
+def write_result(root: Path, task, compressed, mode, window, seed, test, **extra) -> Path:
+    key = extra.pop("key", f"{task}-{compressed}-{mode}-{window}-{seed}".replace(":", "_"))
+    record = {
+        "key": key,
+        "cell": {
+            "task": task,
+            "compressed": LARGE if mode == "large" else compressed,
+            "large": LARGE,
+            "mode": mode,
+            "window": window,
+            "seed": seed,
+        },
+        "dev": {"main": test["main"] - 0.01},
+        "test": {**test, "task": task},
+        "history": [{"epoch": 1, "train_loss": 1.0, "dev_main": 0.5, "seconds": 10.0}],
+        "alignment": None,
+        "data": {"train": 719, "dev": 80, "test": 977} if task == "pos" else {"train": 900},
+        "seconds": 600.0,
+        "machine": {"host": "box", "cpus": 2, "torch_threads": 2, "load1_start": 0.5},
+        "git_commit": "abc1234def",
+        "finished": f"2026-11-23T20:00:{seed:02d}Z",
+        **extra,
+    }
+    path = root / task / f"{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    return path
+
+
+def pos(acc: float, size: float) -> dict:
+    return {"main": acc, "accuracy": acc, "f1_micro": acc, "f1_macro": acc / 2, "size_pct": size}
+
+
+def qa(f1: float, size: float) -> dict:
+    return {
+        "main": f1 / 100,
+        "exact": f1 - 5,
+        "f1": f1,
+        "HasAns_f1": f1 - 10,
+        "NoAns_f1": f1 + 10,
+        "HasAns_total": 60,
+        "NoAns_total": 40,
+        "total": 100,
+        "size_pct": size,
+    }
+
+
+# (M_C, mode, n) -> per-seed main scores (fractions for POS, QA F1 in %)
+POS = {
+    (LARGE, "large", None): [0.80, 0.82, 0.84],
+    ("minilm-l6", "compressed", None): [0.70, 0.71, 0.72],
+    ("minilm-l6", "alad-frozen", 5): [0.74, 0.75, 0.76],
+    ("minilm-l6", "alad-joint", 5): [0.77, 0.78, 0.79],
+    ("minilm-l3", "compressed", None): [0.86, 0.85, 0.87],  # beats M_L: gap is n/a
+    ("minilm-l3", "alad-joint", 5): [0.88],  # one seed only
+}
+QA = {
+    (LARGE, "large", None): [75.0, 77.0, 79.0],
+    ("minilm-l6", "compressed", None): [55.0, 56.0, 57.0],
+    ("minilm-l6", "alad-joint", 5): [60.0, 61.0, 62.0],
+    ("minilm-l6", "lora", None): [50.0, 52.0, 54.0],
+}
+SIZE = {LARGE: 100.0, "minilm-l6": 20.7, "minilm-l3": 15.8}
+
+
+@pytest.fixture
+def results(tmp_path) -> Path:
+    root = tmp_path / "results" / "table1"
+    for task, grid, metrics in (("pos", POS, pos), ("qa", QA, qa)):
+        for (compressed, mode, window), scores in grid.items():
+            size = SIZE[compressed] + (2.3 if window else 0.0)
+            for seed, score in zip(SEEDS, scores, strict=False):
+                write_result(root, task, compressed, mode, window, seed, metrics(score, size))
+    return root
+
+
+@pytest.fixture
+def latency(tmp_path) -> Path:
+    def row(model, window, batch, ms, speedup):
+        return {"model": model, "window": window, "batch": batch, "ms_per_batch": ms,
+                "tokens_per_s": batch * 128 / ms * 1000, "speedup": speedup}  # fmt: skip
+
+    data = {
+        "large": LARGE,
+        "tokens": 128,
+        "k": 5,
+        "rows": [
+            row(LARGE, None, 32, 1000.0, 1.0),
+            row(LARGE, None, 1, 40.0, 1.0),
+            row("minilm-l6", None, 32, 250.0, 4.0),
+            row("minilm-l6", None, 1, 20.0, 2.0),  # batch 1: not the figure Table 1 shows
+            row("minilm-l6", 5, 32, 1000 / 3.5, 3.5),
+        ],
+        "machine": {"host": "box", "torch_threads": 2, "loadavg_before": [0.4, 0.4, 0.4]},
+        "date": "2026-11-24T10:00:00+00:00",
+        "git_commit": "abc1234",
+    }
+    path = tmp_path / "results" / "latency.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _section(md: str, title: str) -> str:
+    """A task's section (its table and notes, not the per-seed detail)."""
+    return md.split(f"\n## {title}")[1].split("\n## ")[0]
+
+
+def _line(md: str, *starts: str) -> str:
+    """The table line that begins with these cells."""
+    prefix = "| " + " | ".join(starts) + " |"
+    found = [line for line in md.splitlines() if line.startswith(prefix)]
+    assert len(found) == 1, (prefix, found)
+    return found[0]
+
+
+def _ms(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f} ({len(values)})"
+
+
+def test_mean_std_format():
+    assert mean_std([80.0, 82.0, 84.0]) == "82.0 ± 2.0 (3)"
+    assert mean_std([88.0]) == "88.0 ± — (1)"
+    assert mean_std([]) == "–"
+
+
+def test_table1_means_gaps_speedups_and_plot(results, latency, tmp_path):
+    paths = write_report(results, latency, tmp_path / "reports")
+    md = paths["table"].read_text()
+    assert "from the 28 result files" in md and "28 cells used" in md  # 16 POS + 12 QA
+
+    pos_md = _section(md, "POS tagging")
+    large = _line(pos_md, f"{LARGE} (M_L)", "large")
+    assert "| 82.0 ± 2.0 (3) | 41.0 ± 1.0 (3) | 100.0 | 1.00 |" in large
+    joint = _line(pos_md, "minilm-l6", "alad-joint n=5")
+    # gap recovered: (78 - 71) / (82 - 71) = 64%
+    assert (
+        joint
+        == "| minilm-l6 | alad-joint n=5 | 78.0 ± 1.0 (3) | 39.0 ± 0.5 (3) | 23.0 | 3.50 | 64% |"
+    )
+    frozen = _line(pos_md, "minilm-l6", "alad-frozen n=5")
+    assert frozen.endswith("| 75.0 ± 1.0 (3) | 37.5 ± 0.5 (3) | 23.0 | 3.50 | 36% |")
+    compressed = _line(pos_md, "minilm-l6", "compressed")
+    assert compressed.endswith("| 71.0 ± 1.0 (3) | 35.5 ± 0.5 (3) | 20.7 | 4.00 |  |")
+    # M_C beats M_L: no gap to recover; no latency measured for minilm-l3: "–"
+    assert _line(pos_md, "minilm-l3", "alad-joint n=5").endswith(
+        "| 88.0 ± — (1) | 44.0 ± — (1) | 18.1 | – | n/a |"
+    )
+    assert _line(pos_md, "minilm-l3", "compressed").startswith(
+        f"| minilm-l3 | compressed | {_ms([86.0, 85.0, 87.0])} |"
+    )
+    # rows: M_L first, then the bigger M_C with its modes in MODES order, then the smaller one
+    order = [line.split(" | ")[:2] for line in pos_md.splitlines() if line.startswith("| ")][2:]
+    assert order == [
+        [f"| {LARGE} (M_L)", "large"],
+        ["| minilm-l6", "compressed"],
+        ["| minilm-l6", "alad-frozen n=5"],
+        ["| minilm-l6", "alad-joint n=5"],
+        ["| minilm-l3", "compressed"],
+        ["| minilm-l3", "alad-joint n=5"],
+    ]
+    assert "train 719 / dev 80 / test 977 (16 cells)" in pos_md
+    assert "Seeds: 13, 14, 15" in pos_md and "2.67 h" in pos_md  # 16 cells x 600 s
+
+    qa_md = _section(md, "Extractive QA")
+    joint = _line(qa_md, "minilm-l6", "alad-joint n=5")
+    # EM, F1, HasAns F1, NoAns F1; gap (61 - 56) / (77 - 56) = 24%
+    assert joint == (
+        "| minilm-l6 | alad-joint n=5 | 56.0 ± 1.0 (3) | 61.0 ± 1.0 (3) | 51.0 ± 1.0 (3) | "
+        "71.0 ± 1.0 (3) | 23.0 | 3.50 | 24% |"
+    )
+    lora = _line(qa_md, "minilm-l6", "lora")  # LoRA merged: as fast as M_C; not an AlAd row
+    assert lora.endswith("| 52.0 ± 2.0 (3) | 42.0 ± 2.0 (3) | 62.0 ± 2.0 (3) | 20.7 | 4.00 |  |")
+    # always no-answer: 40 of 100 test questions are unanswerable
+    assert "| always no-answer | trivial | 40.0 | 40.0 | 0.0 | 100.0 | – | – |  |" in qa_md
+
+    per_seed = md.split("## Per seed")[1]
+    assert per_seed.count("| minilm-l6 | alad-joint n=5 | ") == 2 * 3  # POS + QA, every seed
+    assert "| minilm-l3 | alad-joint n=5 | 13 | 87.0 | 88.0 | 44.0 | 18.1 | 600 |" in per_seed
+
+    png = paths["plot"].read_bytes()
+    assert png.startswith(PNG)
+    import matplotlib.image
+
+    image = matplotlib.image.imread(paths["plot"])
+    assert image.shape[0] > 300 and image.shape[1] > 600
+    assert not list((tmp_path / "reports").glob(".*"))  # no temporary files left behind
+
+
+def test_without_latency_the_speedup_column_is_a_dash(results, tmp_path):
+    md = write_report(results, tmp_path / "none.json", tmp_path / "out")["table"].read_text()
+    assert "no latency file" in md
+    assert _line(_section(md, "POS"), "minilm-l6", "alad-joint n=5").endswith("| 23.0 | – | 64% |")
+
+
+def test_an_older_result_of_the_same_seed_is_superseded(results, tmp_path):
+    write_result(
+        results, "pos", "minilm-l6", "alad-joint", 5, 13, pos(0.10, 23.0), key="old",
+        finished="2025-01-01T00:00:00Z",
+    )  # fmt: skip
+    md = write_report(results, None, tmp_path / "out")["table"].read_text()
+    assert "78.0 ± 1.0 (3)" in _line(_section(md, "POS"), "minilm-l6", "alad-joint n=5")
+    assert "Superseded" in md and "old.json" in md
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"cell": {"task": "pos"}, "test": {}}', "cell.compressed missing"),
+        ("[1, 2]", "expected a JSON object"),
+    ],
+)
+def test_a_malformed_result_is_one_clear_error_naming_the_file(
+    results, tmp_path, capsys, content, message
+):
+    bad = results / "pos" / "broken.json"
+    bad.write_text(content)
+    with pytest.raises(ResultError, match=message) as exc:
+        write_report(results, None, tmp_path / "out")
+    assert str(bad) in str(exc.value)
+    argv = ["report", "--results", str(results), "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"alad: error: {bad}") and "Traceback" not in err
+    assert not (tmp_path / "out" / "table1.md").exists()
+
+
+def test_missing_test_metric_names_the_key(results, tmp_path):
+    path = write_result(results, "pos", "minilm-l6", "lora", None, 13, {"main": 0.5})
+    with pytest.raises(ResultError, match=r"test\.accuracy missing") as exc:
+        write_report(results, None, tmp_path / "out")
+    assert str(path) in str(exc.value)
+
+
+def test_report_cli(results, latency, tmp_path, capsys):
+    out = tmp_path / "reports"
+    argv = ["report", "--results", str(results), "--latency", str(latency), "--out", str(out)]
+    assert main(argv) == 0
+    assert (out / "table1.md").is_file() and (out / "pareto.png").read_bytes().startswith(PNG)
+    assert f"wrote {out / 'table1.md'}" in capsys.readouterr().out
