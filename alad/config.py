@@ -19,6 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from alad.errors import AladError
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 
@@ -288,7 +290,7 @@ class _FileSource(PydanticBaseSettingsSource):
         return dict(_FILE_DATA.get({}))
 
 
-class ConfigError(ValueError):
+class ConfigError(AladError, ValueError):
     """A config value is wrong; the message names the key, the value and what is allowed."""
 
 

@@ -28,6 +28,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from alad.adapter import AlignmentAdapter
 from alad.atomic import replace_dir
 from alad.config import Phase3Config
+from alad.errors import AladError
 from alad.heads import build_head
 
 FORMAT = "alad-model/1"
@@ -69,7 +70,7 @@ class AlignedModel(nn.Module):
         return sum(p.numel() for p in self.adapter.parameters()) if self.adapter else 0
 
 
-class ModelFolderError(ValueError):
+class ModelFolderError(AladError, ValueError):
     """A saved model folder is missing or incomplete."""
 
 

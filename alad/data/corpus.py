@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 
 from alad.data.readers import DataFormatError, task_texts
+from alad.errors import AladError
 
 # A sentence ends at . ! or ? followed by space and an upper-case letter, digit or quote, unless
 # the word before is a common abbreviation or a single initial ("J. R. R. Tolkien").
@@ -31,7 +32,7 @@ _ABBREV = re.compile(
 )
 
 
-class EmptyCorpus(ValueError):
+class EmptyCorpus(AladError, ValueError):
     """The corpus yielded no text; training on nothing is always a mistake."""
 
 

@@ -12,9 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-class DataFormatError(ValueError):
-    """A task file is malformed; the message names file, line and what was expected."""
+from alad.errors import DataFormatError
 
 
 @dataclass(frozen=True)
