@@ -57,13 +57,13 @@ def text_lines(path: Path) -> Iterator[tuple[int, str]]:
         yield from enumerate(f, start=1)
 
 
-def read_json(path: Path, what: str = "JSON file") -> Any:
+def read_json(path: Path, what: str = "valid JSON") -> Any:
     """Parse a UTF-8 JSON file; a syntax error names the file, line and column."""
     try:
         return json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise DataFormatError(
-            f"{path}:{exc.lineno}: not a valid {what} ({exc.msg}, column {exc.colno})"
+            f"{path}:{exc.lineno}: not {what} ({exc.msg}, column {exc.colno})"
         ) from None
 
 

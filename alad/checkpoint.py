@@ -185,7 +185,7 @@ def _load_folder(folder: Path, with_trainer_state: bool) -> Checkpoint:
         what = "missing" if not folder.exists() else "missing (an incomplete checkpoint)"
         raise CheckpointError(f"{path}: {what}")
     try:
-        manifest = read_json(path, "checkpoint manifest")
+        manifest = read_json(path)
     except DataFormatError as exc:
         raise CheckpointError(str(exc)) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -292,7 +292,7 @@ def load_trainer_state(folder: Path) -> dict[str, Any] | None:
     manifest = folder / "manifest.json"  # absent in states written before checksums
     if manifest.is_file():
         try:
-            data = read_json(manifest, "state manifest")
+            data = read_json(manifest)
         except DataFormatError as exc:
             raise CheckpointError(f"{exc}; {hint}") from None
         files = data.get("files") if isinstance(data, dict) else None
