@@ -50,6 +50,7 @@ def test_rebuild_after_interruption_reuses_finished_shards(encoders, tmp_path, m
     (folder,) = tmp_path.iterdir()
     assert not (folder / MANIFEST).exists(), "an interrupted cache must not look complete"
     assert sorted(p.name for p in folder.iterdir()) == [
+        "building.json",
         "shard-00000.safetensors",
         "shard-00001.safetensors",
     ]
