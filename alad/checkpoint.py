@@ -258,9 +258,9 @@ def load_torch(path: Path) -> Any:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         reason = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[-1])
         raise UnsafeCheckpoint(
-            f"{path}: refused to load: it holds more than tensors and plain data, and "
-            f"unpickling it could run code ({reason}). Do not use checkpoints from a source you "
-            "do not trust; delete this one to start over"
+            f"{path}: refused to load: it is not tensors and plain data only ({reason}), and "
+            "unpickling it could run code. It is damaged or was tampered with: do not use "
+            "checkpoints from a source you do not trust; delete this one to start over"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
