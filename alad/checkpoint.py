@@ -154,13 +154,13 @@ def load_checkpoint(path: Path, with_trainer_state: bool = False) -> Checkpoint:
     Every problem is a CheckpointError naming the file."""
     if (path / "manifest.json").is_file() or _epoch(path.name) is not None:
         return _load_folder(path, with_trainer_state)
+    recover_all(path)  # a checkpoint swap that a kill interrupted
     candidates = _candidates(path) if path.is_dir() else []
     if not candidates:
         raise CheckpointError(
             f"{path}: no adapter checkpoint here (no manifest.json and no LATEST pointer); "
             "run `alad align phase1` first or check the path"
         )
-    recover_all(path)
     problems = []
     for folder in candidates:
         try:
