@@ -3,24 +3,30 @@
     alad bench align        # shows the effect: later epochs read shards instead of running models
 
 M_C and M_L are frozen in phases 1 and 2, so their last-layer token embeddings for a text never
-change (METHOD.md, "Training"). They are computed once per (model weights, texts, max length) and
-stored as fp16 safetensors shards of `shard_texts` texts: `hidden` [tokens, D] holds the real
-(non-padding) tokens of the shard's texts back to back and `lengths` [texts] says how many each
-text has. Only one shard is in memory at a time, so a corpus larger than RAM streams.
+change (METHOD.md, "Training"). They are computed once per (model weights, tokenizer, texts, max
+length, shard size) and stored as fp16 safetensors shards of `shard_texts` texts: `hidden`
+[tokens, D] holds the real (non-padding) tokens of the shard's texts back to back and `lengths`
+[texts] says how many each text has. Only one shard is in memory at a time, so a corpus larger
+than RAM streams.
 
-Layout: <root>/<model fingerprint>-<texts hash>-L<max_length>/{shard-00000.safetensors, ...,
-manifest.json}. Each shard is renamed into place when complete; manifest.json is written last and
-is what marks the cache complete. An interrupted extraction resumes at the first missing shard.
+Layout: <root>/<model fingerprint>-<texts hash>-L<max_length>-S<shard_texts>-<tokenizer hash>/
+{shard-00000.safetensors, ..., manifest.json}. Each shard is renamed into place when complete;
+manifest.json (the full key, shard sizes) is written last and is what marks the cache complete.
+An interrupted extraction resumes at the first missing shard, but only if `building.json` shows
+it was the same configuration; shards of another one are deleted, never mixed in.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,10 +35,19 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
 from alad.atomic import write_json
+from alad.errors import AladError
 from alad.models.catalog import Encoder
 from alad.models.packaged import cache_home
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "manifest.json"
+BUILDING = "building.json"  # the key of an extraction under way (absent once complete)
+FORMAT = 2  # 2: the key names the tokenizer and the shard size
+
+
+class CacheError(AladError, ValueError):
+    """A finished cache shard cannot be read; the message says which folder to delete."""
 
 
 def feature_root(configured: Path | None) -> Path:
@@ -69,8 +84,18 @@ class FeatureCache:
 
     def shard(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(hidden [tokens, D] fp16, lengths [texts] int64) of shard i."""
-        tensors = load_file(self.dir / self.manifest["shards"][i])
-        return tensors["hidden"], tensors["lengths"].long()
+        path = self.dir / self.manifest["shards"][i]
+        try:
+            tensors = load_file(path)
+            hidden, lengths = tensors["hidden"], tensors["lengths"].long()
+        except Exception as exc:  # safetensors raises its own error type for a damaged file
+            raise CacheError(
+                f"{path}: damaged feature-cache shard ({exc}); delete {self.dir} (or run "
+                "`make clean-cache`) and rerun: it is extracted again"
+            ) from None
+        if int(lengths.sum()) != hidden.shape[0]:
+            raise CacheError(f"{path}: damaged feature-cache shard; delete {self.dir} and rerun")
+        return hidden, lengths
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -109,6 +134,37 @@ def extract_shard(
     return torch.cat(pieces), torch.tensor(lengths, dtype=torch.int64)
 
 
+_CALL_STATE = ("truncation", "padding")
+
+
+def tokenizer_hash(tokenizer: Any) -> str:
+    """Content hash of what decides the tokens: the fast tokenizer's full definition (vocab,
+    normaliser such as lower-casing, pre-tokeniser, post-processor), else the vocab + options."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        # Truncation and padding are call settings the tokenizer remembers between calls, not
+        # part of its definition (max_length is in the key on its own).
+        spec = {k: v for k, v in json.loads(backend.to_str()).items() if k not in _CALL_STATE}
+        text = json.dumps(spec, sort_keys=True)
+    else:
+        text = json.dumps([sorted(tokenizer.get_vocab().items()), str(tokenizer.init_kwargs)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cache_key(encoder: Encoder, texts: Sequence[str], max_length: int, shard_texts: int) -> dict:
+    """Everything that shapes the shards: a cache is reused only if all of it matches. (The
+    extraction batch size is not part of it: padding is masked, so it does not change them.)"""
+    return {
+        "format": FORMAT,
+        "model_fingerprint": encoder.fingerprint,
+        "tokenizer_hash": tokenizer_hash(encoder.tokenizer),
+        "texts_hash": texts_hash(texts),
+        "num_texts": len(texts),
+        "max_length": max_length,
+        "shard_texts": shard_texts,
+    }
+
+
 def build_cache(
     encoder: Encoder,
     texts: Sequence[str],
@@ -122,13 +178,22 @@ def build_cache(
     """Return the complete cache for (encoder, texts, max_length), extracting what is missing."""
     if not texts:
         raise ValueError("cannot cache an empty list of texts")
-    folder = root.expanduser() / f"{encoder.fingerprint}-{texts_hash(texts)}-L{max_length}"
+    key = cache_key(encoder, texts, max_length, shard_texts)
+    folder = root.expanduser() / (
+        f"{encoder.fingerprint}-{key['texts_hash']}-L{max_length}-S{shard_texts}-"
+        f"{key['tokenizer_hash'][:8]}"
+    )
     if (folder / MANIFEST).is_file():
-        return FeatureCache(folder, json.loads((folder / MANIFEST).read_text()))
+        problem = _check_complete(folder, key)
+        if problem is None:
+            return FeatureCache(folder, json.loads((folder / MANIFEST).read_text()))
+        log.warning("feature cache %s: %s; extracting it again", folder, problem)
+        shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    _claim_partial(folder, key)
     starts = range(0, len(texts), shard_texts)
     names = [f"shard-{k:05d}.safetensors" for k in range(len(starts))]
-    num_tokens = 0
+    num_tokens, sizes = 0, []
     bar = tqdm(
         total=len(texts),
         desc=f"extract {label or encoder.name}",
@@ -139,27 +204,84 @@ def build_cache(
     for start, name in zip(starts, names, strict=True):
         chunk = texts[start : start + shard_texts]
         path = folder / name
-        if path.is_file():  # finished before an interruption
-            lengths = load_file(path)["lengths"]
-        else:
+        lengths = _finished_shard(path, len(chunk))  # finished before an interruption
+        if lengths is None:
             hidden, lengths = extract_shard(encoder, chunk, max_length, batch_size)
             _atomic_save({"hidden": hidden.contiguous(), "lengths": lengths}, path)
         num_tokens += int(lengths.sum())
+        sizes.append(path.stat().st_size)
         bar.update(len(chunk))
     bar.close()
     manifest = {
+        **key,
         "model": encoder.name,
-        "model_fingerprint": encoder.fingerprint,
         "dim": encoder.dim,
-        "max_length": max_length,
-        "num_texts": len(texts),
         "num_tokens": num_tokens,
-        "texts_hash": texts_hash(texts),
-        "shard_texts": shard_texts,
         "shards": names,
+        "shard_bytes": sizes,
     }
     write_json(manifest, folder / MANIFEST)
+    (folder / BUILDING).unlink(missing_ok=True)
     return FeatureCache(folder, manifest)
+
+
+def _check_complete(folder: Path, key: dict) -> str | None:
+    """None if the finished cache in `folder` is the one `key` asks for and all its shards are
+    there at their recorded sizes, else what is wrong."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        diffs = [k for k, v in key.items() if manifest.get(k) != v]
+        if diffs:
+            return (
+                f"built for another {diffs[0]} ({manifest.get(diffs[0])!r}, now {key[diffs[0]]!r})"
+            )
+        for name, size in zip(manifest["shards"], manifest["shard_bytes"], strict=True):
+            if not (folder / name).is_file() or (folder / name).stat().st_size != size:
+                return f"{name} is missing or damaged"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"unreadable {MANIFEST} ({type(exc).__name__})"
+    return None
+
+
+def _claim_partial(folder: Path, key: dict) -> None:
+    """Resume only a partial extraction of the same configuration: `building.json` records the
+    key of the one under way; shards left by any other (or by an unknown one) are deleted."""
+    header = folder / BUILDING
+    try:
+        same = json.loads(header.read_text()) == key
+    except (OSError, ValueError):
+        same = False
+    shards = sorted(folder.glob("shard-*.safetensors"))
+    if not same and shards:
+        log.warning(
+            "feature cache %s: %d shard(s) from an unfinished extraction of another "
+            "configuration (or an older alad); deleting them",
+            folder,
+            len(shards),
+        )
+        for shard in shards:
+            shard.unlink()
+    for leftover in folder.glob(".shard-*.tmp-*"):  # a shard a kill interrupted
+        leftover.unlink(missing_ok=True)
+    write_json(key, header)
+
+
+def _finished_shard(path: Path, num_texts: int) -> torch.Tensor | None:
+    """The lengths of an intact shard of `num_texts` texts at `path`, else None (a damaged or
+    mis-sized one is deleted, to be extracted again)."""
+    if not path.is_file():
+        return None
+    try:
+        tensors = load_file(path)
+        lengths, hidden = tensors["lengths"], tensors["hidden"]
+        if len(lengths) == num_texts and int(lengths.sum()) == hidden.shape[0]:
+            return lengths
+        problem = f"holds {len(lengths)} texts, expected {num_texts}"
+    except Exception as exc:  # safetensors raises its own error type for a damaged file
+        problem = f"unreadable ({exc})"
+    log.warning("feature cache: %s %s; extracting it again", path, problem)
+    path.unlink()
+    return None
 
 
 def _pad(pieces: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

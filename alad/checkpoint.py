@@ -1,35 +1,62 @@
-"""Adapter checkpoints: safetensors weights + a JSON manifest, written atomically.
+"""Adapter checkpoints: safetensors weights + a JSON manifest with checksums, written atomically.
 
     alad align phase1 --out runs/phase1     # writes runs/phase1/epoch-0001/ ... and LATEST
 
-A checkpoint folder `<out>/epoch-NNNN/` holds `adapter.safetensors`, `manifest.json` (models,
-dimensions, window, hidden size, tokenizer, history) and `trainer.pt` (optimizer state, to resume).
-It is built under a temporary name and renamed into place; then `<out>/LATEST` (one line: the
-folder name) is replaced atomically. A crash at any point leaves the previous checkpoint current.
+A checkpoint folder `<out>/epoch-NNNN/` holds `adapter.safetensors`, `trainer.pt` (optimizer
+state, to resume) and `manifest.json` (models, dimensions, window, hidden size, tokenizer,
+history, and the sha256 of every other file). It is built under a temporary name and renamed into
+place; then `<out>/LATEST` (one line: the folder name) is replaced atomically. A crash at any
+point leaves the previous checkpoint current.
+
+Loading verifies the checksums. Loading a run folder takes the checkpoint LATEST names; if it is
+missing or damaged, the newest intact epoch folder, with a warning (never a silent restart, and
+never pruning what is intact). `trainer.pt` is read with `weights_only=True`: tensors and plain
+data only, so a planted pickle cannot run code (it is refused with an error).
 """
 
 from __future__ import annotations
 
-import json
-import os
+import logging
+import pickle
+import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from alad.adapter import AlignmentAdapter
-from alad.atomic import replace_dir, write_text
+from alad.atomic import (
+    checksums,
+    read_json,
+    read_text,
+    recover_all,
+    replace_dir,
+    tmp_dir,
+    verify_checksums,
+    write_json,
+    write_text,
+)
+from alad.errors import AladError, DataFormatError
+
+log = logging.getLogger(__name__)
 
 FORMAT = "alad-adapter/1"
 LATEST = "LATEST"
-KEEP = 2  # epoch folders kept besides the latest one's predecessor chain
+KEEP = 2  # epoch folders kept: the newest and the one before it
+_EPOCH = re.compile(r"^epoch-(\d{4,})$")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, incomplete, or does not fit the models it is used with."""
+class CheckpointError(AladError, ValueError):
+    """A checkpoint is missing, damaged, or does not fit the models it is used with."""
+
+
+class UnsafeCheckpoint(CheckpointError):
+    """A checkpoint file holds more than tensors and plain data: loading it could run code."""
 
 
 @dataclass
@@ -49,16 +76,14 @@ def save_checkpoint(
 ) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     final = out / name
-    tmp = out / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = tmp_dir(final)
     try:
         state = {k: v.detach().contiguous() for k, v in adapter.state_dict().items()}
         save_file(state, tmp / "adapter.safetensors")
-        full = {"format": FORMAT, **adapter.describe(), **manifest}
-        (tmp / "manifest.json").write_text(json.dumps(full, indent=2, default=str))
         if trainer_state is not None:
             torch.save(trainer_state, tmp / "trainer.pt")
+        full = {"format": FORMAT, **adapter.describe(), **manifest, "files": checksums(tmp)}
+        write_json(full, tmp / "manifest.json")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -68,9 +93,25 @@ def save_checkpoint(
     return final
 
 
+def _epoch(name: str) -> int | None:
+    m = _EPOCH.match(name)
+    return int(m.group(1)) if m else None
+
+
+def _epoch_dirs(out: Path) -> list[Path]:
+    """Epoch folders under `out`, newest first."""
+    found = [p for p in out.glob("epoch-*") if p.is_dir() and _epoch(p.name) is not None]
+    return sorted(found, key=lambda p: _epoch(p.name) or 0, reverse=True)
+
+
 def _prune(out: Path, keep: str) -> None:
-    epochs = sorted(p for p in out.glob("epoch-*") if p.is_dir() and p.name != keep)
-    for old in epochs[: max(0, len(epochs) - (KEEP - 1))]:
+    """Delete epochs *older* than `keep` (just written, so intact) beyond the KEEP newest.
+    Newer folders (from a run that fell back past a damaged epoch) are left to be overwritten."""
+    newest = _epoch(keep)
+    if newest is None:
+        return
+    older = [p for p in _epoch_dirs(out) if (_epoch(p.name) or 0) < newest]
+    for old in older[KEEP - 1 :]:
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -81,37 +122,193 @@ def clear_checkpoints(out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def latest(out: Path) -> Path | None:
-    """The current checkpoint folder under `out`, `out` itself if it is one, or None."""
-    if (out / "manifest.json").is_file():
-        return out
+def has_checkpoints(out: Path) -> bool:
+    """Whether `out` is a checkpoint, or a run folder with a LATEST pointer or epoch folders."""
+    return (out / "manifest.json").is_file() or (out / LATEST).is_file() or bool(_epoch_dirs(out))
+
+
+def _candidates(out: Path) -> list[Path]:
+    """The folder LATEST names first, then every epoch folder, newest first."""
+    names: list[str] = []
     pointer = out / LATEST
-    if not pointer.is_file():
-        return None
-    folder = out / pointer.read_text().strip()
-    return folder if (folder / "manifest.json").is_file() else None
+    if pointer.is_file():
+        try:
+            name = read_text(pointer).strip()
+        except DataFormatError:
+            name = ""
+        if _epoch(name) is not None:
+            names.append(name)
+        else:
+            log.warning("%s: names %r, not an epoch folder of this run; ignored", pointer, name)
+    names += [p.name for p in _epoch_dirs(out)]
+    return [out / n for n in dict.fromkeys(names)]
+
+
+def latest(out: Path) -> Path | None:
+    """The checkpoint folder `load_checkpoint(out)` would use, or None if there is none."""
+    return load_checkpoint(out).dir if has_checkpoints(out) else None
 
 
 def load_checkpoint(path: Path, with_trainer_state: bool = False) -> Checkpoint:
-    folder = latest(path)
-    if folder is None:
+    """The checkpoint at `path` (a checkpoint folder, or a run folder: see the module docstring).
+    Every problem is a CheckpointError naming the file."""
+    if (path / "manifest.json").is_file() or _epoch(path.name) is not None:
+        return _load_folder(path, with_trainer_state)
+    recover_all(path)  # a checkpoint swap that a kill interrupted
+    candidates = _candidates(path) if path.is_dir() else []
+    if not candidates:
         raise CheckpointError(
             f"{path}: no adapter checkpoint here (no manifest.json and no LATEST pointer); "
             "run `alad align phase1` first or check the path"
         )
-    manifest = json.loads((folder / "manifest.json").read_text())
-    if manifest.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{folder}/manifest.json: format {manifest.get('format')!r}, expected {FORMAT}"
-        )
-    adapter = AlignmentAdapter(
-        manifest["d_compressed"], manifest["d_large"], manifest["window"], manifest["hidden"]
+    problems = []
+    for folder in candidates:
+        try:
+            ckpt = _load_folder(folder, with_trainer_state)
+        except UnsafeCheckpoint:
+            raise
+        except CheckpointError as exc:
+            problems.append(str(exc))
+            continue
+        for problem in problems:
+            log.warning("skipping a damaged checkpoint: %s; using %s instead", problem, folder)
+        return ckpt
+    raise CheckpointError(
+        f"{path}: no intact checkpoint ({'; '.join(problems)}); nothing was deleted: move the "
+        f"folder aside (or delete it) to start this phase over"
     )
-    adapter.load_state_dict(load_file(folder / "adapter.safetensors"))
+
+
+def _load_folder(folder: Path, with_trainer_state: bool) -> Checkpoint:
+    path = folder / "manifest.json"
+    if not path.is_file():
+        what = "missing" if not folder.exists() else "missing (an incomplete checkpoint)"
+        raise CheckpointError(f"{path}: {what}")
+    try:
+        manifest = read_json(path)
+    except DataFormatError as exc:
+        raise CheckpointError(str(exc)) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise CheckpointError(f"{path}: format {found!r}, expected {FORMAT}")
+    files = manifest.get("files", {})  # absent in checkpoints written before checksums
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{path}: 'files' must map file names to sha256 checksums")
+    if problem := verify_checksums(folder, files):
+        raise CheckpointError(f"{folder}: {problem}")
+    adapter = adapter_from(manifest, path)
+    load_weights(adapter, folder / "adapter.safetensors")
     trainer = None
     if with_trainer_state and (folder / "trainer.pt").is_file():
-        trainer = torch.load(folder / "trainer.pt", weights_only=False)
+        trainer = load_torch(folder / "trainer.pt")
+        if not isinstance(trainer, dict):
+            raise CheckpointError(f"{folder / 'trainer.pt'}: expected a dict of trainer state")
     return Checkpoint(folder, manifest, adapter, trainer)
+
+
+def adapter_from(describe: dict[str, Any], source: Path) -> AlignmentAdapter:
+    """An untrained AlignmentAdapter of the shape `describe` (a manifest) gives."""
+    keys = ("d_compressed", "d_large", "window", "hidden")
+    missing = [k for k in keys if k not in describe]
+    if missing:
+        raise CheckpointError(f"{source}: no {missing[0]!r} (the adapter's shape) in it")
+    values = [describe[k] for k in keys]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise CheckpointError(
+            f"{source}: adapter shape {dict(zip(keys, values, strict=True))} must be whole numbers"
+        )
+    try:
+        return AlignmentAdapter(*values)
+    except ValueError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+
+
+def load_weights(module: nn.Module, path: Path) -> None:
+    """Load a safetensors file into `module`. A damaged file, or a tensor missing, extra or of
+    another shape than the module (built from the manifest) has, is a CheckpointError."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        state = load_file(path)
+    except Exception as exc:  # safetensors raises its own SafetensorError for damaged files
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    want = module.state_dict()
+    for key, tensor in want.items():
+        if key not in state:
+            raise CheckpointError(f"{path}: no tensor {key!r}")
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{path}: tensor {key!r} has shape {tuple(state[key].shape)}, but manifest.json "
+                f"describes a model whose {key!r} is {tuple(tensor.shape)}"
+            )
+    extra = sorted(set(state) - set(want))
+    if extra:
+        raise CheckpointError(f"{path}: unexpected tensor {extra[0]!r}")
+    module.load_state_dict(state)
+
+
+def load_torch(path: Path) -> Any:
+    """`torch.load` of tensors and plain data only (`weights_only=True`): an object that would
+    run code when unpickled is refused, and a damaged file is an error naming it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols it will refuse
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[-1])
+        raise UnsafeCheckpoint(
+            f"{path}: refused to load: it is not tensors and plain data only ({reason}), and "
+            "unpickling it could run code. It is damaged or was tampered with: do not use "
+            "checkpoints from a source you do not trust; delete this one to start over"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: damaged or not a PyTorch file ({first})") from None
+
+
+def save_trainer_state(folder: Path, state: dict[str, Any]) -> Path:
+    """`folder`/state.pt (tensors and plain data) + manifest.json with its checksum, swapped
+    into place atomically: what phase 3 needs to resume."""
+    tmp = tmp_dir(folder)
+    try:
+        torch.save(state, tmp / "state.pt")
+        write_json({"files": checksums(tmp)}, tmp / "manifest.json")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return replace_dir(tmp, folder)
+
+
+def load_trainer_state(folder: Path) -> dict[str, Any] | None:
+    """What `save_trainer_state` wrote, checked; None if there is none. A damaged or unsafe
+    file is an error (there is no older state to fall back to) that says how to start over."""
+    recover_all(folder.parent)
+    path = folder / "state.pt"
+    if not path.is_file():
+        return None
+    hint = f"delete {folder} to start over"
+    files: Any = {}
+    manifest = folder / "manifest.json"  # absent in states written before checksums
+    if manifest.is_file():
+        try:
+            data = read_json(manifest)
+        except DataFormatError as exc:
+            raise CheckpointError(f"{exc}; {hint}") from None
+        files = data.get("files") if isinstance(data, dict) else None
+        if not isinstance(files, dict):
+            raise CheckpointError(f"{manifest}: no 'files' checksums; {hint}")
+    if problem := verify_checksums(folder, files):
+        raise CheckpointError(f"{folder}: {problem}; {hint}")
+    try:
+        state = load_torch(path)
+    except UnsafeCheckpoint:
+        raise
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; {hint}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict of trainer state; {hint}")
+    return state
 
 
 def check_fits(

@@ -13,11 +13,27 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from alad.atomic import read_text
+from alad.errors import AladError, DataFormatError
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -303,7 +319,7 @@ class _FileSource(PydanticBaseSettingsSource):
         return dict(_FILE_DATA.get({}))
 
 
-class ConfigError(ValueError):
+class ConfigError(AladError, ValueError):
     """A config value is wrong; the message names the key, the value and what is allowed."""
 
 
@@ -332,26 +348,92 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
                 raise ConfigError(
                     f"--set {pair!r}: {part!r} was already set to a value, not a section"
                 )
-        node[leaf] = yaml.safe_load(raw)
+        try:
+            node[leaf] = _load_yaml(raw)
+        except yaml.YAMLError as exc:
+            problem = _one_line(exc)
+            raise ConfigError(f"--set {pair!r}: the value is not valid YAML ({problem})") from None
     return out
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error: plain YAML
+    keeps the last one, so a forgotten earlier line would be silently ignored."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:
+                continue  # an unhashable key: the safe loader reports it below
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} appears twice in one mapping (first on line {first}); remove one",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def _one_line(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        problem = exc.problem or exc.context or "syntax error"
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(exc).split())
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _load_yaml(read_text(path)) or {}
+    except DataFormatError as exc:
+        raise ConfigError(str(exc)) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: not valid YAML: {_one_line(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
     return data
 
 
-def _explain(exc: ValidationError, source: str) -> ConfigError:
-    lines = [f"invalid configuration ({source}):"]
-    for err in exc.errors():
+def _check_file(data: dict[str, Any], path: Path) -> None:
+    """Validate params.yaml's own values. A profile, ALAD_* variable or --set that later
+    replaces one would otherwise drop it unchecked, and `dvc repro` uses the file alone."""
+    errors = []
+    for name, value in data.items():
+        field = Settings.model_fields.get(name)
+        if field is None:
+            continue  # an unknown key: the full validation names it
+        try:
+            kind = (
+                Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+            )
+            TypeAdapter(kind).validate_python(value)
+        except ValidationError as exc:
+            errors.extend({**e, "loc": (name, *e["loc"])} for e in exc.errors())
+    if errors:
+        raise ConfigError(_describe(errors, str(path)))
+
+
+def _describe(errors: list[Any], source: str) -> str:
+    """One line: every offending dotted key, what is wrong with it, and the value given."""
+    parts = []
+    for err in errors:
         key = ".".join(str(p) for p in err["loc"])
-        lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
-    return ConfigError("\n".join(lines))
+        parts.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+    return f"invalid configuration ({source}): " + "; ".join(parts)
+
+
+def _explain(exc: ValidationError, source: str) -> ConfigError:
+    return ConfigError(_describe(exc.errors(), source))
 
 
 def load_settings(
@@ -364,6 +446,7 @@ def load_settings(
     data: dict[str, Any] = {}
     if path.exists():
         data = _read_yaml(path)
+        _check_file(data, path)
     elif params is not None:
         raise ConfigError(f"{path}: config file not found")
     over = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
@@ -378,5 +461,7 @@ def load_settings(
         return Settings(**over)
     except ValidationError as exc:
         raise _explain(exc, str(path) if path.exists() else "defaults") from exc
+    except SettingsError as exc:  # an ALAD_* variable that is not valid JSON for its section
+        raise ConfigError(f"{exc}; ALAD_<SECTION> variables take JSON objects") from None
     finally:
         _FILE_DATA.reset(token)

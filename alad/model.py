@@ -14,21 +14,25 @@ names it and loading re-creates it from the catalog.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from alad.adapter import AlignmentAdapter
-from alad.atomic import replace_dir
+from alad.atomic import checksums, read_json, replace_dir, tmp_dir, verify_checksums, write_json
+from alad.checkpoint import adapter_from, load_weights
 from alad.config import Phase3Config
+from alad.errors import AladError, DataFormatError
 from alad.heads import build_head
+
+TASK_NAMES = ("pos", "ner", "qa")
 
 FORMAT = "alad-model/1"
 
@@ -75,17 +79,16 @@ class AlignedModel(nn.Module):
         return sum(p.numel() for p in self.adapter.parameters()) if self.adapter else 0
 
 
-class ModelFolderError(ValueError):
+class ModelFolderError(AladError, ValueError):
     """A saved model folder is missing or incomplete."""
 
 
 def save_model(
     model: AlignedModel, tokenizer: PreTrainedTokenizerBase, manifest: dict[str, Any], out: Path
 ) -> Path:
-    """Write the folder under a temporary name, then rename it over `out`."""
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    """Write the folder under a temporary name, then rename it over `out`. manifest.json lists
+    the sha256 of every other file, checked on load."""
+    tmp = tmp_dir(out)
     try:
         encoder = model.encoder
         if hasattr(encoder, "merge_and_unload"):  # LoRA: ship plain weights, no peft at inference
@@ -107,28 +110,61 @@ def save_model(
             "head": model.head.config(),
             "adapter": model.adapter.describe() if model.adapter else None,
             **manifest,
+            "files": checksums(tmp),
         }
-        (tmp / "manifest.json").write_text(json.dumps(full, indent=2, default=str))
+        write_json(full, tmp / "manifest.json")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return replace_dir(tmp, out)
 
 
+# What loading and using a model folder reads from its manifest (checked up front, so a damaged
+# or hand-edited manifest is one error naming the key, not a KeyError deep inside).
+REQUIRED = ("task", "mode", "labels", "head", "large", "encoder_name", "max_length")
+
+
 def read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / "manifest.json"
     if not path.is_file():
         raise ModelFolderError(f"{folder}: not an alad model folder (no manifest.json)")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ModelFolderError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT}")
+    try:
+        manifest = read_json(path)
+    except DataFormatError as exc:
+        raise ModelFolderError(str(exc)) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ModelFolderError(f"{path}: format {found!r}, expected {FORMAT}")
+    missing = [k for k in REQUIRED if k not in manifest]
+    if missing:
+        raise ModelFolderError(f"{path}: no {missing[0]!r}; the manifest is damaged or incomplete")
+    if manifest["task"] not in TASK_NAMES:
+        raise ModelFolderError(f"{path}: task {manifest['task']!r} is not one of {TASK_NAMES}")
     return manifest
+
+
+def verify_model_folder(folder: Path, manifest: dict[str, Any]) -> None:
+    """Every file manifest.json lists is there with its checksum (folders saved before
+    checksums list none)."""
+    files = manifest.get("files", {})
+    if not isinstance(files, dict):
+        raise ModelFolderError(f"{folder / 'manifest.json'}: 'files' must map names to sha256")
+    if problem := verify_checksums(folder, files):
+        raise ModelFolderError(f"{folder}: {problem}")
 
 
 def phase3_config(manifest: dict[str, Any]) -> Phase3Config:
     """The encoding/decoding settings a saved model was trained with."""
     keys = ("task", "max_length", "stride", "n_best", "max_answer_length", "null_threshold")
-    return Phase3Config(**{k: manifest[k] for k in keys})
+    missing = [k for k in keys if k not in manifest]
+    if missing:
+        raise ModelFolderError(f"model manifest.json: no {missing[0]!r} (a decoding setting)")
+    try:
+        return Phase3Config(**{k: manifest[k] for k in keys})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ModelFolderError(f"model manifest.json: {where}: {err['msg']}") from None
 
 
 def load_model(folder: Path) -> tuple[AlignedModel, PreTrainedTokenizerBase, dict[str, Any]]:
@@ -136,17 +172,24 @@ def load_model(folder: Path) -> tuple[AlignedModel, PreTrainedTokenizerBase, dic
     from alad.models.catalog import load_encoder, load_hf_encoder
 
     manifest = read_manifest(folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder / "encoder")
-    if manifest.get("encoder_spec"):
-        encoder = load_encoder(manifest["encoder_spec"]).model
-    else:
-        encoder = load_hf_encoder(str(folder / "encoder"))
+    verify_model_folder(folder, manifest)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder / "encoder")
+        if manifest.get("encoder_spec"):
+            encoder = load_encoder(manifest["encoder_spec"]).model
+        else:
+            encoder = load_hf_encoder(str(folder / "encoder"))
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ModelFolderError(f"{folder / 'encoder'}: cannot load the encoder ({first})") from None
     adapter = None
     if manifest.get("adapter"):
-        a = manifest["adapter"]
-        adapter = AlignmentAdapter(a["d_compressed"], a["d_large"], a["window"], a["hidden"])
-        adapter.load_state_dict(load_file(folder / "adapter.safetensors"))
+        adapter = adapter_from(manifest["adapter"], folder / "manifest.json")
+        load_weights(adapter, folder / "adapter.safetensors")
     h = manifest["head"]
-    head = build_head(h["kind"], h["dim"], h["num_labels"])
-    head.load_state_dict(load_file(folder / "head.safetensors"))
+    try:
+        head = build_head(h["kind"], h["dim"], h["num_labels"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFolderError(f"{folder / 'manifest.json'}: bad 'head' {h!r} ({exc})") from None
+    load_weights(head, folder / "head.safetensors")
     return AlignedModel(encoder, head, adapter).eval(), tokenizer, manifest

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from alad.data.readers import QAExample, TaggedSentence
+from alad.errors import UsageError
 from alad.model import load_model, phase3_config
 from alad.phases.finetune import predict_outputs
 from alad.tasks import TASKS
@@ -18,7 +19,8 @@ class Predictor:
     """Loads a saved model folder once; answers many calls."""
 
     def __init__(self, folder: Path):
-        self.model, self.tokenizer, self.manifest = load_model(Path(folder))
+        self.folder = Path(folder)
+        self.model, self.tokenizer, self.manifest = load_model(self.folder)
         self.task = TASKS[self.manifest["task"]]
         self.cfg = phase3_config(self.manifest)
 
@@ -27,12 +29,23 @@ class Predictor:
         return [w for w, _ in self.tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str(text)]
 
     def tag(self, texts: list[str]) -> list[list[tuple[str, str]]]:
+        """Words and their tags per text; a text without words (empty) gets an empty list."""
         if self.task.head_kind != "token":
-            raise ValueError(
-                f"this model answers questions ({self.manifest['task']}); use answer()"
+            raise UsageError(
+                f"{self.folder} is a {self.manifest['task']} model: it answers questions "
+                "(alad predict MODEL --question Q --context C), it does not tag text"
             )
+        words = [tuple(self.words(t)) for t in texts]
+        nonempty = [i for i, w in enumerate(words) if w]
+        tagged = self._tag([words[i] for i in nonempty]) if nonempty else []
+        out: list[list[tuple[str, str]]] = [[] for _ in texts]
+        for i, sentence in zip(nonempty, tagged, strict=True):
+            out[i] = sentence
+        return out
+
+    def _tag(self, words: list[tuple[str, ...]]) -> list[list[tuple[str, str]]]:
         labels = self.manifest["labels"]
-        sentences = [TaggedSentence(tuple(self.words(t)), ()) for t in texts]
+        sentences = [TaggedSentence(w, ()) for w in words]
         placeholder = [TaggedSentence(s.words, (labels[0],) * len(s.words)) for s in sentences]
         feats = self.task.encode(self.tokenizer, placeholder, labels, self.cfg, False)
         outputs = predict_outputs(
@@ -44,7 +57,10 @@ class Predictor:
     def answer(self, pairs: list[tuple[str, str]]) -> list[str]:
         """(question, context) pairs -> answer text, or "" for no answer."""
         if self.task.head_kind != "span":
-            raise ValueError(f"this model tags words ({self.manifest['task']}); use tag()")
+            raise UsageError(
+                f"{self.folder} is a {self.manifest['task']} model: it tags the words of text "
+                '(alad predict MODEL "a sentence"), it does not answer questions'
+            )
         examples = [QAExample(str(i), q, c) for i, (q, c) in enumerate(pairs)]
         feats = self.task.encode(self.tokenizer, examples, [], self.cfg, False)
         outputs = predict_outputs(

@@ -6,8 +6,11 @@
 
 POS/NER models take a column `text` (one raw sentence per row) and return, per row, a list of
 {"word", "tag"}; QA models take `question` and `context` and return one answer per row, "" for
-no answer. The saved model folder (alad/model.py) travels as the artifact "model" and the alad
-package as code, so loading needs neither the training run nor alad installed.
+no answer. An empty (or missing) text gets an empty tag list; a malformed request is an
+MlflowException (served: HTTP 400 with the message). The saved model folder (alad/model.py)
+travels as the artifact "model" and the alad package as code, so loading needs neither the
+training run nor alad installed. Loading a pyfunc unpickles it and runs that code: by MLflow's
+design, a registered model is trusted code (README, "Reliability and trust model").
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Any
 
 import mlflow.pyfunc
 import pandas as pd
+
+from alad.errors import UsageError
 
 COLUMNS = {"token": ("text",), "span": ("question", "context")}
 
@@ -37,7 +42,17 @@ class AladPyfunc(mlflow.pyfunc.PythonModel):
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> list:
-        return predict_frame(self.predictor, as_frame(model_input))
+        # A bad request is the caller's mistake: MlflowException with INVALID_PARAMETER_VALUE is
+        # what `mlflow models serve` answers with a 400 and the message, without a stack trace.
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        from alad.errors import AladError
+
+        try:
+            return predict_frame(self.predictor, as_frame(model_input))
+        except AladError as exc:
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
 
 
 def as_frame(model_input: Any) -> pd.DataFrame:
@@ -51,9 +66,16 @@ def as_frame(model_input: Any) -> pd.DataFrame:
         if all(isinstance(x, str) for x in model_input):
             return pd.DataFrame({"text": list(model_input)})
         return pd.DataFrame(list(model_input))
-    raise ValueError(
+    raise UsageError(
         f"model input of type {type(model_input).__name__}: expected a pandas DataFrame, a dict "
         "of columns or a list of rows"
+    )
+
+
+def _text(value: Any) -> str:
+    """A cell as text; a missing value (None, NaN) is the empty text."""
+    return (
+        value if isinstance(value, str) else "" if value is None or pd.isna(value) else str(value)
     )
 
 
@@ -62,12 +84,12 @@ def predict_frame(predictor: Any, frame: pd.DataFrame) -> list:
     expected = COLUMNS[kind]
     missing = [c for c in expected if c not in frame.columns]
     if missing:
-        raise ValueError(
+        raise UsageError(
             f"input has no column {missing[0]!r}: a {predictor.manifest['task']} model expects "
             f"columns {list(expected)}, got {list(frame.columns)}"
         )
-    if kind == "token":
-        tagged = predictor.tag([str(t) for t in frame["text"]])
+    if kind == "token":  # an empty text has no words: its tag list is empty
+        tagged = predictor.tag([_text(t) for t in frame["text"]])
         return [[{"word": w, "tag": t} for w, t in sentence] for sentence in tagged]
-    pairs = [(str(q), str(c)) for q, c in zip(frame["question"], frame["context"], strict=True)]
+    pairs = [(_text(q), _text(c)) for q, c in zip(frame["question"], frame["context"], strict=True)]
     return predictor.answer(pairs)

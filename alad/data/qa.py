@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from alad.data.readers import QAExample
+from alad.errors import DataFormatError
 from alad.metrics import f1_token, normalize_answer
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,8 @@ def prepare_qa_features(
 
     No padding (the collator pads). With `train=True`, start/end labels from the first gold
     answer, CLS (0) where the example is unanswerable or the answer is not wholly inside the
-    window. Raises ValueError when a question leaves no more than `stride` context tokens per
-    window (the question alone is too long for `max_length`), naming the example."""
+    window. A question that leaves no more than `stride` context tokens per window (too long for
+    `max_length` on its own) is a DataFormatError naming the example."""
     if not getattr(tokenizer, "is_fast", False):
         raise TypeError(
             f"{type(tokenizer).__name__} is not a fast tokenizer; QA features need offset "
@@ -115,11 +116,11 @@ def prepare_qa_features(
             room = max_length - n_special - len(q_ids)
             if room <= stride:
                 ex = examples[lo + k]
-                raise ValueError(
+                raise DataFormatError(
                     f"QA example {ex.id!r}: question alone is too long for max_length="
                     f"{max_length}: its {len(q_ids)} tokens + {n_special} special tokens leave "
                     f"{max(room, 0)} context tokens per window, need more than stride={stride} "
-                    f"(raise max_length, lower stride, or drop the example)"
+                    f"(raise phase3.max_length, lower phase3.stride, or drop the example)"
                 )
         enc = tokenizer(
             batch_q,

@@ -12,9 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-class DataFormatError(ValueError):
-    """A task file is malformed; the message names file, line and what was expected."""
+from alad.atomic import read_json, text_lines
+from alad.errors import DataFormatError
 
 
 @dataclass(frozen=True)
@@ -45,8 +44,7 @@ class QAExample:
 def _lines(path: Path):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: task file not found")
-    with path.open(encoding="utf-8") as f:
-        yield from enumerate(f, start=1)
+    yield from text_lines(path)
 
 
 def _sentence_blocks(path: Path):
@@ -97,6 +95,12 @@ def read_conllu(path: Path) -> list[TaggedSentence]:
             return None
         if not cols[0].isdigit():
             raise DataFormatError(f"{path}:{lineno}: ID column {cols[0]!r} is not a word index")
+        if cols[3].strip() in ("", "_"):
+            # '_' is CoNLL-U's "unannotated": training on it would teach a tag called "_".
+            raise DataFormatError(
+                f"{path}:{lineno}: word {cols[1]!r} has no UPOS tag (column 4 is "
+                f"{cols[3]!r}); every word of a POS file needs one"
+            )
         return cols[1], cols[3]
 
     return _read_tagged(path, parse, "CoNLL-U")
@@ -127,35 +131,95 @@ def read_bio(path: Path) -> list[TaggedSentence]:
 
 
 def read_squad(path: Path) -> list[QAExample]:
-    """SQuAD 2.0 JSON; every answer span is checked against its context."""
+    """SQuAD 2.0 JSON. Every field is checked (a DataFormatError names its JSON path): ids are
+    unique, each answer span lies inside its context and matches it, contexts are not empty."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: task file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))["data"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DataFormatError(f"{path}: not SQuAD JSON (need {{'data': [...]}}): {exc}") from exc
+    root = read_json(path, "SQuAD JSON")
+    data = root.get("data") if isinstance(root, dict) else None
+    if not isinstance(data, list):
+        raise DataFormatError(f"{path}: not SQuAD JSON: need {{'data': [articles...]}}")
     out: list[QAExample] = []
+    first_seen: dict[str, str] = {}
     for a, article in enumerate(data):
-        for p, para in enumerate(article.get("paragraphs", [])):
-            context = para["context"]
-            for qa in para.get("qas", []):
-                where = f"{path}: data[{a}].paragraphs[{p}] question {qa.get('id')!r}"
-                answers = []
-                for ans in [] if qa.get("is_impossible") else qa.get("answers", []):
-                    start, text = ans["answer_start"], ans["text"]
-                    if context[start : start + len(text)] != text:
-                        raise DataFormatError(
-                            f"{where}: answer_start {start} does not point at {text!r}"
-                        )
-                    answers.append((text, start))
+        title = str(_dict(article, path, f"data[{a}]").get("title", ""))
+        for p, para in enumerate(_list(article, "paragraphs", path, f"data[{a}]")):
+            where = f"data[{a}].paragraphs[{p}]"
+            para = _dict(para, path, where)
+            context = _str(para, "context", path, where)
+            if not context.strip():
+                raise DataFormatError(
+                    f"{path}: {where}.context is empty; no question about it "
+                    "can be answered or scored"
+                )
+            for q, qa in enumerate(_list(para, "qas", path, where)):
                 out.append(
-                    QAExample(
-                        qa["id"], qa["question"], context, tuple(answers), article.get("title", "")
+                    _qa_example(
+                        _dict(qa, path, f"{where}.qas[{q}]"),
+                        context,
+                        path,
+                        f"{where}.qas[{q}]",
+                        first_seen,
+                        title,
                     )
                 )
     if not out:
         raise DataFormatError(f"{path}: no questions found")
     return out
+
+
+def _qa_example(
+    qa: dict, context: str, path: Path, where: str, first_seen: dict, title: str = ""
+) -> QAExample:
+    qid = qa.get("id")
+    if not isinstance(qid, str) or not qid:
+        raise DataFormatError(f"{path}: {where}.id: expected a non-empty string, got {qid!r}")
+    if qid in first_seen:  # scores are keyed by id: a duplicate would drop a question
+        raise DataFormatError(
+            f"{path}: {where}.id {qid!r} is used twice (first at {first_seen[qid]}); "
+            "question ids must be unique"
+        )
+    first_seen[qid] = where
+    question = _str(qa, "question", path, where)
+    impossible = qa.get("is_impossible", False)
+    if not isinstance(impossible, bool):
+        raise DataFormatError(f"{path}: {where}.is_impossible: expected true or false")
+    answers = []
+    for k, ans in enumerate([] if impossible else _list(qa, "answers", path, where)):
+        at = f"{where}.answers[{k}]"
+        ans = _dict(ans, path, at)
+        text, start = _str(ans, "text", path, at), ans.get("answer_start")
+        if not isinstance(start, int) or isinstance(start, bool):
+            raise DataFormatError(f"{path}: {at}.answer_start: expected an integer, got {start!r}")
+        if not text or start < 0 or context[start : start + len(text)] != text:
+            raise DataFormatError(
+                f"{path}: {at} (question {qid!r}): answer_start {start} does not point at "
+                f"{text!r} in the context ({len(context)} characters)"
+            )
+        answers.append((text, start))
+    return QAExample(qid, question, context, tuple(answers), title)
+
+
+def _dict(value: object, path: Path, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise DataFormatError(f"{path}: {where}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def _list(obj: dict, key: str, path: Path, where: str = "") -> list:
+    value = obj.get(key, [])
+    if not isinstance(value, list):
+        name = f"{where}.{key}" if where else key
+        raise DataFormatError(f"{path}: {name}: expected a list, got {type(value).__name__}")
+    return value
+
+
+def _str(obj: dict, key: str, path: Path, where: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        got = "nothing" if key not in obj else f"{type(value).__name__} {value!r}"[:80]
+        raise DataFormatError(f"{path}: {where}.{key}: expected a string, got {got}")
+    return value
 
 
 def sniff_format(path: Path) -> str:

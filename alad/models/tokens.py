@@ -13,10 +13,12 @@ from collections.abc import Sequence
 
 from transformers import PreTrainedTokenizerBase
 
+from alad.errors import AladError
+
 SPECIAL = "<special>"
 
 
-class TokenMismatch(ValueError):
+class TokenMismatch(AladError, ValueError):
     """The two tokenizers disagree on a text; aligning would silently pair the wrong tokens."""
 
 

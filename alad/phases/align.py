@@ -22,16 +22,18 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from alad.adapter import AlignmentAdapter
+from alad.atomic import recover_all
 from alad.cache import FeatureCache, build_cache, feature_root, paired_batches
 from alad.checkpoint import (
     check_fits,
     clear_checkpoints,
-    latest,
+    has_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
 from alad.config import AlignPhaseConfig, Settings
 from alad.data.corpus import load_corpus, sample_split
+from alad.errors import AladError
 from alad.models.catalog import Encoder, load_encoder
 from alad.models.tokens import check_token_alignment
 
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 Phase = Literal["phase1", "phase2"]
 
 
-class NonFiniteLoss(FloatingPointError):
+class NonFiniteLoss(AladError, FloatingPointError):
     """The loss became NaN/inf; nothing was saved from the diverged step."""
 
 
@@ -218,9 +220,11 @@ def run_alignment(
     start_epoch, history, tokens_seen, train_seconds = 0, [], 0, 0.0
     before = evaluate(adapter, data.heldout)
 
-    previous = latest(out)
-    if previous is not None:
-        ckpt = load_checkpoint(previous, with_trainer_state=True)
+    recover_all(out)  # a kill between the two renames of a checkpoint swap
+    previous = None
+    if has_checkpoints(out):  # the newest intact checkpoint; a damaged one is skipped, warned
+        ckpt = load_checkpoint(out, with_trainer_state=True)
+        previous = ckpt.dir
         if ckpt.manifest.get("run_key") == _run_key(settings, phase) and ckpt.trainer_state:
             adapter.load_state_dict(ckpt.adapter.state_dict())
             optimizer.load_state_dict(ckpt.trainer_state["optimizer"])

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -28,9 +27,9 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from alad.adapter import AlignmentAdapter
-from alad.atomic import replace_dir, write_json
+from alad.atomic import read_json, recover_all, write_json
 from alad.cache import FrozenOutputs, feature_root, grouped_batches
-from alad.checkpoint import check_fits, load_checkpoint
+from alad.checkpoint import check_fits, load_checkpoint, load_trainer_state, save_trainer_state
 from alad.config import ConfigError, Phase3Config, Settings
 from alad.heads import build_head
 from alad.model import AlignedModel, save_model
@@ -156,21 +155,17 @@ def predict_outputs(
 
 
 def _save_state(out: Path, model: AlignedModel, optimizer, scheduler, info: dict) -> None:
-    tmp = out / f".state.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     weights = {k: v for k, v in model.state_dict().items() if k in trainable}
-    torch.save(
-        {
-            "weights": weights,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            **info,
-        },
-        tmp / "state.pt",
-    )
-    replace_dir(tmp, out / "state")
+    # The RNG state too: dropout draws from it, so a resumed run continues the same stream.
+    state = {
+        "weights": weights,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": torch.get_rng_state(),
+        **info,
+    }
+    save_trainer_state(out / "state", state)
 
 
 def finetune(
@@ -187,6 +182,7 @@ def finetune(
     mode, task = MODES[cfg.mode], TASKS[cfg.task]
     out = out or settings.runs_dir / f"{cfg.task}-{cfg.mode}"
     metrics_path = out / "metrics.json"
+    recover_all(out)  # finish or undo a folder swap (model/, state/) that a kill interrupted
     run_key = {
         "phase3": cfg.model_dump(mode="json"),
         "models": settings.models.model_dump(),
@@ -194,7 +190,7 @@ def finetune(
         "seed": settings.seed,
     }
     if metrics_path.is_file():
-        done = json.loads(metrics_path.read_text())
+        done = read_json(metrics_path)
         if done.get("run_key") == run_key and (out / "model" / "manifest.json").is_file():
             log.info("phase 3 already finished in %s; nothing to do", out)
             return FinetuneResult(
@@ -226,15 +222,15 @@ def finetune(
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
     history: list[dict[str, Any]] = []
     best, start_epoch = -math.inf, 0
-    state_file = out / "state" / "state.pt"
-    if state_file.is_file():
-        state = torch.load(state_file, weights_only=False)
-        if state.get("run_key") == run_key:
-            model.load_state_dict(state["weights"], strict=False)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start_epoch, history, best = state["epoch"], state["history"], state["best"]
-            log.info("resuming phase 3 after epoch %d from %s", start_epoch, state_file)
+    state = load_trainer_state(out / "state")  # checksummed, weights_only: never runs code
+    if state is not None and state.get("run_key") == run_key:
+        model.load_state_dict(state["weights"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if "rng" in state:
+            torch.set_rng_state(state["rng"])
+        start_epoch, history, best = state["epoch"], state["history"], state["best"]
+        log.info("resuming phase 3 after epoch %d from %s", start_epoch, out / "state")
     manifest = {
         "task": cfg.task,
         "mode": cfg.mode,
