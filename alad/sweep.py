@@ -474,16 +474,11 @@ def register_best(grid: Grid, tracker: Any, tasks: list[str] | None = None) -> l
 
 
 def load_results(root: Path) -> list[dict[str, Any]]:
-    """Every committed result under `root` (one JSON per cell)."""
-    out = []
-    for path in sorted(Path(root).glob("*/*.json")):
-        try:
-            out.append(json.loads(path.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(
-                f"{path}: not a valid result JSON ({exc}); delete it to rerun the cell"
-            ) from None
-    return out
+    """Every committed result under `root` (one JSON per cell), checked as the report reads
+    them: a damaged file is an error that names it."""
+    from alad.report import load_results as read_all
+
+    return [r.record for r in read_all(root)]
 
 
 __all__ = [
