@@ -374,9 +374,9 @@ class FrozenOutputs:
         for r in rows:
             h.update(self._key(r))
         path = self.root / f"{self.fingerprint}-{h.hexdigest()[:16]}.safetensors"
-        if path.is_file():
-            tensors = load_file(path)
-            hidden, lengths = tensors["hidden"], tensors["lengths"]
+        found = _read_outputs(path, len(rows)) if path.is_file() else None
+        if found is not None:
+            hidden, lengths = found
         else:
             hidden, lengths = self._extract(rows, batch_size, pad_id, progress)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -418,3 +418,18 @@ class FrozenOutputs:
         if out.shape[1] < input_ids.shape[1]:
             out = torch.nn.functional.pad(out, (0, 0, 0, input_ids.shape[1] - out.shape[1]))
         return out
+
+
+def _read_outputs(path: Path, num_rows: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(hidden, lengths) of an intact frozen-outputs file of `num_rows` rows, else None: a
+    damaged file is extracted again, not a traceback on every later run."""
+    try:
+        tensors = load_file(path)
+        hidden, lengths = tensors["hidden"], tensors["lengths"]
+        if len(lengths) == num_rows and int(lengths.sum()) == hidden.shape[0]:
+            return hidden, lengths
+        problem = f"holds {len(lengths)} rows, expected {num_rows}"
+    except Exception as exc:  # safetensors raises its own error type for a damaged file
+        problem = f"unreadable ({exc})"
+    log.warning("phase-3 frozen outputs %s %s; extracting them again", path, problem)
+    return None

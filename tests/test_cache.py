@@ -140,3 +140,17 @@ def test_a_damaged_shard_is_a_clear_error(encoders, tmp_path):
         cache.shard(0)
     rebuilt = build_cache(encoders[0], tiny_sentences(12, seed=8), 32, tmp_path, progress=False)
     assert len(rebuilt.shard(0)[1]) == 12  # the next build sees the size and extracts it again
+
+
+def test_damaged_phase3_frozen_outputs_are_extracted_again(encoders, tmp_path, caplog):
+    enc, _ = encoders
+    rows = [enc.tokenizer(s)["input_ids"] for s in tiny_sentences(6, seed=9)]
+    first = cache_mod.FrozenOutputs(enc.model, enc.fingerprint, tmp_path)
+    first.fill(rows, batch_size=4, pad_id=0)
+    (stored,) = (tmp_path / "phase3").iterdir()
+    stored.write_bytes(stored.read_bytes()[:50])
+    again = cache_mod.FrozenOutputs(enc.model, enc.fingerprint, tmp_path)
+    again.fill(rows, batch_size=4, pad_id=0)
+    assert "extracting them again" in caplog.text
+    for key, value in first.memo.items():
+        assert torch.equal(again.memo[key], value)
