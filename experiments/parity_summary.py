@@ -15,8 +15,9 @@ for f in sorted(Path("results/parity").glob("*.json")):
 
 
 def ms(xs: list[float]) -> str:
-    sd = statistics.stdev(xs) if len(xs) > 1 else float("nan")
-    return f"{100 * statistics.mean(xs):.1f} ± {100 * sd:.1f}"
+    if len(xs) == 1:
+        return f"{100 * xs[0]:.1f} (1 seed)"
+    return f"{100 * statistics.mean(xs):.1f} ± {100 * statistics.stdev(xs):.1f}"
 
 
 print("| model | harness | seeds | dev acc | test acc | test per seed | s/run |")
