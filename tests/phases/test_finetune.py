@@ -100,15 +100,7 @@ def test_frozen_mode_leaves_the_compressed_model_untouched(tiny_settings, tmp_pa
 
 
 def test_joint_mode_learns_the_toy_task(tiny_settings, tmp_path):
-    s = _settings(
-        tiny_settings,
-        tmp_path,
-        n_train=300,
-        mode="alad-joint",
-        epochs=5,
-        lr=3e-3,
-        group_by_length=False,
-    )
+    s = _settings(tiny_settings, tmp_path, n_train=300, mode="alad-joint", epochs=5, lr=3e-3)
     result = finetune(s, out=tmp_path / "joint", progress=False)
     assert result.dev["f1_micro"] > 0.5, result.history
 
