@@ -88,6 +88,29 @@ def checksums(folder: Path, skip: tuple[str, ...] = ("manifest.json",)) -> dict[
     }
 
 
+def read_folder_manifest(path: Path, fmt: str, error: type[Exception]) -> dict[str, Any]:
+    """A folder's manifest.json: a JSON object whose `format` is `fmt`; otherwise `error`
+    with a message naming the file."""
+    try:
+        manifest = read_json(path)
+    except DataFormatError as exc:
+        raise error(str(exc)) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != fmt:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise error(f"{path}: format {found!r}, expected {fmt}")
+    return manifest
+
+
+def verify_manifest_files(folder: Path, manifest: dict[str, Any], error: type[Exception]) -> None:
+    """Every file the manifest lists under `files` is there with its checksum (folders written
+    before checksums list none); otherwise `error` naming the file."""
+    files = manifest.get("files", {})
+    if not isinstance(files, dict):
+        raise error(f"{folder / 'manifest.json'}: 'files' must map file names to sha256 checksums")
+    if problem := verify_checksums(folder, files):
+        raise error(f"{folder}: {problem}")
+
+
 def verify_checksums(folder: Path, expected: dict[str, str]) -> str | None:
     """None if every listed file is there with its checksum, else what is wrong (one file)."""
     for name, digest in expected.items():

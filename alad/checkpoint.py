@@ -32,12 +32,14 @@ from torch import nn
 from alad.adapter import AlignmentAdapter
 from alad.atomic import (
     checksums,
+    read_folder_manifest,
     read_json,
     read_text,
     recover_all,
     replace_dir,
     tmp_dir,
     verify_checksums,
+    verify_manifest_files,
     write_json,
     write_text,
 )
@@ -184,18 +186,8 @@ def _load_folder(folder: Path, with_trainer_state: bool) -> Checkpoint:
     if not path.is_file():
         what = "missing" if not folder.exists() else "missing (an incomplete checkpoint)"
         raise CheckpointError(f"{path}: {what}")
-    try:
-        manifest = read_json(path)
-    except DataFormatError as exc:
-        raise CheckpointError(str(exc)) from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise CheckpointError(f"{path}: format {found!r}, expected {FORMAT}")
-    files = manifest.get("files", {})  # absent in checkpoints written before checksums
-    if not isinstance(files, dict):
-        raise CheckpointError(f"{path}: 'files' must map file names to sha256 checksums")
-    if problem := verify_checksums(folder, files):
-        raise CheckpointError(f"{folder}: {problem}")
+    manifest = read_folder_manifest(path, FORMAT, CheckpointError)
+    verify_manifest_files(folder, manifest, CheckpointError)
     adapter = adapter_from(manifest, path)
     load_weights(adapter, folder / "adapter.safetensors")
     trainer = None

@@ -26,10 +26,17 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from alad.adapter import AlignmentAdapter
-from alad.atomic import checksums, read_json, replace_dir, tmp_dir, verify_checksums, write_json
+from alad.atomic import (
+    checksums,
+    read_folder_manifest,
+    replace_dir,
+    tmp_dir,
+    verify_manifest_files,
+    write_json,
+)
 from alad.checkpoint import adapter_from, load_weights
 from alad.config import Phase3Config
-from alad.errors import AladError, DataFormatError
+from alad.errors import AladError
 from alad.heads import build_head
 
 TASK_NAMES = ("pos", "ner", "qa")
@@ -128,13 +135,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / "manifest.json"
     if not path.is_file():
         raise ModelFolderError(f"{folder}: not an alad model folder (no manifest.json)")
-    try:
-        manifest = read_json(path)
-    except DataFormatError as exc:
-        raise ModelFolderError(str(exc)) from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise ModelFolderError(f"{path}: format {found!r}, expected {FORMAT}")
+    manifest = read_folder_manifest(path, FORMAT, ModelFolderError)
     missing = [k for k in REQUIRED if k not in manifest]
     if missing:
         raise ModelFolderError(f"{path}: no {missing[0]!r}; the manifest is damaged or incomplete")
@@ -146,11 +147,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 def verify_model_folder(folder: Path, manifest: dict[str, Any]) -> None:
     """Every file manifest.json lists is there with its checksum (folders saved before
     checksums list none)."""
-    files = manifest.get("files", {})
-    if not isinstance(files, dict):
-        raise ModelFolderError(f"{folder / 'manifest.json'}: 'files' must map names to sha256")
-    if problem := verify_checksums(folder, files):
-        raise ModelFolderError(f"{folder}: {problem}")
+    verify_manifest_files(folder, manifest, ModelFolderError)
 
 
 def phase3_config(manifest: dict[str, Any]) -> Phase3Config:

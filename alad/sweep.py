@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, get_args
 
@@ -145,7 +146,7 @@ class Cell:
     align: Settings | None  # phases 1-2 config (align_seed), None without adapter
     grid: Grid = field(repr=False)
 
-    @property
+    @cached_property
     def key(self) -> str:
         config = self.settings.model_dump(mode="json", exclude=_NOT_IN_KEY)
         config["phase3"].pop("init", None)  # a local path; the phase-2 config is in the key
@@ -202,11 +203,17 @@ class Cell:
         )
 
 
-def _settings(overrides: dict[str, Any]) -> Settings:
-    # params.yaml is not read: a grid file alone defines its cells (same keys on every machine).
-    return load_settings(
-        params=Path(os.devnull), overrides=[f"{k}={v}" for k, v in overrides.items()]
-    )
+def _settings(dotted: dict[str, Any]) -> Settings:
+    """The validated config of {"phase3.lr": 1e-4, ...}. params.yaml is not read: a grid file
+    alone defines its cells (the same keys on every machine)."""
+    nested: dict[str, Any] = {}
+    for key, value in dotted.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return load_settings(params=Path(os.devnull), overrides=nested)
 
 
 def _dotted(d: dict[str, Any]) -> dict[str, Any]:
@@ -218,10 +225,6 @@ def _dotted(d: dict[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
-
-
-def _yaml_scalar(v: Any) -> str:
-    return json.dumps(v) if not isinstance(v, str) else v
 
 
 def cells(grid: Grid, tasks: list[str] | None = None) -> list[Cell]:
@@ -259,7 +262,6 @@ def cells(grid: Grid, tasks: list[str] | None = None) -> list[Cell]:
                     "seed": seed,
                     **({"adapter.window": window} if window else {}),
                 }
-                over = {k: ("null" if v is None else _yaml_scalar(v)) for k, v in over.items()}
                 align = _settings({**over, "seed": grid.align_seed}) if window else None
                 out.append(Cell(task, compressed, mode, window, seed, _settings(over), align, grid))
     keys = [c.key for c in out]

@@ -52,12 +52,13 @@ def alad_sweep(
 ) -> dict[str, Any]:
     """Run the grid's cells that have no result yet; returns what ran and the progress."""
     logger = get_run_logger()
-    todo, progress = plan(load_grid(Path(grid)), tasks)
+    cells_grid = load_grid(Path(grid))
+    todo, progress = plan(cells_grid, tasks)
     line = progress.line()
     logger.info("%s: %s; %d to run, cheapest first", grid, line, len(todo))
     ran: list[dict[str, Any]] = []
     for _, summary, line in run_sweep(
-        load_grid(Path(grid)),
+        cells_grid,
         tasks,
         max_cells,
         max_minutes,

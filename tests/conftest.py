@@ -128,6 +128,21 @@ def tiny_sentences(n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 14))) + " ." for _ in range(n)]
 
 
+def interrupt_on_call(real, n: int):
+    """`real`, except that its n-th call raises KeyboardInterrupt (a kill at that point).
+    `.calls` counts the calls made through it."""
+    calls: list[int] = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    wrapper.calls = calls
+    return wrapper
+
+
 def write_conllu(path: Path, n: int, seed: int) -> Path:
     """A CoNLL-U file of `n` random sentences whose words determine their UPOS tags."""
     rng = random.Random(seed)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_sentences
+from conftest import interrupt_on_call, tiny_sentences
 from phases.test_finetune import write_bio, write_conllu, write_squad
 from safetensors.torch import save_file
 
@@ -72,14 +72,8 @@ def art(tiny_models, tmp_path_factory) -> Art:
         mp.chdir(root)  # no params.yaml here
         mp.setenv("ALAD_CACHE_HOME", str(root / "cache"))
         assert main(["align", "phase1", "-q", "--profile", "tiny", *_sets(tiny)]) == 0
-        real, calls = ft_mod._train_epoch, []
-
-        def dies_in_epoch_2(*args, **kwargs):
-            calls.append(1)
-            if len(calls) == 2:
-                raise KeyboardInterrupt
-            return real(*args, **kwargs)
-
+        real = ft_mod._train_epoch
+        dies_in_epoch_2 = interrupt_on_call(real, 2)
         mp.setattr(ft_mod, "_train_epoch", dies_in_epoch_2)
         with pytest.raises(KeyboardInterrupt):
             ft_mod.finetune(load_settings(None, "tiny", ner), out=root / "ner", progress=False)

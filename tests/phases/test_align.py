@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import interrupt_on_call
 
 import alad.phases.align as align_mod
 from alad.checkpoint import CheckpointError, load_checkpoint
@@ -63,14 +64,8 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(
     s = _with(tiny_settings, phase1={"epochs": 3})
     straight = run_alignment(s, "phase1", out=tmp_path / "straight", progress=False)
 
-    real, calls = align_mod._train_epoch, []
-
-    def dies_in_epoch_2(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
+    real = align_mod._train_epoch
+    dies_in_epoch_2 = interrupt_on_call(real, 2)
     monkeypatch.setattr(align_mod, "_train_epoch", dies_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         run_alignment(s, "phase1", out=tmp_path / "resumed", progress=False)

@@ -7,7 +7,7 @@ import random
 
 import pytest
 import torch
-from conftest import WORDS, write_conllu
+from conftest import WORDS, interrupt_on_call, write_conllu
 
 import alad.phases.finetune as ft_mod
 from alad.checkpoint import CheckpointError
@@ -129,14 +129,9 @@ def test_unseen_eval_label_is_an_error_naming_the_file(tiny_settings, tmp_path):
 
 def test_interrupted_finetune_resumes_after_the_last_epoch(tiny_settings, tmp_path, monkeypatch):
     s = _settings(tiny_settings, tmp_path, mode="alad-frozen", epochs=3)
-    real, calls = ft_mod._train_epoch, []
-
-    def dies_in_epoch_3(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
+    real = ft_mod._train_epoch
+    dies_in_epoch_3 = interrupt_on_call(real, 3)
+    calls = dies_in_epoch_3.calls
     monkeypatch.setattr(ft_mod, "_train_epoch", dies_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         finetune(s, out=tmp_path / "r", progress=False)

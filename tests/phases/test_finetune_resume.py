@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import interrupt_on_call
 from phases.test_finetune import _settings
 
 import alad.phases.finetune as ft_mod
@@ -23,14 +24,8 @@ def test_resumed_phase3_is_identical_to_an_uninterrupted_run(tiny_settings, tmp_
     s = _settings(tiny_settings, tmp_path, n_train=30, mode="alad-joint", epochs=3)
     straight = finetune(s, out=tmp_path / "straight", progress=False, evaluate_test=False)
 
-    real, calls = ft_mod._train_epoch, []
-
-    def dies_in_epoch_2(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
+    real = ft_mod._train_epoch
+    dies_in_epoch_2 = interrupt_on_call(real, 2)
     monkeypatch.setattr(ft_mod, "_train_epoch", dies_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         finetune(s, out=tmp_path / "resumed", progress=False, evaluate_test=False)
