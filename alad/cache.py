@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock
 from safetensors.torch import load_file, save_file
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
@@ -183,12 +184,32 @@ def build_cache(
         f"{encoder.fingerprint}-{key['texts_hash']}-L{max_length}-S{shard_texts}-"
         f"{key['tokenizer_hash'][:8]}"
     )
-    if (folder / MANIFEST).is_file():
-        problem = _check_complete(folder, key)
-        if problem is None:
-            return FeatureCache(folder, json.loads((folder / MANIFEST).read_text()))
-        log.warning("feature cache %s: %s; extracting it again", folder, problem)
-        shutil.rmtree(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # One extractor per folder: concurrent runs (sweep cells on several workers) that need the
+    # same features wait here, then find the manifest the first one wrote.
+    with FileLock(f"{folder}.lock"):
+        if (folder / MANIFEST).is_file():
+            problem = _check_complete(folder, key)
+            if problem is None:
+                return FeatureCache(folder, json.loads((folder / MANIFEST).read_text()))
+            log.warning("feature cache %s: %s; extracting it again", folder, problem)
+            shutil.rmtree(folder)
+        return _extract(
+            encoder, texts, max_length, folder, key, shard_texts, batch_size, label, progress
+        )
+
+
+def _extract(
+    encoder: Encoder,
+    texts: Sequence[str],
+    max_length: int,
+    folder: Path,
+    key: dict[str, Any],
+    shard_texts: int,
+    batch_size: int,
+    label: str,
+    progress: bool,
+) -> FeatureCache:
     folder.mkdir(parents=True, exist_ok=True)
     _claim_partial(folder, key)
     starts = range(0, len(texts), shard_texts)

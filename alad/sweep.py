@@ -288,14 +288,16 @@ def file_sha256(path: str | None) -> str | None:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def _alignment(cell: Cell, progress: bool) -> dict[str, Any]:
-    """Phases 1-2 for the cell's (M_C, M_L, n[, task]): trained once, then only reloaded."""
+def align_cell(cell: Cell, upto: str = "phase2", progress: bool = False) -> dict[str, Any]:
+    """Phases 1-2 (or phase 1 only) for the cell's (M_C, M_L, n[, task]): trained once, then
+    only reloaded. The distributed flow runs each shared alignment as its own task first."""
     from alad.phases.align import run_alignment
 
     assert cell.align is not None
     out: dict[str, Any] = {}
     p1, p2 = cell.align_dir("phase1"), cell.align_dir("phase2")
-    for phase, folder, init in (("phase1", p1, None), ("phase2", p2, p1)):
+    steps = (("phase1", p1, None), ("phase2", p2, p1))
+    for phase, folder, init in steps[: 1 if upto == "phase1" else 2]:
         r = run_alignment(cell.align, phase, out=folder, init=init, progress=progress)
         out[phase] = {
             "before": r.before,
@@ -317,7 +319,7 @@ def run_cell(cell: Cell, progress: bool = False) -> dict[str, Any]:
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
     settings, alignment = cell.settings, None
     if cell.align is not None:
-        alignment = _alignment(cell, progress)
+        alignment = align_cell(cell, progress=progress)
         p3 = settings.phase3.model_copy(update={"init": cell.align_dir("phase2")})
         settings = settings.model_copy(update={"phase3": p3})
     result = finetune(settings, out=cell.out, progress=progress, evaluate_test=False)

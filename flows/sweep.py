@@ -3,14 +3,21 @@
     make up
     prefect deployment run 'alad-sweep/table1' --watch                 # sweeps/table1.yaml
     prefect deployment run 'alad-sweep/table1' --param 'tasks=["pos"]' --param max_minutes=120
+    prefect deployment run 'alad-sweep/table1' --param workers=4       # a local Dask cluster
+    prefect deployment run 'alad-sweep/table1' --param address=tcp://scheduler:8786
 
 The same cells as `alad sweep run` and `dvc repro sweeps/dvc.yaml` (alad/sweep.py): a cell whose
 result JSON exists is skipped, so a flow run picks up where any earlier run, on any machine,
-stopped. Cells run one at a time: each already uses both cores of this machine.
+stopped. By default cells run one at a time in the flow's process (each already uses every core
+of a small machine). With `workers > 1` or a scheduler `address` they run on a Dask cluster
+through prefect-dask's DaskTaskRunner: each shared alignment (phase 1 per (M_C, M_L, n), phase 2
+per task) is its own task, and the cells that need it wait for it.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +25,45 @@ from pipeline import transient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
+from prefect.futures import PrefectFuture, as_completed
 
-from alad.sweep import cells, load_grid, plan, run_cell, run_sweep
+from alad.sweep import Cell, align_cell, cells, load_grid, plan, run_cell, run_sweep
+
+RETRIES = {"retries": 1, "retry_delay_seconds": 5, "retry_condition_fn": transient}
 
 
-@task(
-    retries=1,
-    retry_delay_seconds=5,
-    retry_condition_fn=transient,
-    cache_policy=NONE,
-    task_run_name="{name}",
-)
-def run_cell_task(grid: str, key: str, name: str) -> dict[str, Any]:
+def _cell(grid: str, key: str) -> Cell:
+    return next(c for c in cells(load_grid(Path(grid))) if c.key == key)
+
+
+def _threads(threads: int | None) -> None:
+    if threads:  # several cells on one machine share its cores
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+@task(**RETRIES, cache_policy=NONE, task_run_name="align/{phase}/{name}")
+def align_task(grid: str, key: str, phase: str, name: str, threads: int | None = None) -> str:
+    """A shared alignment (phase 1, or phase 2 on top of it): trained once, resumable."""
+    _threads(threads)
+    align_cell(_cell(grid, key), upto=phase)
+    return name
+
+
+@task(**RETRIES, cache_policy=NONE, task_run_name="{name}")
+def run_cell_task(
+    grid: str,
+    key: str,
+    name: str,
+    threads: int | None = None,
+    deadline: float | None = None,
+) -> dict[str, Any]:
     """One cell (phases 1-2 first when it has an adapter; they resume from checkpoints)."""
-    cell = next(c for c in cells(load_grid(Path(grid))) if c.key == key)
-    record = run_cell(cell)
+    if deadline is not None and time.time() > deadline:  # the time box: start nothing new
+        return {"key": key, "skipped": True}
+    _threads(threads)
+    record = run_cell(_cell(grid, key))
     get_run_logger().info(
         "%s: dev %.4f, test %.4f (%.0f s)",
         name,
@@ -40,7 +71,65 @@ def run_cell_task(grid: str, key: str, name: str) -> dict[str, Any]:
         record["test"]["main"],
         record["seconds"],
     )
-    return {"key": key, "test": record["test"]["main"], "seconds": record["seconds"]}
+    return {
+        "key": key,
+        "test": record["test"]["main"],
+        "seconds": record["seconds"],
+        "pid": os.getpid(),
+    }
+
+
+def dask_runner(workers: int, address: str | None):
+    """An existing cluster at `address`, else a local one: `workers` processes, one cell each."""
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(
+        cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "dashboard_address": None}
+    )
+
+
+@flow(name="alad-sweep-cells")
+def sweep_cells(
+    grid: str,
+    todo_keys: list[str],
+    threads: int | None,
+    deadline: float | None,
+) -> list[dict[str, Any]]:
+    """Submit the shared alignments, then every cell after the alignment it needs."""
+    logger = get_run_logger()
+    by_key = {c.key: c for c in cells(load_grid(Path(grid)))}
+    aligned: dict[Path, PrefectFuture] = {}
+    futures = []
+    for key in todo_keys:
+        cell, wait = by_key[key], []
+        if cell.align is not None:
+            for phase in ("phase1", "phase2"):
+                folder = cell.align_dir(phase)
+                if folder not in aligned:
+                    name = f"{cell.compressed}-n{cell.window}" + (
+                        f"/{cell.task}" if phase == "phase2" else ""
+                    )
+                    aligned[folder] = align_task.submit(
+                        grid, key, phase, name, threads, wait_for=list(wait)
+                    )
+                wait = [aligned[folder]]
+        futures.append(run_cell_task.submit(grid, key, cell.name, threads, deadline, wait_for=wait))
+    ran, failed = [], []
+    for done, future in enumerate(as_completed(futures), 1):
+        try:
+            summary = future.result()
+        except Exception as exc:  # noqa: BLE001 - the other cells go on; the flow fails after
+            failed.append(future.task_run_id)
+            logger.error("task run %s failed: %s", future.task_run_id, exc)
+            continue
+        if not summary.get("skipped"):
+            ran.append(summary)
+        logger.info("%d/%d submitted cells finished", done, len(futures))
+    if failed:
+        raise RuntimeError(f"{len(failed)} cells failed; their task runs say why")
+    return ran
 
 
 @flow(name="alad-sweep", log_prints=True)
@@ -49,23 +138,38 @@ def alad_sweep(
     tasks: list[str] | None = None,
     max_cells: int | None = None,
     max_minutes: float | None = None,
+    workers: int = 1,
+    address: str | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Run the grid's cells that have no result yet; returns what ran and the progress."""
+    """Run the grid's cells that have no result yet; returns what ran and the progress.
+
+    workers > 1 or address: on a Dask cluster (local: `workers` processes; each cell gets
+    `threads` torch threads, by default this machine's cores / workers)."""
     logger = get_run_logger()
     cells_grid = load_grid(Path(grid))
     todo, progress = plan(cells_grid, tasks)
     line = progress.line()
     logger.info("%s: %s; %d to run, cheapest first", grid, line, len(todo))
     ran: list[dict[str, Any]] = []
-    for _, summary, line in run_sweep(
-        cells_grid,
-        tasks,
-        max_cells,
-        max_minutes,
-        run=lambda cell: run_cell_task(grid, cell.key, cell.name),
-    ):
-        ran.append(summary)
-        logger.info("%s", line)
+    if workers > 1 or address:
+        if threads is None and not address:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+        deadline = time.time() + 60 * max_minutes if max_minutes is not None else None
+        keys = [c.key for c in todo[:max_cells]]
+        runner = dask_runner(workers, address)
+        ran = sweep_cells.with_options(task_runner=runner)(grid, keys, threads, deadline)
+        line = plan(cells_grid, tasks)[1].line()
+    else:
+        for _, summary, line in run_sweep(
+            cells_grid,
+            tasks,
+            max_cells,
+            max_minutes,
+            run=lambda cell: run_cell_task(grid, cell.key, cell.name, threads),
+        ):
+            ran.append(summary)
+            logger.info("%s", line)
     create_markdown_artifact(
         key="sweep-progress",
         markdown=f"**{grid}**: {line}\n\n"
@@ -75,3 +179,12 @@ def alad_sweep(
         description="cells run by this flow run",
     )
     return {"ran": ran, "progress": line}
+
+
+if __name__ == "__main__":  # python flows/sweep.py [GRID] [WORKERS]: without a deployment
+    import sys
+
+    alad_sweep(
+        grid=sys.argv[1] if len(sys.argv) > 1 else "sweeps/table1.yaml",
+        workers=int(sys.argv[2]) if len(sys.argv) > 2 else 1,
+    )

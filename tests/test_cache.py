@@ -41,7 +41,7 @@ def test_rebuild_after_interruption_reuses_finished_shards(encoders, tmp_path, m
     monkeypatch.setattr(cache_mod, "extract_shard", failing_on_third)
     with pytest.raises(KeyboardInterrupt):
         build_cache(enc, texts, 32, tmp_path, shard_texts=10, progress=False)
-    (folder,) = tmp_path.iterdir()
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]  # beside it: its .lock
     assert not (folder / MANIFEST).exists(), "an interrupted cache must not look complete"
     assert sorted(p.name for p in folder.iterdir()) == [
         "building.json",
@@ -142,3 +142,50 @@ def test_damaged_phase3_frozen_outputs_are_extracted_again(encoders, tmp_path, c
     assert "extracting them again" in caplog.text
     for key, value in first.memo.items():
         assert torch.equal(again.memo[key], value)
+
+
+CONCURRENT_BUILD = """
+import json, sys, time
+from pathlib import Path
+import alad.cache as cache_mod
+from alad.models.catalog import load_encoder
+
+model, root, log, barrier = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+texts = json.loads(sys.argv[5])
+real = cache_mod.extract_shard
+def logged(*args, **kwargs):
+    with log.open("a") as f:
+        f.write("shard\\n")
+    time.sleep(0.2)  # a slow extraction: the other process arrives while this one works
+    return real(*args, **kwargs)
+cache_mod.extract_shard = logged
+enc = load_encoder(model)
+barrier.with_name(barrier.name + sys.argv[6]).touch()
+while len(list(barrier.parent.glob(barrier.name + "*"))) < 2:
+    time.sleep(0.01)
+cache = cache_mod.build_cache(enc, texts, 32, root, shard_texts=10, progress=False)
+print(json.dumps(cache.manifest))
+"""
+
+
+def test_two_processes_building_one_cache_extract_each_shard_once(tiny_models, tmp_path):
+    """Sweep cells on several Dask workers may need the same features at the same moment."""
+    import json
+    import subprocess
+    import sys
+
+    texts = tiny_sentences(30, seed=5)
+    log, barrier = tmp_path / "calls.log", tmp_path / "go"
+    args = [str(tiny_models[0]), str(tmp_path / "features"), str(log), str(barrier)]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONCURRENT_BUILD, *args, json.dumps(texts), me],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for me in ("a", "b")
+    ]
+    manifests = [json.loads(c.communicate(timeout=300)[0]) for c in children]
+    assert [c.returncode for c in children] == [0, 0]
+    assert manifests[0] == manifests[1] and len(manifests[0]["shards"]) == 3
+    assert log.read_text().count("shard") == 3  # without the lock: up to 6, shards overwritten

@@ -36,3 +36,45 @@ def test_sweep_flow_runs_each_missing_cell_once_as_a_task(prefect_server, tiny_g
     names = anyio.run(task_names)
     todo = sorted(c.name for c in cells(grid) if c.key not in {r["key"] for r in first["ran"]})
     assert names == todo  # one task per remaining cell, named after it
+
+
+def test_sweep_flow_on_a_two_worker_dask_cluster_runs_each_cell_once(
+    prefect_server, tiny_grid, monkeypatch
+):
+    import os
+    from datetime import UTC, datetime
+
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.settings import get_current_settings
+    from sweep import alad_sweep
+
+    from alad.sweep import cells, load_grid, load_results
+
+    # the Dask workers are separate processes: they find the test server through the environment
+    monkeypatch.setenv("PREFECT_API_URL", get_current_settings().api.url)
+    grid = load_grid(tiny_grid)
+    start = datetime.now(UTC)
+    state = alad_sweep(grid=str(tiny_grid), workers=2, return_state=True)
+    assert state.is_completed()
+    result = state.result()
+    every = sorted(c.key for c in cells(grid))
+    assert result["progress"].startswith("6/6")
+    assert sorted(r["key"] for r in result["ran"]) == every  # each cell ran, and once
+    assert sorted(r["key"] for r in load_results(grid.results)) == every
+    pids = {r["pid"] for r in result["ran"]}
+    assert len(pids) == 2 and os.getpid() not in pids  # both worker processes took cells
+
+    async def task_names():
+        async with get_client() as client:
+            return [r.name for r in await client.read_task_runs() if r.created >= start]
+
+    names = anyio.run(task_names)
+    cell_names = sorted(c.name for c in cells(grid))
+    assert sorted(n for n in names if n in cell_names) == cell_names  # no cell ran twice
+    # the alad-frozen cells share one phase 1 and one phase 2, each run once, before them
+    assert sorted(n for n in names if n.startswith("align/")) == [
+        n for n in sorted(names) if n.startswith("align/phase1/")
+    ] + [n for n in sorted(names) if n.startswith("align/phase2/")]
+    assert sum(n.startswith("align/phase1/") for n in names) == 1
+    assert sum(n.startswith("align/phase2/") for n in names) == 1
