@@ -132,6 +132,28 @@ def _hash(data: Any) -> str:
 # Sections that say where things go, not what is computed: outside every key.
 _NOT_IN_KEY = {"runs_dir", "cache", "tracking", "profile"}
 
+# Config fields added after cells were committed whose default reproduces the earlier runs
+# exactly: left out of keys while at that default, so committed results stay valid (a new
+# field changes every key otherwise; tests/test_sweep.py pins the keys of sweeps/table1.yaml).
+# Never list a field whose default changes what is computed: its new cells would be taken for
+# the old ones. Dotted path -> the default that is omitted.
+KEY_OMITTED_AT_DEFAULT: dict[str, Any] = {}
+
+
+def key_config(settings: Settings) -> dict[str, Any]:
+    """The part of a resolved config that decides what a run computes (see the key rules)."""
+    config = settings.model_dump(mode="json", exclude=_NOT_IN_KEY)
+    for dotted, default in KEY_OMITTED_AT_DEFAULT.items():
+        *parents, leaf = dotted.split(".")
+        section = config
+        for part in parents:
+            section = section.get(part, {})
+        if section.get(leaf, object()) == default:
+            section.pop(leaf)
+    for name in [k for k, v in config.items() if v == {}]:
+        config.pop(name)  # a section whose every field was omitted
+    return config
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -148,7 +170,7 @@ class Cell:
 
     @cached_property
     def key(self) -> str:
-        config = self.settings.model_dump(mode="json", exclude=_NOT_IN_KEY)
+        config = key_config(self.settings)
         config["phase3"].pop("init", None)  # a local path; the phase-2 config is in the key
         if self.align is None:  # phases 1-2 do not shape a cell without an adapter
             config.pop("phase1"), config.pop("phase2")
@@ -175,7 +197,7 @@ class Cell:
 
     def align_dir(self, phase: str) -> Path:
         assert self.align is not None
-        a = self.align.model_dump(mode="json", exclude=_NOT_IN_KEY)
+        a = key_config(self.align)
         parts = {"models": a["models"], "adapter": a["adapter"], "seed": a["seed"]}
         k1 = _hash({**parts, "phase1": a["phase1"]})
         if phase == "phase1":

@@ -139,3 +139,39 @@ def test_the_table1_grid_and_its_dvc_stages_agree():
     assert "sweeps/table1.yaml" in stages["table1"]["do"]["cmd"]
     (out,) = stages["table1"]["do"]["metrics"]
     assert out == {f"{grid.results}/${{item}}": {"cache": False, "persist": True}}
+
+
+# Keys of the committed grid, from the code that produced results/table1/ (a cell's result is
+# found by its key): a config change that alters them orphans every committed result. If this
+# fails, a new config field entered the key: list it in alad.sweep.KEY_OMITTED_AT_DEFAULT if its
+# default reproduces the earlier runs, else accept that the grid is rerun and update the pins.
+PINNED = {
+    "pos/minilm-l3/alad-frozen-n5/s13": ("dd55fd2958d7", "b83364178189", "76c5220fb4e1"),
+    "pos/minilm-l6/alad-joint-n1/s13": ("2eb767bb620e", "5e06f3f22be6", "853e3c3330e1"),
+    "ner/mpnet-base:prune4/lora-alad-n5/s15": ("07cfa3526052", "98006e99d488", "273985996d26"),
+    "qa/minilm-l6/alad-joint-n5/s13": ("813430758766", "65e7edffa89c", "50dd507e53ea"),
+    "pos/mpnet-base/large/s14": ("c3ea770da55a", None, None),
+}
+
+
+def test_keys_of_the_committed_grid_do_not_move():
+    grid = load_grid(Path(__file__).resolve().parents[1] / "sweeps" / "table1.yaml")
+    found = {}
+    for c in cells(grid):
+        if c.name in PINNED:
+            dirs = [
+                c.align_dir(p).name.split("-", 1)[1] if c.align else None
+                for p in ("phase1", "phase2")
+            ]
+            found[c.name] = (c.key, *dirs)
+    assert found == PINNED
+
+
+def test_a_field_listed_as_omitted_at_default_leaves_keys_alone(tiny_grid, monkeypatch):
+    import alad.sweep as sweep
+
+    before = [c.key for c in cells(load_grid(tiny_grid))]
+    monkeypatch.setattr(sweep, "KEY_OMITTED_AT_DEFAULT", {"phase3.epochs": 1})  # the grid's value
+    assert [c.key for c in cells(load_grid(tiny_grid))] != before  # the field left the key...
+    monkeypatch.setattr(sweep, "KEY_OMITTED_AT_DEFAULT", {"phase3.epochs": 2})
+    assert [c.key for c in cells(load_grid(tiny_grid))] == before  # ...only at that value
