@@ -230,6 +230,21 @@ class CacheConfig(_Section):
     extract_batch_size: int = Field(32, ge=1, description="Texts per forward pass when extracting.")
 
 
+class RuntimeConfig(_Section):
+    """Where and in which precision tensors run (alad/runtime.py); never changes the method."""
+
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+        description="auto (a visible GPU, else cpu) | cpu | cuda | cuda:N | mps.",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="Autocast dtype of forward passes; fp16 adds a gradient scaler. "
+        "bf16 needs an Ampere+ GPU or a recent CPU; fp32 reproduces every committed result.",
+    )
+
+
 class Settings(BaseSettings):
     """Root config. Sections mirror the library: models, adapter, phases, cache."""
 
@@ -249,6 +264,7 @@ class Settings(BaseSettings):
     phase3: Phase3Config = Phase3Config()
     cache: CacheConfig = CacheConfig()
     tracking: TrackingConfig = TrackingConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")
     def _phase2_has_task_text(self) -> Settings:

@@ -137,12 +137,13 @@ _NOT_IN_KEY = {"runs_dir", "cache", "tracking", "profile"}
 # field changes every key otherwise; tests/test_sweep.py pins the keys of sweeps/table1.yaml).
 # Never list a field whose default changes what is computed: its new cells would be taken for
 # the old ones. Dotted path -> the default that is omitted.
-KEY_OMITTED_AT_DEFAULT: dict[str, Any] = {}
+KEY_OMITTED_AT_DEFAULT: dict[str, Any] = {"runtime.precision": "fp32"}
 
 
 def key_config(settings: Settings) -> dict[str, Any]:
     """The part of a resolved config that decides what a run computes (see the key rules)."""
     config = settings.model_dump(mode="json", exclude=_NOT_IN_KEY)
+    config.get("runtime", {}).pop("device", None)  # where, not what (the result names the machine)
     for dotted, default in KEY_OMITTED_AT_DEFAULT.items():
         *parents, leaf = dotted.split(".")
         section = config

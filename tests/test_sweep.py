@@ -171,7 +171,8 @@ def test_a_field_listed_as_omitted_at_default_leaves_keys_alone(tiny_grid, monke
     import alad.sweep as sweep
 
     before = [c.key for c in cells(load_grid(tiny_grid))]
-    monkeypatch.setattr(sweep, "KEY_OMITTED_AT_DEFAULT", {"phase3.epochs": 1})  # the grid's value
+    listed = sweep.KEY_OMITTED_AT_DEFAULT
+    monkeypatch.setattr(sweep, "KEY_OMITTED_AT_DEFAULT", {**listed, "phase3.epochs": 1})
     assert [c.key for c in cells(load_grid(tiny_grid))] != before  # the field left the key...
-    monkeypatch.setattr(sweep, "KEY_OMITTED_AT_DEFAULT", {"phase3.epochs": 2})
+    monkeypatch.setattr(sweep, "KEY_OMITTED_AT_DEFAULT", {**listed, "phase3.epochs": 2})
     assert [c.key for c in cells(load_grid(tiny_grid))] == before  # ...only at that value
