@@ -18,12 +18,13 @@ it was the same configuration; shards of another one are deleted, never mixed in
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from filelock import FileLock
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
@@ -39,6 +41,7 @@ from alad.atomic import write_json
 from alad.errors import AladError
 from alad.models.catalog import Encoder
 from alad.models.packaged import cache_home
+from alad.runtime import barrier, broadcast, rank_world
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +179,10 @@ def build_cache(
     label: str = "",
     progress: bool = True,
 ) -> FeatureCache:
-    """Return the complete cache for (encoder, texts, max_length), extracting what is missing."""
+    """Return the complete cache for (encoder, texts, max_length), extracting what is missing.
+
+    Under torchrun each rank extracts every world-th shard into the same folder; rank 0 writes
+    the manifest once all are there, and every rank returns the same cache."""
     if not texts:
         raise ValueError("cannot cache an empty list of texts")
     key = cache_key(encoder, texts, max_length, shard_texts)
@@ -185,36 +191,59 @@ def build_cache(
         f"{key['tokenizer_hash'][:8]}"
     )
     folder.parent.mkdir(parents=True, exist_ok=True)
-    # One extractor per folder: concurrent runs (sweep cells on several workers) that need the
-    # same features wait here, then find the manifest the first one wrote.
-    with FileLock(f"{folder}.lock"):
-        if (folder / MANIFEST).is_file():
-            problem = _check_complete(folder, key)
-            if problem is None:
-                return FeatureCache(folder, json.loads((folder / MANIFEST).read_text()))
-            log.warning("feature cache %s: %s; extracting it again", folder, problem)
-            shutil.rmtree(folder)
-        return _extract(
-            encoder, texts, max_length, folder, key, shard_texts, batch_size, label, progress
-        )
+    rank, world = rank_world()
+    # One extraction per folder: concurrent runs (sweep cells on several workers) that need the
+    # same features wait here, then find the manifest the first one wrote. Under torchrun rank 0
+    # holds the lock for all ranks, which meet at barriers instead.
+    with FileLock(f"{folder}.lock") if rank == 0 else contextlib.nullcontext():
+        complete = [_reuse_or_claim(folder, key) if rank == 0 else None]
+        broadcast(complete)
+        if not complete[0]:
+            names = _extract_shards(
+                encoder,
+                texts,
+                max_length,
+                folder,
+                shard_texts,
+                batch_size,
+                label,
+                progress,
+                mine=lambda k: k % world == rank,
+            )
+            barrier()
+            if rank == 0:
+                _write_manifest(encoder, folder, key, names)
+            barrier()
+    return FeatureCache(folder, json.loads((folder / MANIFEST).read_text()))
 
 
-def _extract(
+def _reuse_or_claim(folder: Path, key: dict[str, Any]) -> bool:
+    """True when `folder` holds a complete cache for `key`; else make it ready for extraction."""
+    if (folder / MANIFEST).is_file():
+        problem = _check_complete(folder, key)
+        if problem is None:
+            return True
+        log.warning("feature cache %s: %s; extracting it again", folder, problem)
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _claim_partial(folder, key)
+    return False
+
+
+def _extract_shards(
     encoder: Encoder,
     texts: Sequence[str],
     max_length: int,
     folder: Path,
-    key: dict[str, Any],
     shard_texts: int,
     batch_size: int,
     label: str,
     progress: bool,
-) -> FeatureCache:
-    folder.mkdir(parents=True, exist_ok=True)
-    _claim_partial(folder, key)
+    mine: Callable[[int], bool],
+) -> list[str]:
+    """Extract the shards `mine` picks that are not already there; returns every shard name."""
     starts = range(0, len(texts), shard_texts)
     names = [f"shard-{k:05d}.safetensors" for k in range(len(starts))]
-    num_tokens, sizes = 0, []
     bar = tqdm(
         total=len(texts),
         desc=f"extract {label or encoder.name}",
@@ -222,28 +251,32 @@ def _extract(
         disable=not progress,
         leave=False,
     )
-    for start, name in zip(starts, names, strict=True):
+    for k, (start, name) in enumerate(zip(starts, names, strict=True)):
         chunk = texts[start : start + shard_texts]
-        path = folder / name
-        lengths = _finished_shard(path, len(chunk))  # finished before an interruption
-        if lengths is None:
+        if mine(k) and _finished_shard(folder / name, len(chunk)) is None:
             hidden, lengths = extract_shard(encoder, chunk, max_length, batch_size)
-            _atomic_save({"hidden": hidden.contiguous(), "lengths": lengths}, path)
-        num_tokens += int(lengths.sum())
-        sizes.append(path.stat().st_size)
+            _atomic_save({"hidden": hidden.contiguous(), "lengths": lengths}, folder / name)
         bar.update(len(chunk))
     bar.close()
+    return names
+
+
+def _write_manifest(encoder: Encoder, folder: Path, key: dict[str, Any], names: list[str]) -> None:
+    """The manifest, written last: its presence says every shard is complete."""
+    num_tokens = 0
+    for name in names:
+        with safe_open(folder / name, framework="pt") as f:
+            num_tokens += int(f.get_tensor("lengths").sum())
     manifest = {
         **key,
         "model": encoder.name,
         "dim": encoder.dim,
         "num_tokens": num_tokens,
         "shards": names,
-        "shard_bytes": sizes,
+        "shard_bytes": [(folder / name).stat().st_size for name in names],
     }
     write_json(manifest, folder / MANIFEST)
     (folder / BUILDING).unlink(missing_ok=True)
-    return FeatureCache(folder, manifest)
 
 
 def _check_complete(folder: Path, key: dict) -> str | None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from alad.errors import AladError
 
@@ -32,6 +33,39 @@ class DeviceError(AladError, RuntimeError):
 def local_rank() -> int:
     """This process's GPU slot on its node (torchrun sets LOCAL_RANK; 0 otherwise)."""
     return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of the process group; (0, 1) outside torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    """Only rank 0 writes checkpoints, MLflow runs and the registry."""
+    return rank_world()[0] == 0
+
+
+def barrier() -> None:
+    """Every rank waits here for the others (a no-op in one process)."""
+    if rank_world()[1] > 1:
+        dist.barrier()
+
+
+def broadcast(objects: list[Any]) -> None:
+    """Rank 0's picklable `objects`, in place on every rank (a no-op in one process)."""
+    if rank_world()[1] > 1:
+        dist.broadcast_object_list(objects, src=0)
+
+
+def init_distributed(device: torch.device) -> bool:
+    """Join torchrun's process group (gloo on CPU, nccl on CUDA); False outside torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return True
 
 
 def _mps_available() -> bool:

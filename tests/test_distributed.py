@@ -1,0 +1,92 @@
+"""Several processes under torchrun (gloo on CPU): the same results as one process.
+
+Each test launches `python -m torch.distributed.run --standalone --nproc-per-node 2` on a small
+script, as a user's `torchrun --nproc-per-node 2 alad ...` would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_sentences
+from safetensors.torch import load_file
+
+from alad.cache import MANIFEST, build_cache
+from alad.models.catalog import load_encoder
+
+pytestmark = pytest.mark.integration
+
+
+def torchrun(
+    tmp_path: Path, script: str, *args: str, nproc: int = 2
+) -> subprocess.CompletedProcess:
+    path = tmp_path / "script.py"
+    path.write_text(textwrap.dedent(script))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += [f"--nproc-per-node={nproc}", str(path), *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+EXTRACT = """
+    import json, os, sys
+    from pathlib import Path
+    import torch
+    import alad.cache as cache_mod
+    from alad.models.catalog import load_encoder
+    from alad.runtime import init_distributed, rank_world
+
+    model, root, log = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    texts = json.loads(Path(sys.argv[4]).read_text())
+    init_distributed(torch.device("cpu"))
+    rank, world = rank_world()
+    real = cache_mod.extract_shard
+    def logged(encoder, chunk, *args):
+        with log.open("a") as f:
+            f.write(f"{rank} {texts.index(chunk[0])}\\n")
+        return real(encoder, chunk, *args)
+    cache_mod.extract_shard = logged
+    cache = cache_mod.build_cache(load_encoder(model), texts, 32, root, shard_texts=10,
+                                  progress=False)
+    print(json.dumps({"rank": rank, "world": world, "folder": str(cache.dir)}))
+"""
+
+
+def test_two_ranks_extract_disjoint_shards_into_the_cache_one_process_makes(tiny_models, tmp_path):
+    texts = tiny_sentences(45, seed=6)
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+    log = tmp_path / "calls.log"
+    done = torchrun(
+        tmp_path,
+        EXTRACT,
+        str(tiny_models[0]),
+        str(tmp_path / "dist"),
+        str(log),
+        str(tmp_path / "texts.json"),
+    )
+    outs = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert sorted(o["rank"] for o in outs) == [0, 1] and {o["world"] for o in outs} == {2}
+    # shard k (texts 10k..) extracted once, by rank k % 2
+    calls = sorted(tuple(map(int, line.split())) for line in log.read_text().splitlines())
+    assert calls == [(0, 0), (0, 20), (0, 40), (1, 10), (1, 30)]
+    (folder,) = {Path(o["folder"]) for o in outs}
+    single = build_cache(
+        load_encoder(str(tiny_models[0])),
+        texts,
+        32,
+        tmp_path / "one",
+        shard_texts=10,
+        progress=False,
+    )
+    ours, theirs = (json.loads((f / MANIFEST).read_text()) for f in (folder, single.dir))
+    assert ours["shards"] == theirs["shards"] and ours["num_tokens"] == theirs["num_tokens"]
+    for name in ours["shards"]:
+        a, b = load_file(folder / name), load_file(single.dir / name)
+        assert torch.equal(a["lengths"], b["lengths"])
+        torch.testing.assert_close(a["hidden"], b["hidden"], atol=2e-3, rtol=2e-3)
