@@ -132,7 +132,8 @@ def extract_shard(
     lengths, batches = length_sorted_batches(encoder, texts, max_length, batch_size)
     pieces: list[torch.Tensor] = [torch.empty(0)] * len(texts)
     for rows, input_ids, mask in batches:
-        hidden = encoder.embed(input_ids, mask).to(torch.float16)
+        # fp32 compute on the encoder's device; CPU fp16 storage, the same for every device
+        hidden = encoder.embed(input_ids, mask).to(torch.float16).cpu()
         for r, i in enumerate(rows):
             pieces[i] = hidden[r, : lengths[i]]
     return torch.cat(pieces), torch.tensor(lengths, dtype=torch.int64)

@@ -61,10 +61,17 @@ class Encoder:
             _hash_value(h, value)
         return h.hexdigest()[:16]
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     @torch.no_grad()
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Last-layer token embeddings [B, T, D] (the R of METHOD.md)."""
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        """Last-layer token embeddings [B, T, D] (the R of METHOD.md), on the model's device."""
+        device = self.device
+        return self.model(
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)
+        ).last_hidden_state
 
 
 def _hash_value(h: hashlib._Hash, value: object) -> None:
@@ -83,7 +90,7 @@ def _hash_value(h: hashlib._Hash, value: object) -> None:
             )
             _hash_value(h, scales)
             t = t.int_repr()
-        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def known_models() -> dict[str, str]:
