@@ -1,6 +1,10 @@
 """Mean ± std (sample std, n-1) of results/parity/*.json per (model, harness), test accuracy in %.
 
     .venv/bin/python experiments/parity_summary.py
+
+The Table-1 sweep's POS cells `mpnet-base/large` and `minilm-l6/compressed` are the same
+`alad finetune` runs (same data, lr, epochs, batch, seeds; results/table1/pos/): they are listed
+as harness `alad (sweep)`.
 """
 
 import json
@@ -12,6 +16,20 @@ runs: dict[tuple[str, str], list[dict]] = defaultdict(list)
 for f in sorted(Path("results/parity").glob("*.json")):
     r = json.loads(f.read_text())
     runs[r["model"], r["harness"]].append(r)
+SWEEP = {("mpnet-base", "large"), ("minilm-l6", "compressed")}
+for f in sorted(Path("results/table1/pos").glob("*.json")):
+    r = json.loads(f.read_text())
+    cell = r["cell"]
+    model = cell["large"] if cell["mode"] == "large" else cell["compressed"]
+    if (model, cell["mode"]) in SWEEP:
+        runs[model, "alad (sweep)"].append(
+            {
+                "seed": cell["seed"],
+                "dev": r["dev"]["main"],
+                "test": r["test"]["main"],
+                "secs": r["seconds"],
+            }
+        )
 
 
 def ms(xs: list[float]) -> str:
