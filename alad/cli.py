@@ -118,10 +118,9 @@ def cmd_align_phase2(args: argparse.Namespace) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from alad.phases.finetune import finetune
+    from alad.pipeline import finetune_and_test
 
-    settings = _settings(args)
-    result = finetune(settings, out=args.out, progress=not args.quiet)
+    result = finetune_and_test(_settings(args), out=args.out, progress=not args.quiet)
     print(result.test["table_row"])
     print(result.summary())
 

@@ -115,6 +115,26 @@ def _write_texts(texts: list[str], path: Path) -> None:
     path.write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n", encoding="utf-8")
 
 
+def finetune_and_test(
+    settings: Settings, out: Path | None = None, progress: bool = True, encoders: Any = None
+):
+    """Phase 3, then evaluation of its best epoch's model on the test split (the carved one
+    when no test file is given); the scores also go into the run's metrics.json as `test`.
+    What `alad finetune` runs; the pipeline and the sweep run the two as separate steps."""
+    from dataclasses import replace
+
+    from alad.atomic import read_json
+    from alad.phases.evaluate import evaluate_model
+    from alad.phases.finetune import finetune
+
+    cfg = settings.phase3
+    result = finetune(settings, out=out, progress=progress, encoders=encoders)
+    test = cfg.test or load_splits(cfg, settings.seed).test
+    report = evaluate_model(result.model_dir, test, encoders=encoders)
+    write_json({**read_json(result.metrics_path), "test": report}, result.metrics_path)
+    return replace(result, test=report)
+
+
 def stage_prepare(settings: Settings, layout: Layout, parent_run_id: str | None = None) -> dict:
     """Sample the phase 1-2 corpora and the phase-3 splits into `data/`, open the parent run."""
     layout.data.mkdir(parents=True, exist_ok=True)
@@ -200,7 +220,7 @@ def stage_phase3(settings: Settings, layout: Layout, parent_run_id: str | None =
         )
     tracker, parent = _tracker(s), _parent(s, layout, parent_run_id)
     with _phase_run(tracker, parent, "phase3", s.phase3.model_dump()) as run_id:
-        result = finetune(s, out=layout.phase("phase3"), progress=False, evaluate_test=False)
+        result = finetune(s, out=layout.phase("phase3"), progress=False)
         summary = {
             "run_id": run_id,
             "dev": result.dev,

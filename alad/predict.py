@@ -10,8 +10,8 @@ from pathlib import Path
 
 from alad.data.readers import QAExample, TaggedSentence
 from alad.errors import UsageError
+from alad.inference import predict_outputs
 from alad.model import load_model, phase3_config
-from alad.phases.finetune import predict_outputs
 from alad.tasks import TASKS
 
 

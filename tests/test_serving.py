@@ -53,7 +53,7 @@ def train_tiny_model(root: Path, tiny_models: tuple[Path, Path]) -> Path:
             },
         },
     )
-    return finetune(settings, out=root / "ner", progress=False, evaluate_test=False).model_dir
+    return finetune(settings, out=root / "ner", progress=False).model_dir
 
 
 @pytest.fixture

@@ -13,65 +13,14 @@ of the same shape) over the same length-sorted batches, best of 3 alternating ru
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from alad.heads import build_head
+from alad.inference import measure_speed, predict_outputs
 from alad.metrics import format_table_row, size_and_speed, size_pct
-from alad.model import AlignedModel, load_model, phase3_config
+from alad.model import load_model, phase3_config
 from alad.models.catalog import Encoder, count_parameters, load_encoder
-from alad.phases.finetune import predict_outputs
-from alad.tasks import TASKS, Task
-from alad.timing import best_of
-
-
-@torch.no_grad()
-def forward_seconds(
-    model: torch.nn.Module, task: Task, feats: Any, batch_size: int, pad_id: int, rows: int
-) -> float:
-    """One pass over the `rows` shortest rows (untimed warm-up on the first batch)."""
-    model.eval()
-    n = min(rows, task.num_rows(feats))
-    order = sorted(range(task.num_rows(feats)), key=lambda i: len(feats.input_ids[i]))[:n]
-    batches = list(task.batches(feats, batch_size, pad_id, order))
-    model(batches[0]["input_ids"], batches[0]["attention_mask"])  # warm-up
-    t0 = time.perf_counter()
-    for b in batches:
-        model(b["input_ids"], b["attention_mask"])
-    return time.perf_counter() - t0
-
-
-def measure_speed(
-    model: AlignedModel,
-    feats: Any,
-    pad_id: int,
-    large: Encoder,
-    manifest: dict[str, Any],
-    examples: list[Any],
-    rows: int = 256,
-    repeats: int = 3,
-) -> dict[str, float]:
-    """Seconds of the saved model and of M_L with a head of the same shape on the same
-    examples, alternating, best of `repeats` each (alad.timing.best_of)."""
-    task = TASKS[manifest["task"]]
-    head = build_head(manifest["head"]["kind"], large.dim, manifest["head"]["num_labels"])
-    large_model = AlignedModel(large.model, head)
-    large_feats = task.encode(
-        large.tokenizer, examples, manifest["labels"], phase3_config(manifest), False
-    )
-    large_pad = large.tokenizer.pad_token_id or 0
-    best = best_of(
-        {
-            "model": lambda: forward_seconds(model, task, feats, 32, pad_id, rows),
-            "large": lambda: forward_seconds(large_model, task, large_feats, 32, large_pad, rows),
-        },
-        repeats,
-        warmup=False,  # forward_seconds warms up itself, on one batch
-    )
-    return {"model_seconds": best["model"], "large_seconds": best["large"]}
+from alad.tasks import TASKS
 
 
 def evaluate_model(

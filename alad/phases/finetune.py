@@ -32,6 +32,7 @@ from alad.cache import FrozenOutputs, feature_root, grouped_batches
 from alad.checkpoint import check_fits, load_checkpoint, load_trainer_state, save_trainer_state
 from alad.config import ConfigError, Phase3Config, Settings
 from alad.heads import build_head
+from alad.inference import predict_outputs
 from alad.model import AlignedModel, save_model
 from alad.models.catalog import Encoder, load_encoder
 from alad.models.compress import split_spec
@@ -140,20 +141,6 @@ def _param_groups(model: AlignedModel, mode: ModeSpec, cfg: Phase3Config, lr: fl
     ]
 
 
-@torch.no_grad()
-def predict_outputs(
-    model: AlignedModel, task: Task, feats: Any, batch_size: int, pad_id: int
-) -> list[torch.Tensor]:
-    """Logits per feature row (padding stripped), in row order."""
-    model.eval()
-    outputs: list[torch.Tensor] = []
-    for batch in task.batches(feats, batch_size, pad_id):
-        logits = model(batch["input_ids"], batch["attention_mask"])
-        lengths = batch["attention_mask"].sum(1).tolist()
-        outputs.extend(logits[i, : lengths[i]] for i in range(len(lengths)))
-    return outputs
-
-
 def _save_state(out: Path, model: AlignedModel, optimizer, scheduler, info: dict) -> None:
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     weights = {k: v for k, v in model.state_dict().items() if k in trainable}
@@ -173,11 +160,9 @@ def finetune(
     out: Path | None = None,
     progress: bool = True,
     encoders: tuple[Encoder, Encoder] | None = None,
-    evaluate_test: bool = True,
 ) -> FinetuneResult:
-    """Train, keep the best epoch by validation score, then (optionally) score the test split.
-
-    The pipeline passes `evaluate_test=False`: its evaluation stage does that on its own."""
+    """Train and keep the best epoch by validation score. Scoring the test split is
+    evaluation's job (alad.phases.evaluate): the CLI and the pipeline stages run it after."""
     cfg = settings.phase3
     mode, task = MODES[cfg.mode], TASKS[cfg.task]
     out = out or settings.runs_dir / f"{cfg.task}-{cfg.mode}"
@@ -194,7 +179,7 @@ def finetune(
         if done.get("run_key") == run_key and (out / "model" / "manifest.json").is_file():
             log.info("phase 3 already finished in %s; nothing to do", out)
             return FinetuneResult(
-                out / "model", done["dev"], done["test"], done["history"], metrics_path
+                out / "model", done["dev"], done.get("test", {}), done["history"], metrics_path
             )
 
     splits = load_splits(cfg, settings.seed)
@@ -320,26 +305,18 @@ def finetune(
             {"epoch": epoch + 1, "history": history, "best": best, "run_key": run_key},
         )
 
-    from alad.phases.evaluate import evaluate_model
-
-    report = (
-        evaluate_model(out / "model", cfg.test or splits.test, encoders=encoders)
-        if evaluate_test
-        else {}
-    )
     dev_best = json.loads((out / "model" / "manifest.json").read_text())["dev"]
     write_json(
         {
             "run_key": run_key,
             "history": history,
             "dev": dev_best,
-            "test": report,
             "sources": splits.sources,
         },
         metrics_path,
     )
     shutil.rmtree(out / "state", ignore_errors=True)
-    return FinetuneResult(out / "model", dev_best, report, history, metrics_path)
+    return FinetuneResult(out / "model", dev_best, {}, history, metrics_path)
 
 
 def _cache_frozen_outputs(
@@ -422,4 +399,4 @@ def _train_epoch(
     return total / max(1, count)
 
 
-__all__ = ["FinetuneResult", "Splits", "build_model", "finetune", "predict_outputs"]
+__all__ = ["FinetuneResult", "Splits", "build_model", "finetune"]

@@ -22,7 +22,7 @@ def pos_model(tiny_settings, tmp_path):
         update={"task": "pos", "mode": "compressed", "epochs": 1, **files}
     )
     s = tiny_settings.model_copy(update={"phase3": p3})
-    result = finetune(s, out=tmp_path / "pos", progress=False, evaluate_test=False)
+    result = finetune(s, out=tmp_path / "pos", progress=False)
     return result.model_dir, files["test"], s
 
 

@@ -17,6 +17,7 @@ from alad.model import load_model
 from alad.models.catalog import load_encoder
 from alad.phases.align import phase2_task_align
 from alad.phases.finetune import finetune
+from alad.pipeline import finetune_and_test
 from alad.predict import Predictor
 
 MODES = ["large", "compressed", "alad-frozen", "alad-joint", "lora", "lora-alad"]
@@ -73,7 +74,7 @@ def _settings(tiny_settings, tmp_path, n_train=60, **phase3):
 @pytest.mark.parametrize("mode", MODES)
 def test_each_mode_trains_saves_and_reloads_identically(mode, tiny_settings, tmp_path):
     s = _settings(tiny_settings, tmp_path, mode=mode)
-    result = finetune(s, out=tmp_path / mode, progress=False)
+    result = finetune_and_test(s, out=tmp_path / mode, progress=False)
     manifest = json.loads((result.model_dir / "manifest.json").read_text())
     assert manifest["mode"] == mode and manifest["labels"][0] == "O"
     assert (result.model_dir / "adapter.safetensors").exists() == ("alad" in mode)
@@ -143,7 +144,7 @@ def test_interrupted_finetune_resumes_after_the_last_epoch(tiny_settings, tmp_pa
     assert len(calls) == 1 and [h["epoch"] for h in result.history] == [1, 2, 3]
     assert not (tmp_path / "r" / "state").exists()
     again = finetune(s, out=tmp_path / "r", progress=False)  # finished: nothing to do
-    assert len(calls) == 1 and again.test == result.test
+    assert len(calls) == 1 and (again.dev, again.history) == (result.dev, result.history)
 
 
 def test_pos_task_scores_per_word(tiny_settings, tmp_path):
@@ -157,7 +158,7 @@ def test_pos_task_scores_per_word(tiny_settings, tmp_path):
         "lr": 3e-3,
     }
     s = _settings(tiny_settings, tmp_path, **p3)
-    result = finetune(s, out=tmp_path / "pos", progress=False)
+    result = finetune_and_test(s, out=tmp_path / "pos", progress=False)
     assert result.test["accuracy"] > 0.5
     assert f"{100 * result.test['accuracy']:.1f}" in result.test["table_row"]
 
@@ -208,7 +209,7 @@ def test_qa_task_trains_evaluates_and_answers(tiny_settings, tmp_path):
         "stride": 8,
     }
     s = _settings(tiny_settings, tmp_path, **p3)
-    result = finetune(s, out=tmp_path / "qa", progress=False)
+    result = finetune_and_test(s, out=tmp_path / "qa", progress=False)
     for key in ("exact", "f1", "HasAns_total", "NoAns_total"):
         assert key in result.test
     assert result.test["HasAns_total"] == 5 and result.test["NoAns_total"] == 5
@@ -250,9 +251,7 @@ def test_frozen_mode_runs_the_encoder_once_and_matches_uncached(tiny_settings, t
         encoders[0].model.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
         calls["n"] = 0
         out = tmp_path / f"frozen-{cached}"
-        results[cached] = finetune(
-            s, out=out, progress=False, encoders=encoders, evaluate_test=False
-        )
+        results[cached] = finetune(s, out=out, progress=False, encoders=encoders)
         results[cached].calls = calls["n"]
     # uncached: train + dev every epoch; cached: one pass over train + dev, then never again
     assert 0 < results[True].calls < results[False].calls / 2.5
@@ -296,7 +295,7 @@ def test_evaluate_writes_predictions_the_official_scorers_read(tiny_settings, tm
 
     # NER: conlleval's `word gold predicted` lines score the same F1 as the report
     s = _settings(tiny_settings, tmp_path, mode="compressed")
-    model = finetune(s, out=tmp_path / "ner", progress=False, evaluate_test=False).model_dir
+    model = finetune(s, out=tmp_path / "ner", progress=False).model_dir
     report = evaluate_model(model, s.phase3.test, predictions=tmp_path / "p-ner")
     blocks = (tmp_path / "p-ner" / "predictions.txt").read_text().strip().split("\n\n")
     rows = [[line.split(" ") for line in b.splitlines()] for b in blocks]
@@ -312,7 +311,7 @@ def test_evaluate_writes_predictions_the_official_scorers_read(tiny_settings, tm
         "test": str(write_conllu(tmp_path / "e.conllu", 8, 3)),
     }
     s = _settings(tiny_settings, tmp_path, mode="compressed", **p3)
-    model = finetune(s, out=tmp_path / "pos", progress=False, evaluate_test=False).model_dir
+    model = finetune(s, out=tmp_path / "pos", progress=False).model_dir
     report = evaluate_model(model, p3["test"], predictions=tmp_path / "p-pos")
     g = read_conllu(tmp_path / "p-pos" / "gold.conllu")
     p = read_conllu(tmp_path / "p-pos" / "predicted.conllu")
@@ -330,7 +329,7 @@ def test_evaluate_writes_predictions_the_official_scorers_read(tiny_settings, tm
         "stride": 8,
     }
     s = _settings(tiny_settings, tmp_path, mode="compressed", **p3)
-    model = finetune(s, out=tmp_path / "qa", progress=False, evaluate_test=False).model_dir
+    model = finetune(s, out=tmp_path / "qa", progress=False).model_dir
     report = evaluate_model(model, p3["test"], predictions=tmp_path / "p-qa")
     answers = json.loads((tmp_path / "p-qa" / "predictions.json").read_text())
     odds = json.loads((tmp_path / "p-qa" / "null_odds.json").read_text())
