@@ -91,9 +91,12 @@ def _run_phase(args: argparse.Namespace, phase: str):
 
     settings = _settings(args)
     out = args.out or settings.runs_dir / phase
-    result = run_alignment(
-        settings, phase, out=out, init=getattr(args, "init", None), progress=not args.quiet
-    )
+    init = getattr(args, "init", None)
+    if init is not None:  # a folder or a registry URI
+        from alad.tracking import resolve_adapter
+
+        init = resolve_adapter(init)
+    result = run_alignment(settings, phase, out=out, init=init, progress=not args.quiet)
     write_json(
         {
             "phase": phase,
@@ -175,6 +178,20 @@ def cmd_registry_rollback(args: argparse.Namespace) -> None:
 
     version = Tracker().rollback(args.name)
     print(f"{args.name}: @champion is version {version} again")
+
+
+def cmd_registry_list(args: argparse.Namespace) -> None:
+    from alad.tracking import Tracker, registry_table
+
+    rows = registry_table(Tracker())
+    if not rows:
+        print("no alad models or adapters registered yet (run `make demo` or `alad pipeline run`)")
+        return
+    cols = ["name", "version", "kind", "aliases", "status", "metrics", "from"]
+    width = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
+    print("  ".join(c.ljust(width[c]) for c in cols))
+    for r in rows:
+        print("  ".join(r[c].ljust(width[c]) for c in cols))
 
 
 def cmd_bench_align(args: argparse.Namespace) -> None:
@@ -312,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="task-text alignment (phase2.corpus = the task's training file)",
     )
-    p.add_argument("--init", type=Path, help="phase-1 checkpoint to start from")
+    p.add_argument(
+        "--init", help="phase-1 checkpoint to start from: a folder or models:/... / runs:/..."
+    )
     p.add_argument("--out", type=Path, help="checkpoint folder (default: <runs_dir>/phase2)")
     p.set_defaults(func=cmd_align_phase2)
 
@@ -328,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compressed", help="compressed model spec (models.compressed)")
     p.add_argument("--large", help="large model spec (models.large)")
     p.add_argument("--window", type=int, help="AlAd window n (adapter.window)")
-    p.add_argument("--init", type=Path, help="phase-2 adapter checkpoint (phase3.init)")
+    p.add_argument(
+        "--init", help="adapter to start from (phase3.init): a folder or models:/... / runs:/..."
+    )
     p.add_argument("--train", help="training file (phase3.train)")
     p.add_argument("--dev", help="validation file (phase3.dev; default 10%% of train)")
     p.add_argument("--test", help="test file (phase3.test; default 10%% of train)")
@@ -396,6 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", help="registered model, e.g. alad-ner-minilm-l6")
     p.set_defaults(func=cmd_registry_rollback)
+    p = reg.add_parser(
+        "list", parents=[common], help="task models and adapters: versions, aliases, metrics"
+    )
+    p.set_defaults(func=cmd_registry_list)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures").add_subparsers(
         dest="bench_command", required=True, metavar="WHAT"

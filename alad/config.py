@@ -181,8 +181,11 @@ class Phase3Config(_Section):
     null_threshold: float = Field(
         0.0, description="QA: predict no-answer when null score - best span score > this."
     )
-    init: Path | None = Field(
-        None, description="Phase-2 (or phase-1) adapter checkpoint to start from (None: scratch)."
+    init: str | None = Field(
+        None,
+        description="Adapter to start from (None: scratch): a phase-2 (or phase-1) checkpoint "
+        "folder, or a registry URI models:/alad-adapter-...@champion-phase2-<task>, "
+        "models:/<name>/<version>, runs:/<run id>/<path>.",
     )
 
     @property

@@ -115,6 +115,20 @@ def _write_texts(texts: list[str], path: Path) -> None:
     path.write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n", encoding="utf-8")
 
 
+def with_resolved_init(settings: Settings) -> Settings:
+    """`phase3.init` as a local folder (a registry URI is downloaded; see resolve_adapter)."""
+    init = settings.phase3.init
+    if init is None or not init.startswith(("models:/", "runs:/")):
+        return settings
+    from alad.tracking import resolve_adapter
+
+    local = str(resolve_adapter(init))
+    log.info("phase3.init %s -> %s", init, local)
+    return settings.model_copy(
+        update={"phase3": settings.phase3.model_copy(update={"init": local})}
+    )
+
+
 def finetune_and_test(
     settings: Settings, out: Path | None = None, progress: bool = True, encoders: Any = None
 ):
@@ -127,6 +141,7 @@ def finetune_and_test(
     from alad.phases.evaluate import evaluate_model
     from alad.phases.finetune import finetune
 
+    settings = with_resolved_init(settings)
     cfg = settings.phase3
     result = finetune(settings, out=out, progress=progress, encoders=encoders)
     test = cfg.test or load_splits(cfg, settings.seed).test
@@ -198,8 +213,64 @@ def _align_stage(phase: str, settings: Settings, layout: Layout, parent_run_id: 
                 run_id, result.history, ["train_mse", "heldout_mse"], f"{phase}: alignment MSE"
             )
             tracker.log_artifacts(run_id, result.checkpoint / "manifest.json", "checkpoint")
+            if s.tracking.register_model:
+                summary["registered"] = _register_adapter(tracker, s, layout, phase, run_id, result)
+                write_json(summary, layout.phase(phase) / "metrics.json")
     log.info(result.summary())
     return summary
+
+
+def _register_adapter(
+    tracker: Any, s: Settings, layout: Layout, phase: str, run_id: str, result: Any
+) -> dict[str, Any]:
+    """The adapter as a registered version with its lineage; champion of its (phase, task)
+    only when its held-out MSE is lower than the champion's."""
+    from alad.checkpoint import load_checkpoint
+    from alad.tracking import adapter_scope, git_commit
+
+    manifest = load_checkpoint(result.checkpoint).manifest
+    task = s.phase3.task if phase == "phase2" else None
+    run = json.loads(layout.run_file.read_text()) if layout.run_file.is_file() else {}
+    init = {}
+    if phase == "phase2" and (layout.phase("phase1") / "metrics.json").is_file():
+        init = json.loads((layout.phase("phase1") / "metrics.json").read_text()).get(
+            "registered", {}
+        )
+    lineage = {
+        "phase": phase,
+        "task": task or "-",
+        **{f"data.{k}": v for k, v in manifest["data"].items()},
+        "compressed": manifest["compressed"],
+        "large": manifest["large"],
+        "compressed_fingerprint": manifest["compressed_fingerprint"],
+        "large_fingerprint": manifest["large_fingerprint"],
+        "window": s.adapter.window,
+        "hidden": s.adapter.hidden,
+        "epochs": len(result.history),
+        "git_commit": git_commit(),
+        "parent_run_id": run.get("parent_run_id") or "-",
+        "init": f"{init['name']}/{init['version']}" if init else "-",
+    }
+    metrics = {"mse": result.after["mse"], "cosine": result.after["cosine"]}
+    info = tracker.register_adapter(run_id, result.checkpoint, metrics, lineage)
+    scope = adapter_scope(phase, task)
+    decision = tracker.promote(
+        info.name, info.version, "mse", 0.0, higher_is_better=False, scope=scope
+    )
+    log.info(
+        "registered %s v%s: %s (%s)",
+        info.name,
+        info.version,
+        f"@champion{scope}" if decision.promoted else "not promoted",
+        decision.reason,
+    )
+    return {
+        "name": info.name,
+        "version": info.version,
+        "alias": f"champion{scope}",
+        "promoted": decision.promoted,
+        "reason": decision.reason,
+    }
 
 
 def stage_phase1(settings: Settings, layout: Layout, parent_run_id: str | None = None) -> dict:
@@ -214,10 +285,11 @@ def stage_phase3(settings: Settings, layout: Layout, parent_run_id: str | None =
     from alad.phases.finetune import finetune
 
     s = prepared(settings, layout)
-    if MODES[s.phase3.mode].adapter:  # AlAd modes start from phase 2's adapter
-        s = s.model_copy(
-            update={"phase3": s.phase3.model_copy(update={"init": layout.phase("phase2")})}
+    if MODES[s.phase3.mode].adapter and s.phase3.init is None:  # phase 2's adapter, unless
+        s = s.model_copy(  # phase3.init names one (a folder or a registry URI)
+            update={"phase3": s.phase3.model_copy(update={"init": str(layout.phase("phase2"))})}
         )
+    s = with_resolved_init(s)
     tracker, parent = _tracker(s), _parent(s, layout, parent_run_id)
     with _phase_run(tracker, parent, "phase3", s.phase3.model_dump()) as run_id:
         result = finetune(s, out=layout.phase("phase3"), progress=False)
@@ -285,6 +357,11 @@ def stage_register(settings: Settings, layout: Layout, parent_run_id: str | None
         "data_hash": run.get("data_hash", "unknown"),
         "params_hash": params_hash(s.model_dump(mode="json")),
     }
+    phase2 = layout.phase("phase2") / "metrics.json"
+    if MODES[s.phase3.mode].adapter and phase2.is_file():  # the adapter it started from
+        adapter = json.loads(phase2.read_text()).get("registered")
+        if adapter:
+            tags["adapter"] = f"{adapter['name']}/{adapter['version']}"
     info = tracker.register(
         parent,
         model_dir,

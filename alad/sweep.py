@@ -343,7 +343,7 @@ def run_cell(cell: Cell, progress: bool = False) -> dict[str, Any]:
     settings, alignment = cell.settings, None
     if cell.align is not None:
         alignment = align_cell(cell, progress=progress)
-        p3 = settings.phase3.model_copy(update={"init": cell.align_dir("phase2")})
+        p3 = settings.phase3.model_copy(update={"init": str(cell.align_dir("phase2"))})
         settings = settings.model_copy(update={"phase3": p3})
     result = finetune(settings, out=cell.out, progress=progress)
     test = evaluate_model(result.model_dir, settings.phase3.test)

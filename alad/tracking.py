@@ -149,6 +149,17 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-") or "model"
 
 
+def adapter_name(compressed: str, large: str, window: int) -> str:
+    """One registered model per (M_C, M_L, n): phase-1 and every task's phase-2 adapters are
+    its versions, told apart by aliases champion-phase1, champion-phase2-<task>."""
+    return f"alad-adapter-{slug(compressed)}-to-{slug(large)}-n{window}"
+
+
+def adapter_scope(phase: str, task: str | None = None) -> str:
+    """The alias suffix of a (phase, task): `-phase1`, `-phase2-pos`."""
+    return f"-{phase}" + (f"-{task}" if phase == "phase2" and task else "")
+
+
 def model_name(task: str, compressed: str) -> str:
     return f"alad-{task}-{slug(compressed)}"
 
@@ -400,7 +411,11 @@ class Tracker:
         name = model_name(task, compressed)
         with self.phase_run(parent_id, "register", {"model_dir": str(model_dir)}) as run_id:
             logged = self.log_pyfunc(run_id, Path(model_dir), task)
-            self._ensure_registered_model(name, task, compressed)
+            self._ensure_registered_model(
+                name,
+                {"task": task, "compressed": compressed},
+                f"AlAd {task} model on compressed encoder {compressed}",
+            )
             # The source is the artifact location, not models:/<id>: MLflow resolves the latter
             # with the *global* tracking URI, i.e. another store than this client's.
             version = self.client.create_model_version(
@@ -466,15 +481,61 @@ class Tracker:
         self.client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
         return logged
 
-    def _ensure_registered_model(self, name: str, task: str, compressed: str) -> None:
+    def register_adapter(
+        self,
+        run_id: str,
+        checkpoint: Path,
+        metrics: Mapping[str, Any],
+        lineage: Mapping[str, Any],
+    ) -> RegisteredVersion:
+        """Log an adapter checkpoint folder (safetensors + checksummed manifest) as a model of
+        `run_id` and register it as a new version of `adapter_name(M_C, M_L, n)`, tagged with
+        its lineage and held-out metrics (val.mse, val.cosine). Not a pyfunc: an adapter is
+        loaded with `load_checkpoint` on the downloaded folder (README "Adapters")."""
+        from alad.checkpoint import load_checkpoint
+
+        manifest = load_checkpoint(checkpoint).manifest  # verifies every file before logging
+        window = manifest["config"]["adapter"]["window"]
+        name = adapter_name(manifest["compressed"], manifest["large"], window)
+        logged = self.client.create_logged_model(
+            self.experiment_id, name="adapter", source_run_id=run_id, model_type="alad-adapter"
+        )
+        try:
+            self.client.log_model_artifacts(logged.model_id, str(checkpoint))
+        except BaseException:
+            self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+            raise
+        self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+        self.client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+        self._ensure_registered_model(
+            name,
+            {"kind": "adapter", "compressed": manifest["compressed"], "large": manifest["large"]},
+            f"AlAd adapters from {manifest['compressed']} to {manifest['large']}, window {window}",
+        )
+        version = self.client.create_model_version(
+            name,
+            logged.artifact_location,
+            run_id=run_id,
+            tags={STATUS: "pending"},
+            model_id=logged.model_id,
+        )
+        try:
+            for key, value in version_tags(metrics, lineage).items():
+                self.client.set_model_version_tag(name, version.version, key, value)
+            self.client.set_tag(run_id, "alad.registered_adapter", f"{name}/{version.version}")
+            self.client.set_model_version_tag(name, version.version, STATUS, "ready")
+        except BaseException:
+            self._mark_failed(name, version.version)
+            raise
+        return RegisteredVersion(
+            name, str(version.version), run_id, f"models:/{name}/{version.version}"
+        )
+
+    def _ensure_registered_model(self, name: str, tags: dict[str, str], description: str) -> None:
         if self._registered_model_exists(name):
             return
         try:
-            self.client.create_registered_model(
-                name,
-                tags={"task": task, "compressed": compressed},
-                description=f"AlAd {task} model on compressed encoder {compressed}",
-            )
+            self.client.create_registered_model(name, tags=tags, description=description)
         except MlflowException:
             if not self._registered_model_exists(name):  # else: created meanwhile; fine
                 raise
@@ -514,37 +575,46 @@ class Tracker:
         metric: str,
         margin: float,
         higher_is_better: bool = True,
+        scope: str = "",
     ) -> PromotionDecision:
         """The gate: `version` becomes @champion only if it is ready and its val.<metric> beats the
         champion's by at least `margin` (absolute), or if there is no champion yet. The old
-        champion becomes @previous. The decision and its reason are written as version tags."""
+        champion becomes @previous. The decision and its reason are written as version tags.
+        `scope` suffixes the aliases (adapters: @champion-phase1, @champion-phase2-<task>)."""
         if margin < 0:
             raise ValueError(f"promotion margin must be >= 0, got {margin}")
         # Read the champion, judge, move the aliases: one step for concurrent promoters, or two
         # could both see no champion, or the worse one could overwrite the better.
         with self._locked(f"promote {name} version {version}"):
-            return self._promote(name, version, metric, margin, higher_is_better)
+            return self._promote(name, version, metric, margin, higher_is_better, scope)
 
     def _promote(
-        self, name: str, version: str, metric: str, margin: float, higher_is_better: bool
+        self,
+        name: str,
+        version: str,
+        metric: str,
+        margin: float,
+        higher_is_better: bool,
+        scope: str,
     ) -> PromotionDecision:
+        champion_alias, previous_alias = CHAMPION + scope, PREVIOUS + scope
         candidate = self._version(name, version)
-        champion = self._alias(name, CHAMPION)
+        champion = self._alias(name, champion_alias)
         if champion is not None and champion.version == candidate.version:
-            before = self._alias(name, PREVIOUS)
+            before = self._alias(name, previous_alias)
             reason = f"version {champion.version} is already the champion"
             return PromotionDecision(True, reason, before.version if before else None)
         promoted, reason = _judge(candidate, champion, metric, margin, higher_is_better)
         if promoted:
             if champion is not None:
-                self.client.set_registered_model_alias(name, PREVIOUS, champion.version)
+                self.client.set_registered_model_alias(name, previous_alias, champion.version)
                 self.client.set_model_version_tag(
-                    name, candidate.version, PREDECESSOR, champion.version
+                    name, candidate.version, PREDECESSOR + scope, champion.version
                 )
-            self.client.set_registered_model_alias(name, CHAMPION, candidate.version)
+            self.client.set_registered_model_alias(name, champion_alias, candidate.version)
         verdict = "promoted" if promoted else "rejected"
-        self.client.set_model_version_tag(name, candidate.version, PROMOTION, verdict)
-        self.client.set_model_version_tag(name, candidate.version, REASON, reason)
+        self.client.set_model_version_tag(name, candidate.version, PROMOTION + scope, verdict)
+        self.client.set_model_version_tag(name, candidate.version, REASON + scope, reason)
         return PromotionDecision(promoted, reason, champion.version if champion else None)
 
     def rollback(self, name: str) -> str:
@@ -584,6 +654,77 @@ class Tracker:
         except MlflowException:
             return False
         return tags.get(STATUS) == "ready" and tags.get(PROMOTION) != "rolled_back"
+
+
+ADAPTER_URI = ("models:/", "runs:/")
+
+
+def resolve_adapter(ref: str | Path | None, uri: str | None = None) -> Path | None:
+    """`phase2.init` / `phase3.init` as a local folder: a folder as it is; `models:/<name>@<alias>`,
+    `models:/<name>/<version>` or `runs:/<run id>/<path>` downloaded from the tracking store into
+    ~/.cache/alad/adapters/ (an alias is resolved to its version first, so a moved alias is
+    fetched again). The phases verify the folder's checksummed manifest as for any checkpoint."""
+    if ref is None or not str(ref).startswith(ADAPTER_URI):
+        return None if ref is None else Path(ref)
+    import mlflow.artifacts
+
+    from alad.models.packaged import cache_home
+
+    text, uri = str(ref), uri or tracking_uri()
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    source = text
+    try:
+        if text.startswith("models:/"):
+            name, _, which = text.removeprefix("models:/").partition("@")
+            if which:  # models:/name@alias
+                version = client.get_model_version_by_alias(name, which).version
+            else:  # models:/name/version
+                name, _, version = name.rpartition("/")
+            source = client.get_model_version_download_uri(name, str(version))
+            text = f"models:/{name}/{version}"
+        dest = cache_home() / "adapters" / hashlib.sha256(f"{uri}|{text}".encode()).hexdigest()[:16]
+        if not (dest / "manifest.json").is_file():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+                got = Path(
+                    mlflow.artifacts.download_artifacts(
+                        artifact_uri=source, dst_path=tmp, tracking_uri=uri
+                    )
+                )
+                shutil.rmtree(dest, ignore_errors=True)
+                got.rename(dest)
+    except MlflowException as exc:
+        raise RegistryError(f"adapter {ref}: {exc.message} (tracking store {uri})") from None
+    return dest
+
+
+def registry_table(tracker: Tracker) -> list[dict[str, str]]:
+    """Every registered version of alad's task models and adapters: aliases, status, metrics."""
+    rows = []
+    for model in tracker.client.search_registered_models():
+        if not model.name.startswith("alad-"):
+            continue
+        aliases: dict[str, list[str]] = {}
+        for alias, version in (model.aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
+        for v in tracker.client.search_model_versions(f"name = '{model.name}'"):
+            tags = dict(v.tags)
+            metrics = {k[4:]: float(x) for k, x in tags.items() if k.startswith("val.")}
+            shown = ("main", "mse", "cosine")
+            rows.append(
+                {
+                    "name": model.name,
+                    "version": str(v.version),
+                    "kind": "adapter" if model.name.startswith("alad-adapter-") else "task model",
+                    "aliases": ",".join(sorted(aliases.get(str(v.version), []))) or "-",
+                    "status": tags.get(STATUS, "?"),
+                    "metrics": " ".join(f"{k} {metrics[k]:.4f}" for k in shown if k in metrics),
+                    "from": tags.get("adapter")
+                    or tags.get("phase", "")
+                    + (f"/{tags['task']}" if tags.get("phase") == "phase2" else ""),
+                }
+            )
+    return sorted(rows, key=lambda r: (r["name"], int(r["version"])))
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from phases.test_finetune import write_bio
@@ -61,3 +62,66 @@ def test_prepared_data_is_deterministic(pipeline_settings, tmp_path):
     STAGES["prepare"](pipeline_settings, b, None)
     for name in ("phase1.txt", "phase2.txt", "phase3-train.tsv", "phase3-test.tsv"):
         assert (a.data / name).read_bytes() == (b.data / name).read_bytes()
+
+
+def test_adapters_are_registered_with_lineage_and_phase3_starts_from_the_registry(
+    pipeline_settings, tmp_path, monkeypatch
+):
+    from alad.pipeline import finetune_and_test
+    from alad.tracking import Tracker, adapter_name, registry_table, resolve_adapter
+
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    on = pipeline_settings.tracking.model_copy(update={"enabled": True, "experiment": "reg"})
+    s = pipeline_settings.model_copy(update={"tracking": on})
+    layout = Layout(tmp_path / "runs")
+    results = run_pipeline(s, layout)
+    client = Tracker(uri=store).client
+    name = adapter_name(s.models.compressed, s.models.large, s.adapter.window)
+    versions = {str(v.version): v for v in client.search_model_versions(f"name = '{name}'")}
+    assert sorted(versions) == ["1", "2"]
+    p1, p2 = (dict(versions[v].tags) for v in ("1", "2"))
+    assert (p1["phase"], p2["phase"], p2["task"]) == ("phase1", "phase2", "ner")
+    assert p2["init"] == f"{name}/1"  # phase 2 started from phase 1's registered adapter
+    ckpt1 = json.loads((layout.phase("phase1") / "metrics.json").read_text())
+    assert float(p1["val.mse"]) == pytest.approx(ckpt1["after"]["mse"])
+    for key in ("data.train_hash", "data.train_tokens", "compressed_fingerprint", "git_commit"):
+        assert p1[key] and p2[key], key
+    assert p1["data.train_hash"] != p2["data.train_hash"]  # Wikipedia vs the task's text
+    aliases = client.get_registered_model(name).aliases
+    assert aliases == {"champion-phase1": 1, "champion-phase2-ner": 2}
+    task_model = results["register"]
+    tags = client.get_model_version(task_model["name"], task_model["version"]).tags
+    assert tags["adapter"] == f"{name}/2"  # the task model names the adapter it started from
+
+    # the gate: a worse held-out MSE is registered but does not take the alias
+    run = client.create_run(client.get_experiment_by_name("reg").experiment_id).info.run_id
+    tracker = Tracker(uri=store, experiment="reg")
+    ckpt = Path(ckpt1["checkpoint"])
+    worse = tracker.register_adapter(run, ckpt, {"mse": 9.9, "cosine": 0.0}, {"phase": "phase1"})
+    assert not tracker.promote(
+        name, worse.version, "mse", 0.0, higher_is_better=False, scope="-phase1"
+    ).promoted
+    assert client.get_registered_model(name).aliases["champion-phase1"] == 1
+
+    # phase 3 from a models:/ URI: the downloaded folder is the phase-2 adapter, verified
+    uri = f"models:/{name}@champion-phase2-ner"
+    local = resolve_adapter(uri, store)
+    ckpt2 = Path(json.loads((layout.phase("phase2") / "metrics.json").read_text())["checkpoint"])
+    assert (local / "adapter.safetensors").read_bytes() == (
+        ckpt2 / "adapter.safetensors"
+    ).read_bytes()
+    off = s.tracking.model_copy(update={"enabled": False})
+    p3 = s.phase3.model_copy(update={"init": uri})
+    from_registry = finetune_and_test(
+        s.model_copy(update={"phase3": p3, "tracking": off}), out=tmp_path / "p3", progress=False
+    )
+    manifest = json.loads((from_registry.model_dir / "manifest.json").read_text())
+    assert manifest["init"] == str(local) and 0 <= from_registry.test["f1_micro"] <= 1
+
+    listed = {(r["name"], r["version"]): r for r in registry_table(tracker)}
+    assert (
+        listed[name, "1"]["aliases"] == "champion-phase1" and listed[name, "1"]["kind"] == "adapter"
+    )
+    assert "mse" in listed[name, "2"]["metrics"]
+    assert listed[task_model["name"], task_model["version"]]["from"] == f"{name}/2"

@@ -176,6 +176,15 @@ def _manifest(
         "finished": finished,
         "stopped_by": stopped_by,
         "history": history,
+        # lineage: what the adapter was aligned on (the registry tags versions with it)
+        "data": {
+            "corpus": str(getattr(settings, phase).corpus),
+            "train_texts": data.train[0].num_texts,
+            "train_tokens": data.train[0].num_tokens,
+            "train_hash": data.train[0].manifest["texts_hash"],
+            "heldout_texts": data.heldout[0].num_texts,
+            "heldout_hash": data.heldout[0].manifest["texts_hash"],
+        },
         "run_key": _run_key(settings, phase),
         "config": settings.model_dump(mode="json"),
     }

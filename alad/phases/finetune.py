@@ -99,8 +99,14 @@ def build_model(
     if mode.adapter:
         adapter = AlignmentAdapter(compressed.dim, large.dim, a.window, a.hidden)
         if cfg.init is not None:
-            ckpt = load_checkpoint(cfg.init)
-            check_fits(ckpt.manifest, compressed.dim, large.dim, a.window, a.hidden, cfg.init)
+            if str(cfg.init).startswith(("models:/", "runs:/")):
+                raise ConfigError(
+                    f"phase3.init={cfg.init} is a registry URI: resolve it to a folder first "
+                    "(alad.tracking.resolve_adapter; `alad finetune` and the pipeline do)"
+                )
+            init = Path(cfg.init)
+            ckpt = load_checkpoint(init)
+            check_fits(ckpt.manifest, compressed.dim, large.dim, a.window, a.hidden, init)
             adapter.load_state_dict(ckpt.adapter.state_dict())
     elif cfg.init is not None:
         log.warning("phase3.init is ignored: mode %s has no adapter", cfg.mode)
