@@ -12,15 +12,28 @@ Each experiment writes under runs/flows/<experiment>/; `dvc repro` owns runs/ it
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from alad.config import Settings, load_settings
 from alad.pipeline import STAGES, Layout
+
+
+def forward_alad_logs() -> None:
+    """alad's own log lines (one per epoch of every phase) in the task-run logs: the `alad`
+    logger gets the handlers Prefect gives its "extra" loggers (what
+    PREFECT_LOGGING_EXTRA_LOGGERS=alad does when set before Prefect sets up logging)."""
+    target = logging.getLogger("alad")
+    target.setLevel(logging.INFO)
+    for handler in logging.getLogger("prefect.extra").handlers:
+        if handler not in target.handlers:
+            target.addHandler(handler)
 
 
 def transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -45,13 +58,43 @@ def transient(task: Any, task_run: Any, state: Any) -> bool:
 )
 def run_stage(stage: str, settings: Settings, root: str, parent_run_id: str | None) -> dict:
     """One stage. A retry is safe: phases resume from their last checkpoint."""
+    forward_alad_logs()
     result = STAGES[stage](settings, Layout(Path(root)), parent_run_id)
+    _artifacts(stage, result)
     get_run_logger().info(
         "%s done: %s",
         stage,
         {k: v for k, v in result.items() if k.endswith(("run_id", "version", "reason"))},
     )
     return result
+
+
+def _artifacts(stage: str, result: dict[str, Any]) -> None:
+    """The evaluation table (markdown) and links to the MLflow run / registered version."""
+    import os
+
+    ui = os.environ.get("MLFLOW_UI_URL") or os.environ.get("MLFLOW_TRACKING_URI", "")
+    ui = ui if ui.startswith("http") else ""  # a SQLite store has no page to link to
+    if stage == "evaluate":
+        create_markdown_artifact(
+            key="evaluation", markdown=result["table"], description="test scores (Table-1 row)"
+        )
+    if ui and result.get("run_id"):
+        from mlflow import MlflowClient
+
+        experiment = MlflowClient(ui).get_run(result["run_id"]).info.experiment_id
+        create_link_artifact(
+            key=f"mlflow-{stage}",
+            link=f"{ui}/#/experiments/{experiment}/runs/{result['run_id']}",
+            description=f"MLflow run of {stage}",
+        )
+    for what in (result.get("registered"), result if stage == "register" else None):
+        if ui and isinstance(what, dict) and what.get("version"):
+            create_link_artifact(
+                key=f"model-{stage}",
+                link=f"{ui}/#/models/{what['name']}/versions/{what['version']}",
+                description=f"registered {what['name']} v{what['version']}",
+            )
 
 
 def experiment_name(task_name: str, compressed: str, mode: str, window: int) -> str:

@@ -107,7 +107,7 @@ def _params(tiny_models: tuple[Path, Path], tmp_path: Path) -> dict[str, Any]:
                 "train": str(write_bio(tmp_path / "ner.tsv", 80, 7)),
             },
             "cache": {"dir": str(tmp_path / "features")},
-            "tracking": {"enabled": False, "register_model": False},
+            "tracking": {"enabled": True, "register_model": True, "experiment": "dvc"},
         },
     )
     # Without `profile`: the overlay would override the values the test edits.
@@ -135,6 +135,7 @@ def _env(tmp_path: Path, repo: Path) -> dict[str, str]:
         DVC_GLOBAL_CONFIG_DIR=str(tmp_path / "dvc-global"),
         DVC_SYSTEM_CONFIG_DIR=str(tmp_path / "dvc-system"),
         DVC_SITE_CACHE_DIR=str(tmp_path / "dvc-site"),
+        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db",
     )
     return env
 
@@ -181,7 +182,22 @@ def test_dvc_repro_end_to_end(tiny_models, tmp_path):
         "phase2.png",
         "phase3.png",
     ]
-    assert json.loads((runs / "registry.json").read_text())["registered"] is False
+    # the task model and both adapters are registered, with their aliases
+    registered = json.loads((runs / "registry.json").read_text())
+    assert registered["registered"] is True and registered["promoted"] is True
+    adapters = [
+        json.loads((runs / p / "metrics.json").read_text())["registered"]
+        for p in ("phase1", "phase2")
+    ]
+    assert [(a["version"], a["alias"], a["promoted"]) for a in adapters] == [
+        ("1", "champion-phase1", True),
+        ("2", "champion-phase2-ner", True),
+    ]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    tags = client.get_model_version(registered["name"], registered["version"]).tags
+    assert tags["adapter"] == f"{adapters[1]['name']}/2"
     metrics = json.loads(dvc("metrics", "show", "--json").stdout)
     assert "runs/eval/metrics.json" in json.dumps(metrics)
 

@@ -119,6 +119,19 @@ def test_adapters_are_registered_with_lineage_and_phase3_starts_from_the_registr
     manifest = json.loads((from_registry.model_dir / "manifest.json").read_text())
     assert manifest["init"] == str(local) and 0 <= from_registry.test["f1_micro"] <= 1
 
+    # the README's plain-mlflow snippet (MLFLOW_TRACKING_URI is the store here)
+    import mlflow
+
+    from alad.adapter import AlignmentAdapter
+    from alad.checkpoint import load_checkpoint
+
+    c = mlflow.MlflowClient()
+    v = c.get_model_version_by_alias(name, "champion-phase1")
+    folder = mlflow.artifacts.download_artifacts(
+        c.get_model_version_download_uri(v.name, v.version)
+    )
+    assert isinstance(load_checkpoint(Path(folder)).adapter, AlignmentAdapter)
+
     listed = {(r["name"], r["version"]): r for r in registry_table(tracker)}
     assert (
         listed[name, "1"]["aliases"] == "champion-phase1" and listed[name, "1"]["kind"] == "adapter"

@@ -44,7 +44,7 @@ CHILD = textwrap.dedent(
 
     wait("open")
     tracker = Tracker(uri=uri, experiment="race")        # fresh store: both create tables
-    tracker._ensure_registered_model(name, "ner", "tiny")
+    tracker._ensure_registered_model(name, {"task": "ner"}, "race")
     version = tracker.client.create_model_version(
         name, "file:///nowhere", tags={"alad.status": "ready", "val.main": repr(score)}
     ).version

@@ -58,3 +58,30 @@ def test_flow_runs_every_stage_as_a_task_and_returns_run_ids(
     assert anyio.run(task_names) == sorted(
         ["prepare", "phase1", "phase2", "phase3", "evaluate", "register"]
     )
+
+    # per-epoch lines of the phases in the task-run logs; the evaluation table as an artifact
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=30)  # logs are sent in batches, in the background
+    flow_run = state.state_details.flow_run_id
+
+    async def logs_and_table():
+        async with get_client() as client:
+            logs = await client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run]))
+            )
+            table = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["evaluation"]))
+            )
+            return [log.message for log in logs], table
+
+    messages, table = anyio.run(logs_and_table)
+    assert any(m.startswith("phase1 epoch 1:") for m in messages), messages[:20]
+    assert any(m.startswith("epoch 2: train loss") for m in messages)  # phase 3's second epoch
+    assert table and "| NER F1_O |" in table[-1].data
