@@ -46,10 +46,10 @@ test-all: install
 	$(BIN)/python -m pytest -m ''
 
 lint: install
-	$(BIN)/ruff check alad tests && $(BIN)/ruff format --check alad tests
+	$(BIN)/ruff check alad tests flows experiments && $(BIN)/ruff format --check alad tests flows experiments
 
 format: install
-	$(BIN)/ruff check --fix alad tests && $(BIN)/ruff format alad tests
+	$(BIN)/ruff check --fix alad tests flows experiments && $(BIN)/ruff format alad tests flows experiments
 
 bench: install  ## prints the cache effect and extraction throughput
 	$(BIN)/alad bench align
