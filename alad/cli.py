@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from alad.atomic import write_json
-from alad.config import PROFILES, ConfigError, Settings, load_settings
+from alad.config import PROFILES, ConfigError, Settings, load_settings, registered
 
 log = logging.getLogger("alad")
 
@@ -129,13 +129,13 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from alad.metrics import TABLE_HEADER
+    from alad.metrics import table_header
     from alad.phases.evaluate import evaluate_model
 
     report = evaluate_model(args.model, args.test, speed=args.speed, predictions=args.predictions)
     if args.json:
         write_json(report, args.json)
-    print(TABLE_HEADER[report["task"]])
+    print(table_header(report["task"]))
     print(report["table_row"])
 
 
@@ -340,10 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="phase 3: fine-tune a task head in one of the modes, keep the best",
     )
-    p.add_argument("--task", choices=["pos", "ner", "qa"])
-    p.add_argument(
-        "--mode", choices=["large", "compressed", "alad-frozen", "alad-joint", "lora", "lora-alad"]
-    )
+    p.add_argument("--task", choices=sorted(registered("task")))
+    p.add_argument("--mode", choices=list(registered("mode")))
     p.add_argument("--compressed", help="compressed model spec (models.compressed)")
     p.add_argument("--large", help="large model spec (models.large)")
     p.add_argument("--window", type=int, help="AlAd window n (adapter.window)")

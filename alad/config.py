@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -105,8 +106,28 @@ class Phase2Config(AlignPhaseConfig):
     lr: float = Field(1e-4, gt=0, le=1.0, description="AdamW learning rate.")
 
 
-Task = Literal["pos", "ner", "qa"]
-Mode = Literal["large", "compressed", "alad-frozen", "alad-joint", "lora", "lora-alad"]
+def registered(kind: str) -> dict[str, Any]:
+    """The registry of `kind` ("task": alad.tasks.TASKS, "mode": alad.phases.modes.MODES): the
+    one list of names the config, the CLI, the sweep and the tests take their choices from.
+    Imported on use: those modules import this one."""
+    if kind == "task":
+        from alad.tasks import TASKS
+
+        return TASKS
+    from alad.phases.modes import MODES
+
+    return MODES
+
+
+def _check_registered(kind: str, value: str) -> str:
+    names = registered(kind)
+    if value not in names:
+        raise ValueError(f"unknown {kind} {value!r}; choose one of {sorted(names)}")
+    return value
+
+
+Task = Annotated[str, AfterValidator(lambda v: _check_registered("task", v))]
+Mode = Annotated[str, AfterValidator(lambda v: _check_registered("mode", v))]
 
 
 class Phase3Config(_Section):
@@ -190,7 +211,7 @@ class Phase3Config(_Section):
 
     @property
     def window_tokens(self) -> int:
-        return self.max_length or (384 if self.task == "qa" else 128)
+        return self.max_length or registered("task")[self.task].max_length
 
     @model_validator(mode="after")
     def _qa_windows(self) -> Phase3Config:

@@ -26,8 +26,6 @@ from seqeval.metrics.sequence_labeling import get_entities
 
 log = logging.getLogger(__name__)
 
-TASKS = ("pos", "ner", "qa")
-
 
 def _check_lengths(gold: list[list[str]], pred: list[list[str]]) -> None:
     # A length mismatch means the prediction was aligned to the wrong words (e.g. sub-tokens
@@ -263,35 +261,24 @@ def size_and_speed(
     }
 
 
-# Header and separator lines for each task; print one, then the rows from format_table_row.
-# POS "F1" is the macro F1: micro F1 equals accuracy for POS, so a micro column would repeat it.
-TABLE_HEADER: dict[str, str] = {
-    "pos": "| model | POS Acc | POS F1_macro | size % | speed-up |\n|---|---|---|---|---|",
-    "ner": "| model | NER F1_O | NER F1_macro | size % | speed-up |\n|---|---|---|---|---|",
-    "qa": "| model | EQA EM / F1 | size % | speed-up |\n|---|---|---|---|",
-}
+def table_header(task: str) -> str:
+    """Header and separator lines of the task's Table-1 rows (alad.tasks: `table_header`)."""
+    from alad.tasks import TASKS  # alad.tasks imports this module
 
-
-def _pct(metrics: dict, key: str, scale: float) -> str:
-    if key not in metrics:
-        raise ValueError(f"metrics lack {key!r} (have: {sorted(metrics)})")
-    return f"{metrics[key] * scale:.1f}"
+    return TASKS[task].table_header
 
 
 def format_table_row(name: str, metrics: dict, task: str) -> str:
-    """One Markdown row matching `TABLE_HEADER[task]`, like the paper's Table 1.
+    """One Markdown row matching `table_header(task)`, like the paper's Table 1.
 
     POS/NER fractions are shown ×100, QA percentages as they are, all with one decimal; size %
     with one decimal and speed-up with two (as in the paper), "–" when not in `metrics`.
     """
-    if task == "pos":
-        scores = [_pct(metrics, "accuracy", 100), _pct(metrics, "f1_macro", 100)]
-    elif task == "ner":
-        scores = [_pct(metrics, "f1_micro", 100), _pct(metrics, "f1_macro", 100)]
-    elif task == "qa":
-        scores = [f"{_pct(metrics, 'exact', 1)} / {_pct(metrics, 'f1', 1)}"]
-    else:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    from alad.tasks import TASKS
+
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
+    scores = TASKS[task].table_scores(metrics)
     size = f"{metrics['size_pct']:.1f}" if "size_pct" in metrics else "–"
     speed = f"{metrics['speedup']:.2f}" if "speedup" in metrics else "–"
     cells = [name.replace("|", "\\|"), *scores, size, speed]  # a bare | would split the cell

@@ -39,8 +39,6 @@ from alad.config import Phase3Config
 from alad.errors import AladError
 from alad.heads import build_head
 
-TASK_NAMES = ("pos", "ner", "qa")
-
 FORMAT = "alad-model/1"
 
 
@@ -139,8 +137,10 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED if k not in manifest]
     if missing:
         raise ModelFolderError(f"{path}: no {missing[0]!r}; the manifest is damaged or incomplete")
-    if manifest["task"] not in TASK_NAMES:
-        raise ModelFolderError(f"{path}: task {manifest['task']!r} is not one of {TASK_NAMES}")
+    from alad.tasks import TASKS  # alad.tasks -> alad.config; imported on use
+
+    if manifest["task"] not in TASKS:
+        raise ModelFolderError(f"{path}: task {manifest['task']!r} is not one of {sorted(TASKS)}")
     return manifest
 
 

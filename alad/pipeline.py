@@ -22,15 +22,12 @@ from typing import Any
 
 from alad.atomic import write_json, write_text
 from alad.config import Settings
-from alad.data import readers
 from alad.data.corpus import load_corpus, sample_split
 from alad.phases.align import run_alignment
 from alad.phases.modes import MODES
 from alad.tasks import TASKS, load_splits
 
 log = logging.getLogger(__name__)
-SPLIT_EXT = {"pos": "conllu", "ner": "tsv", "qa": "json"}
-WRITERS = {"pos": readers.write_conllu, "ner": readers.write_bio, "qa": readers.write_squad}
 
 
 @dataclass(frozen=True)
@@ -59,7 +56,7 @@ class Layout:
         return self.root / "registry.json"
 
     def split(self, task: str, name: str) -> Path:
-        return self.data / f"phase3-{name}.{SPLIT_EXT[task]}"
+        return self.data / f"phase3-{name}.{TASKS[task].split_ext}"
 
 
 def prepared(settings: Settings, layout: Layout) -> Settings:
@@ -164,7 +161,7 @@ def stage_prepare(settings: Settings, layout: Layout, parent_run_id: str | None 
     splits = load_splits(s.phase3, s.seed)
     # The whole training split is kept (it defines the label set); phase 3 subsamples it.
     for name, examples in (("train", splits.train_all), ("dev", splits.dev), ("test", splits.test)):
-        WRITERS[s.phase3.task](examples, layout.split(s.phase3.task, name))
+        TASKS[s.phase3.task].write(examples, layout.split(s.phase3.task, name))
         counts[f"phase3_{name}"] = len(examples)
     tracker = _tracker(s)
     if tracker is not None and parent_run_id is None:
@@ -315,7 +312,7 @@ def stage_phase3(settings: Settings, layout: Layout, parent_run_id: str | None =
 def stage_evaluate(settings: Settings, layout: Layout, parent_run_id: str | None = None) -> dict:
     """Test scores, size %; the Table-1 row; loss-curve plots of every phase (no timing:
     speed-ups come from `alad bench latency` or `alad evaluate --speed`)."""
-    from alad.metrics import TABLE_HEADER
+    from alad.metrics import table_header
     from alad.phases.evaluate import evaluate_model
     from alad.plots import plot_histories
 
@@ -323,7 +320,7 @@ def stage_evaluate(settings: Settings, layout: Layout, parent_run_id: str | None
     tracker, parent = _tracker(s), _parent(s, layout, parent_run_id)
     with _phase_run(tracker, parent, "evaluate", {}) as run_id:
         report = evaluate_model(layout.phase("phase3") / "model", s.phase3.test)
-        table = f"{TABLE_HEADER[s.phase3.task]}\n{report['table_row']}\n"
+        table = f"{table_header(s.phase3.task)}\n{report['table_row']}\n"
         write_text(table, layout.eval / "table.md")
         scalars = {k: v for k, v in report.items() if isinstance(v, int | float)}
         write_json({"test": scalars}, layout.eval / "metrics.json")

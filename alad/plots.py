@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from alad.atomic import write_bytes
+from alad.phases.modes import MODES
 
 CURVES = {
     "phase1": (["train_mse", "heldout_mse"], "Phase 1: alignment MSE (general text)"),
@@ -23,15 +24,6 @@ CURVES = {
     "phase3": (["train_loss", "dev_main"], "Phase 3: train loss and validation score"),
 }
 DPI = 110
-# One marker per phase-3 mode (alad.phases.modes.MODES); colours go to the models.
-MODE_MARKERS = {
-    "large": "*",
-    "compressed": "o",
-    "alad-frozen": "s",
-    "alad-joint": "D",
-    "lora": "^",
-    "lora-alad": "v",
-}
 
 
 def _figure(width: float, height: float) -> Any:
@@ -105,7 +97,7 @@ def plot_pareto(
                     p[x],
                     p["y"],
                     yerr=p["yerr"] or None,
-                    fmt=MODE_MARKERS.get(p["mode"], "x"),
+                    fmt=MODES[p["mode"]].marker if p["mode"] in MODES else "x",
                     color=colours[p["series"]],
                     markersize=9 if p["mode"] == "large" else 6,
                     capsize=3,
@@ -119,8 +111,8 @@ def plot_pareto(
             if row == 0:
                 ax.set_title(title, fontsize=10)
     handles = [Line2D([], [], color=colours[s], marker="o", ls="", label=s) for s in series]
-    modes = [m for m in MODE_MARKERS if any(p["mode"] == m for p in points)]
-    handles += [Line2D([], [], color="0.3", marker=MODE_MARKERS[m], ls="", label=m) for m in modes]
+    modes = [m for m in MODES if any(p["mode"] == m for p in points)]
+    handles += [Line2D([], [], color="0.3", marker=MODES[m].marker, ls="", label=m) for m in modes]
     fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     _save(fig, target)

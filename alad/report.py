@@ -23,27 +23,8 @@ from typing import Any
 from alad.atomic import write_text
 from alad.errors import ResultError
 from alad.phases.modes import MODES
+from alad.tasks import TASKS
 
-TASK_NAMES = ("pos", "ner", "qa")
-TASK_TITLES = {
-    "pos": "POS tagging",
-    "ner": "NER",
-    "qa": "Extractive QA (SQuAD 2.0)",
-}
-# (column header, test-metric key, scale to %): POS/NER metrics are fractions, QA's percentages
-# (alad/metrics.py). The first column is the one the paper's Table 1 shows.
-COLUMNS: dict[str, list[tuple[str, str, float]]] = {
-    "pos": [("Acc", "accuracy", 100.0), ("F1 macro", "f1_macro", 100.0)],
-    "ner": [("F1_O", "f1_micro", 100.0), ("F1 macro", "f1_macro", 100.0)],
-    "qa": [
-        ("EM", "exact", 1.0),
-        ("F1", "f1", 1.0),
-        ("HasAns F1", "HasAns_f1", 1.0),
-        ("NoAns F1", "NoAns_f1", 1.0),
-    ],
-}
-REQUIRED = {"pos": ("accuracy", "f1_macro"), "ner": ("f1_micro", "f1_macro"), "qa": ("exact", "f1")}
-MAIN_NAME = {"pos": "Acc", "ner": "F1_O", "qa": "F1"}  # what test["main"] is, per task
 LATENCY_BATCH = 32
 DASH = "–"
 
@@ -96,15 +77,15 @@ def read_result(path: Path) -> Result:
     for key in ("task", "compressed", "large", "mode"):
         if not isinstance(cell.get(key), str):
             raise _fail(path, f"cell.{key} missing or not a string")
-    if cell["task"] not in TASK_NAMES:
-        raise _fail(path, f"cell.task {cell['task']!r} is not one of {TASK_NAMES}")
+    if cell["task"] not in TASKS:
+        raise _fail(path, f"cell.task {cell['task']!r} is not one of {sorted(TASKS)}")
     if cell["mode"] not in MODES:
         raise _fail(path, f"cell.mode {cell['mode']!r} is not one of {tuple(MODES)}")
     if not isinstance(cell.get("seed"), int):
         raise _fail(path, "cell.seed missing or not an integer")
     if not (cell.get("window") is None or isinstance(cell["window"], int)):
         raise _fail(path, "cell.window must be an integer or null")
-    for key in ("main", *REQUIRED[cell["task"]]):
+    for key in ("main", *TASKS[cell["task"]].required):
         if not _number(test.get(key)):
             raise _fail(path, f"test.{key} missing or not a number")
     return Result(Path(path), record)
@@ -217,7 +198,7 @@ def group_rows(results: Iterable[Result]) -> dict[str, list[Row]]:
                 r.window or 0,
             )
         )
-    return {t: rows[t] for t in TASK_NAMES if t in rows}
+    return {t: rows[t] for t in TASKS if t in rows}
 
 
 def _latency_row(row: Row, latency: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -302,7 +283,7 @@ def _trivial_qa(rows: list[Row]) -> tuple[float | None, str]:
 
 
 def task_table(task: str, rows: list[Row], latency: dict[str, Any] | None) -> str:
-    cols = COLUMNS[task]
+    cols = TASKS[task].columns
     head = ["M_C", "mode", *(c[0] for c in cols), "size %", "speed-up", "gap recovered"]
     lines = [_md_row(head), _md_row(["---"] * len(head))]
     for row in rows:
@@ -373,8 +354,8 @@ def task_notes(task: str, rows: list[Row]) -> str:
         + "; ".join(f"{d} × {n} cells" for d, n in machines.items())
         + f"; 1-min load average {_range([x for x in loads if _number(x)])} during the cells.",
         f"- Code: git {', '.join(commits)}.",
-        f"- Gap recovered: (AlAd − compressed) / (M_L − compressed) on {MAIN_NAME[task]} (seed "
-        "means, same M_C); n/a where M_L does not beat M_C.",
+        "- Gap recovered: (AlAd − compressed) / (M_L − compressed) on "
+        f"{TASKS[task].main_name} (seed means, same M_C); n/a where M_L does not beat M_C.",
         f"- Commands: `alad sweep run sweeps/table1.yaml --task {task}` (the cells), "
         "`alad bench latency` (speed-up), `alad report` (this file).",
     ]
@@ -388,7 +369,7 @@ def task_notes(task: str, rows: list[Row]) -> str:
 
 
 def seed_table(task: str, rows: list[Row]) -> str:
-    cols = COLUMNS[task]
+    cols = TASKS[task].columns
     head = ["M_C", "mode", "seed", "dev main", *(c[0] for c in cols), "size %", "s", "key"]
     lines = [_md_row(head), _md_row(["---"] * len(head))]
     for row in rows:
@@ -455,7 +436,7 @@ def build_markdown(
     for task, task_rows in rows.items():
         parts += [
             "",
-            f"## {TASK_TITLES[task]}",
+            f"## {TASKS[task].title}",
             "",
             task_table(task, task_rows, latency),
             "",
@@ -463,7 +444,7 @@ def build_markdown(
         ]
     parts += ["", "## Per seed", ""]
     for task, task_rows in rows.items():
-        parts += [f"### {TASK_TITLES[task]}", "", seed_table(task, task_rows), ""]
+        parts += [f"### {TASKS[task].title}", "", seed_table(task, task_rows), ""]
     return "\n".join(parts)
 
 
@@ -505,7 +486,7 @@ def write_report(
     rows = group_rows(load_results(results_dir))
     latency = load_latency(latency_path)
     md, png = Path(out) / "table1.md", Path(out) / "pareto.png"
-    titles = [(t, f"{TASK_TITLES[t]} ({MAIN_NAME[t]})") for t in rows]
+    titles = [(t, f"{TASKS[t].title} ({TASKS[t].main_name})") for t in rows]
     plot_pareto(pareto_points(rows, latency), titles, png)
     write_text(build_markdown(rows, latency, results_dir, latency_path) + "\n", md)
     return {"table": md, "plot": png}

@@ -29,24 +29,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from alad.atomic import write_json
-from alad.config import ConfigError, Mode, Settings, Task, load_settings
+from alad.config import ConfigError, Settings, load_settings, registered
 from alad.phases.modes import MODES
 
 log = logging.getLogger(__name__)
-TASK_NAMES, MODE_NAMES = get_args(Task), get_args(Mode)
 
 # Relative cost of one training token by encoder (minilm-l6 = 1), measured on this 2-core CPU
 # (README "Costs"); unknown models count as mpnet-base. Only orders cells and seeds the ETA.
 MODEL_COST = {"minilm-l3": 0.5, "minilm-l6": 1.0, "mpnet-base:prune4": 2.7, "mpnet-base": 8.0}
-MODE_COST = {"alad-frozen": 0.25, "lora": 0.7, "lora-alad": 0.75}
-TASK_COST = {"pos": 1.0, "ner": 0.5, "qa": 6.0}  # per training example x epoch, POS = 1
 
 
 class _Strict(BaseModel):
@@ -95,15 +92,17 @@ class Grid(_Strict):
     @model_validator(mode="after")
     def _known_names(self) -> Grid:
         for task in self.tasks:
-            if task not in TASK_NAMES:
-                raise ValueError(f"tasks.{task}: unknown task; choose from {TASK_NAMES}")
+            if task not in registered("task"):
+                raise ValueError(
+                    f"tasks.{task}: unknown task; choose from {sorted(registered('task'))}"
+                )
         modes = [*self.modes, *(m for t in self.tasks.values() for m in t.modes or [])]
         if self.ablation:
             modes.append(self.ablation.mode)
         for mode in modes:
-            if mode not in MODE_NAMES or mode == "large":
+            if mode not in registered("mode") or mode == "large":
                 raise ValueError(
-                    f"mode {mode!r}: choose from {[m for m in MODE_NAMES if m != 'large']} "
+                    f"mode {mode!r}: choose from {[m for m in registered('mode') if m != 'large']} "
                     "(`large` runs once per task by itself: tasks.<task>.large)"
                 )
         return self
@@ -215,13 +214,13 @@ class Cell:
         s = self.settings.phase3
         model = self.settings.models.large if self.mode == "large" else self.compressed
         examples = s.max_train_examples or 1000
-        epochs = s.epochs or (3 if self.task == "qa" else 4)
+        task = registered("task")[self.task]
         return (
             MODEL_COST.get(model, 8.0)
-            * MODE_COST.get(self.mode, 1.0)
-            * TASK_COST.get(self.task, 1.0)
+            * registered("mode")[self.mode].cost
+            * task.cost
             * examples
-            * epochs
+            * (s.epochs or task.epochs)
             / 1000
         )
 

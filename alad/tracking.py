@@ -65,11 +65,6 @@ SERVING_PACKAGES = (
     "tqdm",
     "mlflow",
 )
-INPUT_EXAMPLES: dict[str, dict[str, list[str]]] = {
-    "pos": {"text": ["The city is on the river ."]},
-    "ner": {"text": ["The king of the city was born in 1990 ."]},
-    "qa": {"question": ["Who was born in 1990?"], "context": ["The king was born in 1990."]},
-}
 LOCK_TIMEOUT_S = 600  # promotion takes well under a second; a holder that long is stuck
 _MAX_PARAM = 6000  # MLflow's limit on a param value (characters)
 _BAD_KEY = re.compile(r"[^\w\-. /:]")  # MLflow keys: alphanumerics, _ - . space / :
@@ -444,6 +439,7 @@ class Tracker:
         import alad
         from alad.model import read_manifest
         from alad.serving import AladPyfunc
+        from alad.tasks import TASKS
 
         read_manifest(model_dir)  # fail before logging anything if it is not a model folder
         logged = self.client.create_logged_model(
@@ -465,7 +461,7 @@ class Tracker:
                     pip_requirements=pip_requirements(),
                     # A DataFrame, not a dict of lists: MLflow reads {"text": [...]} as one
                     # row holding an array, and would then reject a column of plain strings.
-                    input_example=pd.DataFrame(INPUT_EXAMPLES[task]),
+                    input_example=pd.DataFrame(TASKS[task].input_example),
                     mlflow_model=Model(
                         artifact_path=logged.artifact_location,
                         run_id=run_id,

@@ -206,7 +206,7 @@ def finetune(
     extract_seconds = _cache_frozen_outputs(
         settings, model, encoders[0], train_feats, dev_feats, pad_id, progress
     )
-    epochs = cfg.epochs or (3 if cfg.task == "qa" else 4)
+    epochs = cfg.epochs or task.epochs
     lr = cfg.lr or mode.lr
     optimizer = torch.optim.AdamW(_param_groups(model, mode, cfg, lr))
     steps = epochs * math.ceil(task.num_rows(train_feats) / cfg.batch_size)

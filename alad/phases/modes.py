@@ -23,13 +23,28 @@ class ModeSpec:
     lr: float  # adapter, head, and encoder when it trains fully
     lora_lr: float = 1e-3
     description: str = ""
+    cost: float = 1.0  # relative training cost per example (orders sweep cells; frozen is cheap)
+    marker: str = "x"  # matplotlib marker in reports/pareto.png
 
 
+# The registry: config choices, the CLI, the sweep, plots and the tests read the names from here.
 MODES: dict[str, ModeSpec] = {
-    "large": ModeSpec("large", False, "full", 5e-5, description="M_L fine-tuned (upper bound)"),
-    "compressed": ModeSpec("compressed", False, "full", 5e-5, description="M_C fine-tuned"),
-    "alad-frozen": ModeSpec("compressed", True, "frozen", 1e-4, description="M_C frozen + AlAd"),
-    "alad-joint": ModeSpec("compressed", True, "full", 5e-5, description="M_C + AlAd jointly"),
-    "lora": ModeSpec("compressed", False, "lora", 1e-3, description="LoRA on frozen M_C"),
-    "lora-alad": ModeSpec("compressed", True, "lora", 1e-4, description="LoRA on M_C + AlAd"),
+    "large": ModeSpec(
+        "large", False, "full", 5e-5, description="M_L fine-tuned (upper bound)", marker="*"
+    ),
+    "compressed": ModeSpec(
+        "compressed", False, "full", 5e-5, description="M_C fine-tuned", marker="o"
+    ),
+    "alad-frozen": ModeSpec(
+        "compressed", True, "frozen", 1e-4, description="M_C frozen + AlAd", cost=0.25, marker="s"
+    ),
+    "alad-joint": ModeSpec(
+        "compressed", True, "full", 5e-5, description="M_C + AlAd jointly", marker="D"
+    ),
+    "lora": ModeSpec(
+        "compressed", False, "lora", 1e-3, description="LoRA on frozen M_C", cost=0.7, marker="^"
+    ),
+    "lora-alad": ModeSpec(
+        "compressed", True, "lora", 1e-4, description="LoRA on M_C + AlAd", cost=0.75, marker="v"
+    ),
 }
