@@ -48,7 +48,11 @@ def _settings(args: argparse.Namespace) -> Settings:
         for flag, key in SHORTCUTS.items()
         if getattr(args, flag, None) is not None
     ]
-    return load_settings(args.params, args.profile, shortcuts + (args.set or []))
+    settings = load_settings(args.params, args.profile, shortcuts + (args.set or []))
+    from alad.runtime import warn_unsupported
+
+    warn_unsupported(settings.runtime)
+    return settings
 
 
 def cmd_models_list(args: argparse.Namespace) -> None:
