@@ -97,7 +97,7 @@ def _run_phase(args: argparse.Namespace, phase: str):
     out = args.out or settings.runs_dir / phase
     init = getattr(args, "init", None)
     if init is not None:  # a folder or a registry URI
-        from alad.tracking import resolve_adapter
+        from alad.registry import resolve_adapter
 
         init = resolve_adapter(init)
     result = run_alignment(settings, phase, out=out, init=init, progress=not args.quiet)
@@ -178,14 +178,16 @@ def cmd_pipeline_run(args: argparse.Namespace) -> None:
 
 
 def cmd_registry_rollback(args: argparse.Namespace) -> None:
+    from alad.registry import Registry
     from alad.tracking import Tracker
 
-    version = Tracker().rollback(args.name)
+    version = Registry(Tracker()).rollback(args.name)
     print(f"{args.name}: @champion is version {version} again")
 
 
 def cmd_registry_list(args: argparse.Namespace) -> None:
-    from alad.tracking import Tracker, registry_table
+    from alad.registry import registry_table
+    from alad.tracking import Tracker
 
     rows = registry_table(Tracker())
     if not rows:

@@ -11,11 +11,10 @@ files under the layout's root (what DVC tracks) and the explicit parent run id.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,23 +79,10 @@ def prepared(settings: Settings, layout: Layout) -> Settings:
     )
 
 
-def _tracker(settings: Settings):
-    if not settings.tracking.enabled:
-        return None
-    from alad.tracking import Tracker
+def _tracker(settings: Settings) -> Any:
+    from alad.tracking import run_tracker  # MLflow loads only when a stage runs
 
-    return Tracker(experiment=settings.tracking.experiment)
-
-
-@contextlib.contextmanager
-def _phase_run(tracker: Any, parent: str | None, phase: str, params: dict) -> Iterator[str | None]:
-    """A nested MLflow run around the body (FAILED if it raises), or nothing when tracking is off.
-    Logging into the run happens after the body, inside the `with`."""
-    if tracker is None:
-        yield None
-        return
-    with tracker.phase_run(parent, phase, params) as run_id:
-        yield run_id
+    return run_tracker(settings)
 
 
 def _parent(settings: Settings, layout: Layout, parent_run_id: str | None) -> str | None:
@@ -117,7 +103,7 @@ def with_resolved_init(settings: Settings) -> Settings:
     init = settings.phase3.init
     if init is None or not init.startswith(("models:/", "runs:/")):
         return settings
-    from alad.tracking import resolve_adapter
+    from alad.registry import resolve_adapter
 
     local = str(resolve_adapter(init))
     log.info("phase3.init %s -> %s", init, local)
@@ -164,7 +150,7 @@ def stage_prepare(settings: Settings, layout: Layout, parent_run_id: str | None 
         TASKS[s.phase3.task].write(examples, layout.split(s.phase3.task, name))
         counts[f"phase3_{name}"] = len(examples)
     tracker = _tracker(s)
-    if tracker is not None and parent_run_id is None:
+    if s.tracking.enabled and parent_run_id is None:
         parent_run_id = tracker.start_pipeline(s, run_name=f"{s.phase3.task}-{s.phase3.mode}")
     result = {
         "parent_run_id": parent_run_id,
@@ -173,8 +159,7 @@ def stage_prepare(settings: Settings, layout: Layout, parent_run_id: str | None 
         "data_hash": data_hash(layout),
     }
     write_json(result, layout.run_file)
-    if tracker is not None:
-        tracker.log_metrics(parent_run_id, {f"data.{k}": v for k, v in counts.items()})
+    tracker.log_metrics(parent_run_id, {f"data.{k}": v for k, v in counts.items()})
     return result
 
 
@@ -192,7 +177,7 @@ def _align_stage(phase: str, settings: Settings, layout: Layout, parent_run_id: 
     s = prepared(settings, layout)
     init = layout.phase("phase1") if phase == "phase2" else None
     tracker, parent = _tracker(s), _parent(s, layout, parent_run_id)
-    with _phase_run(tracker, parent, phase, getattr(s, phase).model_dump()) as run_id:
+    with tracker.phase_run(parent, phase, getattr(s, phase).model_dump()) as run_id:
         result = run_alignment(s, phase, out=layout.phase(phase), init=init, progress=False)
         summary = {
             "run_id": run_id,
@@ -203,16 +188,15 @@ def _align_stage(phase: str, settings: Settings, layout: Layout, parent_run_id: 
             "checkpoint": str(result.checkpoint),
         }
         write_json(summary, layout.phase(phase) / "metrics.json")
-        if tracker:
-            tracker.log_history(run_id, result.history)
-            tracker.log_metrics(run_id, {"before": result.before, "after": result.after})
-            tracker.log_loss_curve(
-                run_id, result.history, ["train_mse", "heldout_mse"], f"{phase}: alignment MSE"
-            )
-            tracker.log_artifacts(run_id, result.checkpoint / "manifest.json", "checkpoint")
-            if s.tracking.register_model:
-                summary["registered"] = _register_adapter(tracker, s, layout, phase, run_id, result)
-                write_json(summary, layout.phase(phase) / "metrics.json")
+        tracker.log_history(run_id, result.history)
+        tracker.log_metrics(run_id, {"before": result.before, "after": result.after})
+        tracker.log_loss_curve(
+            run_id, result.history, ["train_mse", "heldout_mse"], f"{phase}: alignment MSE"
+        )
+        tracker.log_artifacts(run_id, result.checkpoint / "manifest.json", "checkpoint")
+        if s.tracking.enabled and s.tracking.register_model:
+            summary["registered"] = _register_adapter(tracker, s, layout, phase, run_id, result)
+            write_json(summary, layout.phase(phase) / "metrics.json")
     log.info(result.summary())
     return summary
 
@@ -223,7 +207,8 @@ def _register_adapter(
     """The adapter as a registered version with its lineage; champion of its (phase, task)
     only when its held-out MSE is lower than the champion's."""
     from alad.checkpoint import load_checkpoint
-    from alad.tracking import adapter_scope, git_commit
+    from alad.registry import Registry, adapter_scope
+    from alad.tracking import git_commit
 
     manifest = load_checkpoint(result.checkpoint).manifest
     task = s.phase3.task if phase == "phase2" else None
@@ -249,9 +234,10 @@ def _register_adapter(
         "init": f"{init['name']}/{init['version']}" if init else "-",
     }
     metrics = {"mse": result.after["mse"], "cosine": result.after["cosine"]}
-    info = tracker.register_adapter(run_id, result.checkpoint, metrics, lineage)
+    registry = Registry(tracker)
+    info = registry.register_adapter(run_id, result.checkpoint, metrics, lineage)
     scope = adapter_scope(phase, task)
-    decision = tracker.promote(
+    decision = registry.promote(
         info.name, info.version, "mse", 0.0, higher_is_better=False, scope=scope
     )
     log.info(
@@ -288,7 +274,7 @@ def stage_phase3(settings: Settings, layout: Layout, parent_run_id: str | None =
         )
     s = with_resolved_init(s)
     tracker, parent = _tracker(s), _parent(s, layout, parent_run_id)
-    with _phase_run(tracker, parent, "phase3", s.phase3.model_dump()) as run_id:
+    with tracker.phase_run(parent, "phase3", s.phase3.model_dump()) as run_id:
         result = finetune(s, out=layout.phase("phase3"), progress=False)
         summary = {
             "run_id": run_id,
@@ -296,16 +282,15 @@ def stage_phase3(settings: Settings, layout: Layout, parent_run_id: str | None =
             "history": result.history,
             "model_dir": str(result.model_dir),
         }
-        if tracker:
-            tracker.log_history(run_id, result.history)
-            tracker.log_metrics(run_id, {"dev": result.dev})
-            tracker.log_loss_curve(
-                run_id,
-                result.history,
-                ["train_loss", "dev_main"],
-                "phase 3: loss and validation score",
-            )
-            tracker.log_artifacts(run_id, result.model_dir / "manifest.json", "model")
+        tracker.log_history(run_id, result.history)
+        tracker.log_metrics(run_id, {"dev": result.dev})
+        tracker.log_loss_curve(
+            run_id,
+            result.history,
+            ["train_loss", "dev_main"],
+            "phase 3: loss and validation score",
+        )
+        tracker.log_artifacts(run_id, result.model_dir / "manifest.json", "model")
     return summary
 
 
@@ -318,20 +303,19 @@ def stage_evaluate(settings: Settings, layout: Layout, parent_run_id: str | None
 
     s = prepared(settings, layout)
     tracker, parent = _tracker(s), _parent(s, layout, parent_run_id)
-    with _phase_run(tracker, parent, "evaluate", {}) as run_id:
+    with tracker.phase_run(parent, "evaluate", {}) as run_id:
         report = evaluate_model(layout.phase("phase3") / "model", s.phase3.test)
         table = f"{table_header(s.phase3.task)}\n{report['table_row']}\n"
         write_text(table, layout.eval / "table.md")
         scalars = {k: v for k, v in report.items() if isinstance(v, int | float)}
         write_json({"test": scalars}, layout.eval / "metrics.json")
         plots = plot_histories(layout, layout.eval / "plots")
-        if tracker:
-            tracker.log_metrics(run_id, {"test": scalars})
-            tracker.log_artifacts(run_id, layout.eval / "table.md", "evaluation")
-            for plot in plots:
-                tracker.log_artifacts(run_id, plot, "plots")
-            if parent:
-                tracker.log_metrics(parent, {"test": scalars})
+        tracker.log_metrics(run_id, {"test": scalars})
+        tracker.log_artifacts(run_id, layout.eval / "table.md", "evaluation")
+        for plot in plots:
+            tracker.log_artifacts(run_id, plot, "plots")
+        if parent:
+            tracker.log_metrics(parent, {"test": scalars})
     print(table)
     return {"run_id": run_id, "test": scalars, "table": table}
 
@@ -343,6 +327,7 @@ def stage_register(settings: Settings, layout: Layout, parent_run_id: str | None
         result = {"registered": False, "reason": "tracking or registration disabled"}
         write_json(result, layout.registry)
         return result
+    from alad.registry import Registry
     from alad.tracking import git_commit, params_hash
 
     tracker, parent = _tracker(s), _parent(s, layout, parent_run_id)
@@ -359,7 +344,8 @@ def stage_register(settings: Settings, layout: Layout, parent_run_id: str | None
         adapter = json.loads(phase2.read_text()).get("registered")
         if adapter:
             tags["adapter"] = f"{adapter['name']}/{adapter['version']}"
-    info = tracker.register(
+    registry = Registry(tracker)
+    info = registry.register(
         parent,
         model_dir,
         s.phase3.task,
@@ -367,7 +353,7 @@ def stage_register(settings: Settings, layout: Layout, parent_run_id: str | None
         {k: v for k, v in dev.items() if isinstance(v, int | float)},
         tags,
     )
-    decision = tracker.promote(info.name, info.version, "main", s.tracking.promotion_margin)
+    decision = registry.promote(info.name, info.version, "main", s.tracking.promotion_margin)
     result = {
         "registered": True,
         "name": info.name,

@@ -46,11 +46,23 @@ def _save(fig: Any, target: Path | IO[bytes]) -> None:
 
 
 def plot_history(history: list[dict[str, Any]], keys: list[str], title: str, path: Path) -> Path:
+    """`keys` against epoch (1-based; rows without a number for a key are skipped). The one loss
+    curve renderer: the pipeline's evaluate stage and MLflow's plots/ artifacts use it."""
+    missing = [k for k in keys if not any(_is_number(row.get(k)) for row in history)]
+    if missing:
+        raise ValueError(
+            f"loss curve {title!r}: no numeric {missing} in the history; "
+            f"its keys are {sorted({k for row in history for k in row})}"
+        )
     fig = _figure(5, 3.2)
     ax = fig.add_subplot()
-    epochs = [h["epoch"] for h in history]
     for key in keys:
-        ax.plot(epochs, [h[key] for h in history], marker="o", label=key)
+        points = [
+            (row.get("epoch", i + 1), row[key])
+            for i, row in enumerate(history)
+            if _is_number(row.get(key))
+        ]
+        ax.plot(*zip(*points, strict=True), marker="o", label=key)
     ax.set_xlabel("epoch")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
@@ -58,6 +70,10 @@ def plot_history(history: list[dict[str, Any]], keys: list[str], title: str, pat
     fig.tight_layout()
     _save(fig, path)
     return path
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def plot_histories(layout: Any, out: Path) -> list[Path]:

@@ -15,11 +15,15 @@ design, a registered model is trusted code (README, "Reliability and trust model
 
 from __future__ import annotations
 
+import importlib.metadata
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.entities import LoggedModel, LoggedModelOutput, LoggedModelStatus
 
 from alad.errors import UsageError
 
@@ -93,3 +97,75 @@ def predict_frame(predictor: Any, frame: pd.DataFrame) -> list:
         return [[{"word": w, "tag": t} for w, t in sentence] for sentence in tagged]
     pairs = [(_text(q), _text(c)) for q, c in zip(frame["question"], frame["context"], strict=True)]
     return predictor.answer(pairs)
+
+
+# What the pyfunc needs at load time, pinned to what trained it (alad itself ships as code).
+SERVING_PACKAGES = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "numpy",
+    "pandas",
+    "peft",
+    "pydantic",
+    "pydantic-settings",
+    "pyyaml",
+    "seqeval",
+    "tqdm",
+    "mlflow",
+)
+
+
+def pip_requirements() -> list[str]:
+    """Exact versions of what the pyfunc imports, as installed here."""
+    return [f"{p}=={importlib.metadata.version(p)}" for p in SERVING_PACKAGES]
+
+
+def log_pyfunc(
+    client: Any, experiment_id: str, run_id: str, model_dir: Path, task: str
+) -> LoggedModel:
+    """Save `model_dir` as an alad.serving.AladPyfunc, log it as a LoggedModel of the run."""
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.models import Model
+
+    import alad
+    from alad.model import read_manifest
+    from alad.tasks import TASKS
+
+    read_manifest(model_dir)  # fail before logging anything if it is not a model folder
+    logged = client.create_logged_model(
+        experiment_id, name="model", source_run_id=run_id, model_type="alad"
+    )
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            # alad ships as code: copy it without bytecode caches, which are not portable.
+            code = Path(tmp) / "code" / "alad"
+            shutil.copytree(
+                Path(alad.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__")
+            )
+            local = Path(tmp) / "model"
+            mlflow.pyfunc.save_model(
+                path=str(local),
+                python_model=AladPyfunc(),
+                artifacts={"model": str(model_dir)},
+                code_paths=[str(code)],
+                pip_requirements=pip_requirements(),
+                # A DataFrame, not a dict of lists: MLflow reads {"text": [...]} as one
+                # row holding an array, and would then reject a column of plain strings.
+                input_example=pd.DataFrame(TASKS[task].input_example),
+                mlflow_model=Model(
+                    artifact_path=logged.artifact_location,
+                    run_id=run_id,
+                    model_uuid=logged.model_id,
+                    model_id=logged.model_id,
+                ),
+            )
+            client.log_model_artifacts(logged.model_id, str(local))
+    except BaseException:
+        client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        raise
+    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    return logged

@@ -446,7 +446,10 @@ def register_best(grid: Grid, tracker: Any, tasks: list[str] | None = None) -> l
     `alad-<task>-<M_C>`, tagged with the cell and its seeds' test mean) and goes through the
     promotion gate. A cell registered before (tag `alad.sweep_cell`) or whose best model folder
     is not on this machine is skipped; the results stay the record either way."""
-    from alad.tracking import git_commit, model_name
+    from alad.registry import Registry, model_name
+    from alad.tracking import git_commit
+
+    registry = Registry(tracker)
 
     groups: dict[str, list[Cell]] = {}
     for cell in cells(grid, tasks):
@@ -469,7 +472,7 @@ def register_best(grid: Grid, tracker: Any, tasks: list[str] | None = None) -> l
             )
             continue
         tests = [r["test"]["main"] for r in records]
-        info = tracker.register(
+        info = registry.register(
             None,
             model_dir,
             best["cell"]["task"],
@@ -485,7 +488,7 @@ def register_best(grid: Grid, tracker: Any, tasks: list[str] | None = None) -> l
                 "git_commit": git_commit(),
             },
         )
-        decision = tracker.promote(info.name, info.version, "main", 0.0)
+        decision = registry.promote(info.name, info.version, "main", 0.0)
         done.append(
             {
                 "group": group,

@@ -68,7 +68,8 @@ def test_adapters_are_registered_with_lineage_and_phase3_starts_from_the_registr
     pipeline_settings, tmp_path, monkeypatch
 ):
     from alad.pipeline import finetune_and_test
-    from alad.tracking import Tracker, adapter_name, registry_table, resolve_adapter
+    from alad.registry import Registry, adapter_name, registry_table, resolve_adapter
+    from alad.tracking import Tracker
 
     store = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
@@ -98,8 +99,9 @@ def test_adapters_are_registered_with_lineage_and_phase3_starts_from_the_registr
     run = client.create_run(client.get_experiment_by_name("reg").experiment_id).info.run_id
     tracker = Tracker(uri=store, experiment="reg")
     ckpt = Path(ckpt1["checkpoint"])
-    worse = tracker.register_adapter(run, ckpt, {"mse": 9.9, "cosine": 0.0}, {"phase": "phase1"})
-    assert not tracker.promote(
+    registry = Registry(tracker)
+    worse = registry.register_adapter(run, ckpt, {"mse": 9.9, "cosine": 0.0}, {"phase": "phase1"})
+    assert not registry.promote(
         name, worse.version, "mse", 0.0, higher_is_better=False, scope="-phase1"
     ).promoted
     assert client.get_registered_model(name).aliases["champion-phase1"] == 1

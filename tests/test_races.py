@@ -21,6 +21,7 @@ CHILD = textwrap.dedent(
     import json, sys, time
     from pathlib import Path
 
+    from alad.registry import Registry
     from alad.tracking import Tracker
 
     uri, name, barrier, me = sys.argv[1], sys.argv[2], Path(sys.argv[4]), sys.argv[5]
@@ -34,22 +35,23 @@ CHILD = textwrap.dedent(
                 sys.exit(f"barrier {step}: the other process never came")
             time.sleep(0.01)
 
-    slow_read = Tracker._alias
+    slow_read = Registry._alias
     def _alias(self, model, alias):  # widen the read-then-write window of the gate
         found = slow_read(self, model, alias)
         if alias == "champion":
             time.sleep(0.5)
         return found
-    Tracker._alias = _alias
+    Registry._alias = _alias
 
     wait("open")
     tracker = Tracker(uri=uri, experiment="race")        # fresh store: both create tables
-    tracker._ensure_registered_model(name, {"task": "ner"}, "race")
+    registry = Registry(tracker)
+    registry._ensure_registered_model(name, {"task": "ner"}, "race")
     version = tracker.client.create_model_version(
         name, "file:///nowhere", tags={"alad.status": "ready", "val.main": repr(score)}
     ).version
     wait("promote")
-    decision = tracker.promote(name, str(version), "main", 0.0)
+    decision = registry.promote(name, str(version), "main", 0.0)
     print(json.dumps({"version": str(version), "score": score, "promoted": decision.promoted,
                       "reason": decision.reason}))
     """

@@ -70,10 +70,13 @@ def test_registered_champion_tags_raw_sentences(tracker, tiny_models, tmp_path, 
 
     model_dir = train_tiny_model(tmp_path, tiny_models)
     parent = tracker.start_phase(None, "pipeline")
-    info = tracker.register(
+    from alad.registry import Registry
+
+    registry = Registry(tracker)
+    info = registry.register(
         parent, model_dir, "ner", "tiny:bert", {"main": 0.5}, {"git_commit": "abc"}
     )
-    assert tracker.promote(info.name, info.version, "main", 0.0).promoted
+    assert registry.promote(info.name, info.version, "main", 0.0).promoted
     # models:/ URIs resolve through the global tracking URI; restore sys.path afterwards, as
     # loading prepends the model's code/ folder to it.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracker.uri)

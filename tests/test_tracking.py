@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 from test_serving import train_tiny_model
 
+import alad.registry as registry_mod
 import alad.tracking as tracking
-from alad.tracking import RegistryError, ServicesDown, Tracker
+from alad.errors import RegistryError
+from alad.registry import Registry
+from alad.tracking import ServicesDown, Tracker
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +109,7 @@ def test_phase_run_ends_failed_and_reraises(tracker):
 
 def _register(tracker: Tracker, model_dir: Path, main: float, compressed: str):
     parent = tracker.start_phase(None, "pipeline")
-    return tracker.register(
+    return Registry(tracker).register(
         parent,
         model_dir,
         "ner",
@@ -130,11 +133,11 @@ def test_promotion_gate_previous_alias_and_rollback(tracker, model_dir):
     assert tags["git_commit"] == "abc123" and "val.per_tag.LOC" not in tags
     assert client.get_run(v1.run_id).data.tags["mlflow.parentRunId"]
 
-    first = tracker.promote(v1.name, "1", "main", margin=0.02)
+    first = Registry(tracker).promote(v1.name, "1", "main", margin=0.02)
     assert first.promoted and first.previous is None and "first" in first.reason
 
     v2 = _register(tracker, model_dir, 0.51, "tiny:gate")  # better, but by less than the margin
-    worse = tracker.promote(v2.name, v2.version, "main", margin=0.02)
+    worse = Registry(tracker).promote(v2.name, v2.version, "main", margin=0.02)
     assert not worse.promoted and worse.previous == "1"
     tags = client.get_model_version(v2.name, "2").tags
     assert tags["alad.promotion"] == "rejected"
@@ -142,23 +145,23 @@ def test_promotion_gate_previous_alias_and_rollback(tracker, model_dir):
     assert _aliases(tracker, v1.name) == {"champion": "1"}
 
     v3 = _register(tracker, model_dir, 0.60, "tiny:gate")
-    better = tracker.promote(v3.name, v3.version, "main", margin=0.02)
+    better = Registry(tracker).promote(v3.name, v3.version, "main", margin=0.02)
     assert better.promoted and better.previous == "1"
     assert _aliases(tracker, v1.name) == {"champion": "3", "previous": "1"}
     assert client.get_model_version(v3.name, "3").tags["alad.promotion"] == "promoted"
 
-    assert tracker.rollback(v1.name) == "1"
+    assert Registry(tracker).rollback(v1.name) == "1"
     assert _aliases(tracker, v1.name) == {"champion": "1"}  # v1 had no champion before it
     assert client.get_model_version(v3.name, "3").tags["alad.promotion"] == "rolled_back"
     with pytest.raises(RegistryError, match="no @previous"):
-        tracker.rollback(v1.name)
+        Registry(tracker).rollback(v1.name)
 
 
 def test_an_equal_score_does_not_take_the_champion_alias(tracker, model_dir):
     v1 = _register(tracker, model_dir, 0.70, "tiny:equal")
     v2 = _register(tracker, model_dir, 0.70, "tiny:equal")
-    assert tracker.promote(v1.name, v1.version, "main", margin=0.0).promoted
-    tie = tracker.promote(v2.name, v2.version, "main", margin=0.0)
+    assert Registry(tracker).promote(v1.name, v1.version, "main", margin=0.0).promoted
+    tie = Registry(tracker).promote(v2.name, v2.version, "main", margin=0.0)
     assert not tie.promoted and "is no gain over" in tie.reason
     assert _aliases(tracker, v1.name) == {"champion": "1"}
 
@@ -167,11 +170,13 @@ def test_lower_is_better_and_repeated_rollback_walks_back(tracker, model_dir):
     versions = [_register(tracker, model_dir, loss, "tiny:loss") for loss in (0.9, 0.5, 0.3)]
     name = versions[0].name
     for v in versions:
-        assert tracker.promote(name, v.version, "main", 0.1, higher_is_better=False).promoted
+        assert (
+            Registry(tracker).promote(name, v.version, "main", 0.1, higher_is_better=False).promoted
+        )
     assert _aliases(tracker, name) == {"champion": "3", "previous": "2"}
-    assert tracker.rollback(name) == "2"
+    assert Registry(tracker).rollback(name) == "2"
     assert _aliases(tracker, name) == {"champion": "2", "previous": "1"}
-    assert tracker.rollback(name) == "1"
+    assert Registry(tracker).rollback(name) == "1"
     assert _aliases(tracker, name) == {"champion": "1"}
 
 
@@ -179,19 +184,19 @@ def test_half_registered_version_is_marked_failed_and_never_promoted(
     tracker, model_dir, monkeypatch
 ):
     v1 = _register(tracker, model_dir, 0.50, "tiny:fail")
-    assert tracker.promote(v1.name, v1.version, "main", 0.0).promoted
+    assert Registry(tracker).promote(v1.name, v1.version, "main", 0.0).promoted
 
     def breaks(*args, **kwargs):
         raise RuntimeError("store went away")
 
-    monkeypatch.setattr(tracking, "version_tags", breaks)  # fails after the version exists
+    monkeypatch.setattr(registry_mod, "version_tags", breaks)  # fails after the version exists
     with pytest.raises(RuntimeError, match="store went away"):
         _register(tracker, model_dir, 0.99, "tiny:fail")
     monkeypatch.undo()
     failed = tracker.client.get_model_version(v1.name, "2")
     assert failed.tags["alad.status"] == "failed"
     assert tracker.client.get_run(failed.run_id).info.status == "FAILED"
-    decision = tracker.promote(v1.name, "2", "main", 0.0)
+    decision = Registry(tracker).promote(v1.name, "2", "main", 0.0)
     assert not decision.promoted and "failed" in decision.reason
     assert _aliases(tracker, v1.name) == {"champion": "1"}
 
@@ -199,14 +204,14 @@ def test_half_registered_version_is_marked_failed_and_never_promoted(
 def test_promote_on_an_unknown_metric_names_the_known_ones(tracker, model_dir):
     v = _register(tracker, model_dir, 0.5, "tiny:metric")
     with pytest.raises(RegistryError, match=r"val\.f1.*val\.f1_micro.*val\.main"):
-        tracker.promote(v.name, v.version, "f1", 0.0)
+        Registry(tracker).promote(v.name, v.version, "f1", 0.0)
 
 
 def test_rollback_without_previous_is_a_clear_error(tracker, model_dir):
     v = _register(tracker, model_dir, 0.5, "tiny:solo")
-    tracker.promote(v.name, v.version, "main", 0.0)
+    Registry(tracker).promote(v.name, v.version, "main", 0.0)
     with pytest.raises(RegistryError, match="no @previous version to roll back to"):
-        tracker.rollback(v.name)
+        Registry(tracker).rollback(v.name)
 
 
 def test_unreachable_server_is_services_down():
@@ -237,7 +242,7 @@ def test_default_store_is_sqlite_under_mlflow(tmp_path, monkeypatch):
     ],
 )
 def test_model_name_is_a_slug(compressed, name):
-    assert tracking.model_name("ner", compressed) == name
+    assert registry_mod.model_name("ner", compressed) == name
 
 
 def test_params_are_flat_strings_cut_to_mlflow_limit():

@@ -102,7 +102,7 @@ def build_model(
             if str(cfg.init).startswith(("models:/", "runs:/")):
                 raise ConfigError(
                     f"phase3.init={cfg.init} is a registry URI: resolve it to a folder first "
-                    "(alad.tracking.resolve_adapter; `alad finetune` and the pipeline do)"
+                    "(alad.registry.resolve_adapter; `alad finetune` and the pipeline do)"
                 )
             init = Path(cfg.init)
             ckpt = load_checkpoint(init)
