@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
@@ -257,3 +258,106 @@ def prefect_server():
     # Start-up takes 10-13 s on this 2-core machine; the default 30 s is too tight under load.
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+# -- shared builders (tests import these from conftest, never from another test module) --
+
+ENTITY = {"city": "LOC", "river": "LOC", "king": "PER", "queen": "PER", "team": "ORG"}
+
+
+def write_bio(path, n, seed):
+    """Learnable toy NER: ENTITY words are B-x, a following 'north'/'south' is I-x."""
+    rng = random.Random(seed)
+    words = [w for w in WORDS if w.isalpha()]
+    # Every label in a few sentences, so any 80% training slice has the whole label set.
+    every = [
+        "team\tB-ORG",
+        "north\tI-ORG",
+        "king\tB-PER",
+        "south\tI-PER",
+        "city\tB-LOC",
+        "north\tI-LOC",
+        "the\tO",
+        "",
+    ]
+    lines = every * 6
+    for _ in range(n):
+        tags_prev = "O"
+        for _ in range(rng.randint(3, 10)):
+            w = rng.choice(words)
+            if w in ENTITY:
+                tag = f"B-{ENTITY[w]}"
+            elif w in ("north", "south") and tags_prev != "O":
+                tag = f"I-{tags_prev[2:]}"
+            else:
+                tag = "O"
+            lines.append(f"{w}\t{tag}")
+            tags_prev = tag
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_squad(path, n, seed):
+    """Toy SQuAD 2.0: 'who was born in the city ?' -> the PER word; half unanswerable."""
+    rng = random.Random(seed)
+    paragraphs = []
+    for i in range(n):
+        person, place = rng.choice(["king", "queen"]), rng.choice(["city", "river"])
+        filler = " ".join(rng.choice(["the", "great", "old", "new", "art"]) for _ in range(8))
+        context = f"{filler} the {person} was born in the {place} . {filler}"
+        answerable = i % 2 == 0
+        question = "who was born in the city ?" if answerable else "who wrote the book ?"
+        start = context.index(f"the {person}") + 4
+        qa = {
+            "id": f"q{i}",
+            "question": question,
+            "is_impossible": not answerable,
+            "answers": [{"text": person, "answer_start": start}] if answerable else [],
+        }
+        paragraphs.append({"context": context, "qas": [qa]})
+    path.write_text(
+        json.dumps({"version": "v2.0", "data": [{"title": "t", "paragraphs": paragraphs}]})
+    )
+    return path
+
+
+def finetune_settings(tiny_settings, tmp_path, n_train=60, **phase3):
+    train = write_bio(tmp_path / "train.tsv", n_train, 1)
+    base = {
+        "train": str(train),
+        "dev": str(write_bio(tmp_path / "dev.tsv", 12, 2)),
+        "test": str(write_bio(tmp_path / "test.tsv", 12, 3)),
+        "epochs": 2,
+        "lr": 3e-3,
+        "max_train_examples": None,
+    }
+    p3 = tiny_settings.phase3.model_copy(update={**base, **phase3})
+    return tiny_settings.model_copy(update={"phase3": p3})
+
+
+def train_tiny_model(root: Path, tiny_models: tuple[Path, Path]) -> Path:
+    """Phase 3 (alad-frozen, 1 epoch) on the in-test models; returns the saved model folder."""
+    from alad.config import load_settings
+    from alad.phases.finetune import finetune
+
+    compressed, large = tiny_models
+    settings = load_settings(
+        params=None,
+        profile="tiny",
+        overrides={
+            "models": {"compressed": str(compressed), "large": str(large)},
+            "runs_dir": str(root / "runs"),
+            "cache": {"dir": str(root / "features")},
+            "phase3": {
+                "task": "ner",
+                "mode": "alad-frozen",
+                "train": str(write_bio(root / "train.tsv", 40, 1)),
+                "dev": str(write_bio(root / "dev.tsv", 8, 2)),
+                "test": str(write_bio(root / "test.tsv", 8, 3)),
+                "epochs": 1,
+                "lr": 3e-3,
+            },
+        },
+    )
+    return finetune(settings, out=root / "ner", progress=False).model_dir

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import interrupt_on_call, tiny_sentences
-from phases.test_finetune import write_bio, write_conllu, write_squad
+from conftest import interrupt_on_call, tiny_sentences, write_bio, write_conllu, write_squad
 from safetensors.torch import save_file
 
 import alad.phases.finetune as ft_mod

@@ -21,8 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import tiny_sentences
-from phases.test_finetune import write_bio
+from conftest import tiny_sentences, write_bio
 
 from alad.config import Settings, load_settings
 from alad.pipeline import STAGES

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from phases.test_finetune import write_bio
+from conftest import write_bio
 
 from alad.pipeline import STAGES, Layout, run_pipeline
 

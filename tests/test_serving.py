@@ -2,58 +2,13 @@
 
 from __future__ import annotations
 
-import random
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import WORDS
+from conftest import train_tiny_model
 
 from alad.serving import as_frame, predict_frame
-
-ENTITY = {"city": "LOC", "river": "LOC", "king": "PER", "queen": "PER", "team": "ORG"}
-
-
-def write_bio(path: Path, n: int, seed: int) -> Path:
-    """Toy NER (as in tests/phases/test_finetune.py): ENTITY words are B-x, all else O."""
-    rng = random.Random(seed)
-    words = [w for w in WORDS if w.isalpha()]
-    lines = []
-    for _ in range(n):
-        for _ in range(rng.randint(3, 10)):
-            w = rng.choice(words)
-            lines.append(f"{w}\t{'B-' + ENTITY[w] if w in ENTITY else 'O'}")
-        lines.append("")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def train_tiny_model(root: Path, tiny_models: tuple[Path, Path]) -> Path:
-    """Phase 3 (alad-frozen, 1 epoch) on the in-test models; returns the saved model folder."""
-    from alad.config import load_settings
-    from alad.phases.finetune import finetune
-
-    compressed, large = tiny_models
-    settings = load_settings(
-        params=None,
-        profile="tiny",
-        overrides={
-            "models": {"compressed": str(compressed), "large": str(large)},
-            "runs_dir": str(root / "runs"),
-            "cache": {"dir": str(root / "features")},
-            "phase3": {
-                "task": "ner",
-                "mode": "alad-frozen",
-                "train": str(write_bio(root / "train.tsv", 40, 1)),
-                "dev": str(write_bio(root / "dev.tsv", 8, 2)),
-                "test": str(write_bio(root / "test.tsv", 8, 3)),
-                "epochs": 1,
-                "lr": 3e-3,
-            },
-        },
-    )
-    return finetune(settings, out=root / "ner", progress=False).model_dir
 
 
 @pytest.fixture

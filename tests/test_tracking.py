@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from test_serving import train_tiny_model
+from conftest import train_tiny_model
 
 import alad.registry as registry_mod
 import alad.tracking as tracking

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "flows"))
 def test_flow_runs_every_stage_as_a_task_and_returns_run_ids(
     prefect_server, tiny_settings, tmp_path, monkeypatch
 ):
-    from phases.test_finetune import write_bio
+    from conftest import write_bio
     from pipeline import alad_pipeline
     from prefect.client.orchestration import get_client
 

@@ -7,7 +7,12 @@ import random
 
 import pytest
 import torch
-from conftest import WORDS, interrupt_on_call, write_conllu
+from conftest import (
+    finetune_settings,
+    interrupt_on_call,
+    write_conllu,
+    write_squad,
+)
 
 import alad.phases.finetune as ft_mod
 from alad.checkpoint import CheckpointError
@@ -17,63 +22,14 @@ from alad.model import load_model
 from alad.models.catalog import load_encoder
 from alad.phases.align import phase2_task_align
 from alad.phases.finetune import finetune
+from alad.phases.modes import MODES
 from alad.pipeline import finetune_and_test
 from alad.predict import Predictor
-
-MODES = ["large", "compressed", "alad-frozen", "alad-joint", "lora", "lora-alad"]
-ENTITY = {"city": "LOC", "river": "LOC", "king": "PER", "queen": "PER", "team": "ORG"}
-
-
-def write_bio(path, n, seed):
-    """Learnable toy NER: ENTITY words are B-x, a following 'north'/'south' is I-x."""
-    rng = random.Random(seed)
-    words = [w for w in WORDS if w.isalpha()]
-    # Every label in a few sentences, so any 80% training slice has the whole label set.
-    every = [
-        "team\tB-ORG",
-        "north\tI-ORG",
-        "king\tB-PER",
-        "south\tI-PER",
-        "city\tB-LOC",
-        "north\tI-LOC",
-        "the\tO",
-        "",
-    ]
-    lines = every * 6
-    for _ in range(n):
-        tags_prev = "O"
-        for _ in range(rng.randint(3, 10)):
-            w = rng.choice(words)
-            if w in ENTITY:
-                tag = f"B-{ENTITY[w]}"
-            elif w in ("north", "south") and tags_prev != "O":
-                tag = f"I-{tags_prev[2:]}"
-            else:
-                tag = "O"
-            lines.append(f"{w}\t{tag}")
-            tags_prev = tag
-        lines.append("")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _settings(tiny_settings, tmp_path, n_train=60, **phase3):
-    train = write_bio(tmp_path / "train.tsv", n_train, 1)
-    base = {
-        "train": str(train),
-        "dev": str(write_bio(tmp_path / "dev.tsv", 12, 2)),
-        "test": str(write_bio(tmp_path / "test.tsv", 12, 3)),
-        "epochs": 2,
-        "lr": 3e-3,
-        "max_train_examples": None,
-    }
-    p3 = tiny_settings.phase3.model_copy(update={**base, **phase3})
-    return tiny_settings.model_copy(update={"phase3": p3})
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_each_mode_trains_saves_and_reloads_identically(mode, tiny_settings, tmp_path):
-    s = _settings(tiny_settings, tmp_path, mode=mode)
+    s = finetune_settings(tiny_settings, tmp_path, mode=mode)
     result = finetune_and_test(s, out=tmp_path / mode, progress=False)
     manifest = json.loads((result.model_dir / "manifest.json").read_text())
     assert manifest["mode"] == mode and manifest["labels"][0] == "O"
@@ -90,7 +46,7 @@ def test_each_mode_trains_saves_and_reloads_identically(mode, tiny_settings, tmp
 
 
 def test_frozen_mode_leaves_the_compressed_model_untouched(tiny_settings, tmp_path):
-    s = _settings(tiny_settings, tmp_path, mode="alad-frozen")
+    s = finetune_settings(tiny_settings, tmp_path, mode="alad-frozen")
     from alad.models.catalog import load_encoder
 
     before = {k: v.clone() for k, v in load_encoder(s.models.compressed).model.state_dict().items()}
@@ -101,14 +57,16 @@ def test_frozen_mode_leaves_the_compressed_model_untouched(tiny_settings, tmp_pa
 
 
 def test_joint_mode_learns_the_toy_task(tiny_settings, tmp_path):
-    s = _settings(tiny_settings, tmp_path, n_train=300, mode="alad-joint", epochs=5, lr=3e-3)
+    s = finetune_settings(
+        tiny_settings, tmp_path, n_train=300, mode="alad-joint", epochs=5, lr=3e-3
+    )
     result = finetune(s, out=tmp_path / "joint", progress=False)
     assert result.dev["f1_micro"] > 0.5, result.history
 
 
 def test_phase3_starts_from_a_phase2_adapter_and_checks_its_fit(tiny_settings, tmp_path):
     p2 = phase2_task_align(tiny_settings, progress=False)
-    s = _settings(tiny_settings, tmp_path, mode="alad-frozen", init=p2.checkpoint)
+    s = finetune_settings(tiny_settings, tmp_path, mode="alad-frozen", init=p2.checkpoint)
     result = finetune(s, out=tmp_path / "init", progress=False)
     assert json.loads((result.model_dir / "manifest.json").read_text())["init"] == str(
         p2.checkpoint
@@ -119,7 +77,7 @@ def test_phase3_starts_from_a_phase2_adapter_and_checks_its_fit(tiny_settings, t
 
 
 def test_unseen_eval_label_is_an_error_naming_the_file(tiny_settings, tmp_path):
-    s = _settings(tiny_settings, tmp_path, mode="alad-frozen")
+    s = finetune_settings(tiny_settings, tmp_path, mode="alad-frozen")
     (tmp_path / "odd.tsv").write_text("king\tB-ROYAL\n\n")
     s = s.model_copy(
         update={"phase3": s.phase3.model_copy(update={"test": str(tmp_path / "odd.tsv")})}
@@ -129,7 +87,7 @@ def test_unseen_eval_label_is_an_error_naming_the_file(tiny_settings, tmp_path):
 
 
 def test_interrupted_finetune_resumes_after_the_last_epoch(tiny_settings, tmp_path, monkeypatch):
-    s = _settings(tiny_settings, tmp_path, mode="alad-frozen", epochs=3)
+    s = finetune_settings(tiny_settings, tmp_path, mode="alad-frozen", epochs=3)
     real = ft_mod._train_epoch
     dies_in_epoch_3 = interrupt_on_call(real, 3)
     calls = dies_in_epoch_3.calls
@@ -157,43 +115,19 @@ def test_pos_task_scores_per_word(tiny_settings, tmp_path):
         "epochs": 8,
         "lr": 3e-3,
     }
-    s = _settings(tiny_settings, tmp_path, **p3)
+    s = finetune_settings(tiny_settings, tmp_path, **p3)
     result = finetune_and_test(s, out=tmp_path / "pos", progress=False)
     assert result.test["accuracy"] > 0.5
     assert f"{100 * result.test['accuracy']:.1f}" in result.test["table_row"]
 
 
 def test_int8_encoder_cannot_be_trained(tiny_settings, tmp_path):
-    s = _settings(tiny_settings, tmp_path, mode="alad-joint")
+    s = finetune_settings(tiny_settings, tmp_path, mode="alad-joint")
     s = s.model_copy(
         update={"models": s.models.model_copy(update={"compressed": s.models.compressed + ":int8"})}
     )
     with pytest.raises(ConfigError, match="int8"):
         finetune(s, out=tmp_path / "q", progress=False)
-
-
-def write_squad(path, n, seed):
-    """Toy SQuAD 2.0: 'who was born in the city ?' -> the PER word; half unanswerable."""
-    rng = random.Random(seed)
-    paragraphs = []
-    for i in range(n):
-        person, place = rng.choice(["king", "queen"]), rng.choice(["city", "river"])
-        filler = " ".join(rng.choice(["the", "great", "old", "new", "art"]) for _ in range(8))
-        context = f"{filler} the {person} was born in the {place} . {filler}"
-        answerable = i % 2 == 0
-        question = "who was born in the city ?" if answerable else "who wrote the book ?"
-        start = context.index(f"the {person}") + 4
-        qa = {
-            "id": f"q{i}",
-            "question": question,
-            "is_impossible": not answerable,
-            "answers": [{"text": person, "answer_start": start}] if answerable else [],
-        }
-        paragraphs.append({"context": context, "qas": [qa]})
-    path.write_text(
-        json.dumps({"version": "v2.0", "data": [{"title": "t", "paragraphs": paragraphs}]})
-    )
-    return path
 
 
 def test_qa_task_trains_evaluates_and_answers(tiny_settings, tmp_path):
@@ -208,7 +142,7 @@ def test_qa_task_trains_evaluates_and_answers(tiny_settings, tmp_path):
         "max_length": 32,
         "stride": 8,
     }
-    s = _settings(tiny_settings, tmp_path, **p3)
+    s = finetune_settings(tiny_settings, tmp_path, **p3)
     result = finetune_and_test(s, out=tmp_path / "qa", progress=False)
     for key in ("exact", "f1", "HasAns_total", "NoAns_total"):
         assert key in result.test
@@ -244,7 +178,7 @@ def test_frozen_mode_runs_the_encoder_once_and_matches_uncached(tiny_settings, t
     calls = {"n": 0}
     results = {}
     for cached in (True, False, "again"):
-        s = _settings(
+        s = finetune_settings(
             tiny_settings, tmp_path, mode="alad-frozen", epochs=3, cache_frozen=bool(cached)
         )
         encoders = (load_encoder(s.models.compressed), load_encoder(s.models.large))
@@ -294,7 +228,7 @@ def test_evaluate_writes_predictions_the_official_scorers_read(tiny_settings, tm
     from alad.phases.evaluate import evaluate_model
 
     # NER: conlleval's `word gold predicted` lines score the same F1 as the report
-    s = _settings(tiny_settings, tmp_path, mode="compressed")
+    s = finetune_settings(tiny_settings, tmp_path, mode="compressed")
     model = finetune(s, out=tmp_path / "ner", progress=False).model_dir
     report = evaluate_model(model, s.phase3.test, predictions=tmp_path / "p-ner")
     blocks = (tmp_path / "p-ner" / "predictions.txt").read_text().strip().split("\n\n")
@@ -310,7 +244,7 @@ def test_evaluate_writes_predictions_the_official_scorers_read(tiny_settings, tm
         "dev": str(write_conllu(tmp_path / "d.conllu", 6, 2)),
         "test": str(write_conllu(tmp_path / "e.conllu", 8, 3)),
     }
-    s = _settings(tiny_settings, tmp_path, mode="compressed", **p3)
+    s = finetune_settings(tiny_settings, tmp_path, mode="compressed", **p3)
     model = finetune(s, out=tmp_path / "pos", progress=False).model_dir
     report = evaluate_model(model, p3["test"], predictions=tmp_path / "p-pos")
     g = read_conllu(tmp_path / "p-pos" / "gold.conllu")
@@ -328,7 +262,7 @@ def test_evaluate_writes_predictions_the_official_scorers_read(tiny_settings, tm
         "max_length": 32,
         "stride": 8,
     }
-    s = _settings(tiny_settings, tmp_path, mode="compressed", **p3)
+    s = finetune_settings(tiny_settings, tmp_path, mode="compressed", **p3)
     model = finetune(s, out=tmp_path / "qa", progress=False).model_dir
     report = evaluate_model(model, p3["test"], predictions=tmp_path / "p-qa")
     answers = json.loads((tmp_path / "p-qa" / "predictions.json").read_text())

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import finetune_settings as _settings
 from conftest import interrupt_on_call
-from phases.test_finetune import _settings
 
 import alad.phases.finetune as ft_mod
 from alad.model import load_model
