@@ -39,6 +39,7 @@ from alad.heads import TokenClassificationHead
 from alad.model import AlignedModel
 from alad.models.catalog import Encoder, load_encoder
 from alad.phases.align import AlignData, run_alignment
+from alad.runtime import CPU, Runtime
 from alad.timing import best_of
 
 
@@ -173,17 +174,33 @@ def candidates(
 
 @torch.no_grad()
 def measure_latency(
-    models: Sequence[Candidate], batches: Sequence[int], tokens: int, k: int, seed: int = 0
+    models: Sequence[Candidate],
+    batches: Sequence[int],
+    tokens: int,
+    k: int,
+    seed: int = 0,
+    runtime: Runtime = CPU,
 ) -> dict[tuple[int, int], float]:
     """Best-of-k seconds per (index into `models`, batch size) of one forward pass over a batch
-    of `tokens` random ordinary tokens (full attention mask); everything alternates."""
+    of `tokens` random ordinary tokens (full attention mask); everything alternates. On
+    `runtime`'s device and precision; a GPU is synchronised so the time includes its work."""
     gen = torch.Generator().manual_seed(seed)
+    device = runtime.device
+
+    def forward(m: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> None:
+        with runtime.autocast():
+            m(ids, mask)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     calls = {}
     for i, cand in enumerate(models):
+        cand.model.to(device)
         for batch in batches:
             pick = torch.randint(len(cand.token_ids), (batch, tokens), generator=gen)
-            ids, mask = cand.token_ids[pick], torch.ones(batch, tokens, dtype=torch.long)
-            calls[(i, batch)] = lambda m=cand.model, ids=ids, mask=mask: m(ids, mask)
+            ids = cand.token_ids[pick].to(device)
+            mask = torch.ones(batch, tokens, dtype=torch.long, device=device)
+            calls[(i, batch)] = lambda m=cand.model, ids=ids, mask=mask: forward(m, ids, mask)
     return best_of(calls, k)
 
 
@@ -236,6 +253,7 @@ def bench_latency(
     k: int = 5,
     hidden: int = 1280,
     out: Path | None = Path("results/latency.json"),
+    runtime: Runtime = CPU,
 ) -> dict[str, Any]:
     """Time every candidate in this process, print the table, write `out` (atomically)."""
     from alad.tracking import git_commit
@@ -246,7 +264,8 @@ def bench_latency(
         f"bench latency: {len(models)} models x batches {list(batches)} x {tokens} tokens, "
         f"best of {k}, {torch.get_num_threads()} threads, load {load_before[0]:.2f}"
     )
-    rows = latency_rows(models, measure_latency(models, batches, tokens, k), tokens)
+    seconds = measure_latency(models, batches, tokens, k, runtime=runtime)
+    rows = latency_rows(models, seconds, tokens)
     load_after = os.getloadavg()
     report = {
         "large": large,
@@ -262,6 +281,8 @@ def bench_latency(
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
+            "device": str(runtime.device),
+            "precision": runtime.precision,
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in load_after],
         },

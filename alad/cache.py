@@ -454,9 +454,12 @@ class FrozenOutputs:
             for b, i in enumerate(batch):
                 ids[b, : len(rows[i])] = torch.tensor(rows[i])
                 mask[b, : len(rows[i])] = 1
-            out = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-            for b, i in enumerate(batch):
-                pieces[i] = out[b, : len(rows[i])].to(torch.float16)
+            device = next(self.encoder.parameters()).device
+            out = self.encoder(
+                input_ids=ids.to(device), attention_mask=mask.to(device)
+            ).last_hidden_state
+            for b, i in enumerate(batch):  # stored from the CPU: the same file for every device
+                pieces[i] = out[b, : len(rows[i])].to(torch.float16).cpu()
         lengths = torch.tensor([len(r) for r in rows], dtype=torch.int64)
         return torch.cat(pieces).contiguous(), lengths
 

@@ -80,7 +80,7 @@ def save_checkpoint(
     final = out / name
     tmp = tmp_dir(final)
     try:
-        state = {k: v.detach().contiguous() for k, v in adapter.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in adapter.state_dict().items()}
         save_file(state, tmp / "adapter.safetensors")
         if trainer_state is not None:
             torch.save(trainer_state, tmp / "trainer.pt")

@@ -48,11 +48,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         for flag, key in SHORTCUTS.items()
         if getattr(args, flag, None) is not None
     ]
-    settings = load_settings(args.params, args.profile, shortcuts + (args.set or []))
-    from alad.runtime import warn_unsupported
-
-    warn_unsupported(settings.runtime)
-    return settings
+    return load_settings(args.params, args.profile, shortcuts + (args.set or []))
 
 
 def cmd_models_list(args: argparse.Namespace) -> None:
@@ -135,8 +131,12 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from alad.metrics import table_header
     from alad.phases.evaluate import evaluate_model
+    from alad.runtime import Runtime
 
-    report = evaluate_model(args.model, args.test, speed=args.speed, predictions=args.predictions)
+    runtime = Runtime.from_config(_settings(args).runtime)
+    report = evaluate_model(
+        args.model, args.test, speed=args.speed, predictions=args.predictions, runtime=runtime
+    )
     if args.json:
         write_json(report, args.json)
     print(table_header(report["task"]))
@@ -145,8 +145,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from alad.predict import Predictor
+    from alad.runtime import Runtime
 
-    predictor = Predictor(args.model)
+    predictor = Predictor(args.model, Runtime.from_config(_settings(args).runtime))
     if args.question:
         answer = predictor.answer([(args.question, args.context or "")])[0]
         print(answer if answer else "(no answer)")
@@ -217,6 +218,7 @@ def _ints(text: str) -> list[int]:
 
 def cmd_bench_latency(args: argparse.Namespace) -> None:
     from alad.bench import bench_latency
+    from alad.runtime import Runtime
 
     settings = _settings(args)
     bench_latency(
@@ -228,6 +230,7 @@ def cmd_bench_latency(args: argparse.Namespace) -> None:
         k=args.k,
         hidden=args.hidden or settings.adapter.hidden,
         out=args.out,
+        runtime=Runtime.from_config(settings.runtime),
     )
 
 

@@ -10,6 +10,7 @@ never loads the training code.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -18,19 +19,30 @@ import torch
 from alad.heads import build_head
 from alad.model import AlignedModel, phase3_config
 from alad.models.catalog import Encoder
+from alad.runtime import Runtime
 from alad.tasks import TASKS, Task
 from alad.timing import best_of
 
 
 @torch.no_grad()
 def predict_outputs(
-    model: AlignedModel, task: Task, feats: Any, batch_size: int, pad_id: int
+    model: AlignedModel,
+    task: Task,
+    feats: Any,
+    batch_size: int,
+    pad_id: int,
+    runtime: Runtime | None = None,
 ) -> list[torch.Tensor]:
-    """Logits per feature row (padding stripped), in row order."""
+    """fp32 CPU logits per feature row (padding stripped), in row order; computed on the model's
+    device, in `runtime`'s precision (fp32 without one)."""
     model.eval()
+    device = model.device
+    cast = runtime.autocast() if runtime is not None else contextlib.nullcontext()
     outputs: list[torch.Tensor] = []
     for batch in task.batches(feats, batch_size, pad_id):
-        logits = model(batch["input_ids"], batch["attention_mask"])
+        with cast:
+            logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        logits = logits.float().cpu()
         lengths = batch["attention_mask"].sum(1).tolist()
         outputs.extend(logits[i, : lengths[i]] for i in range(len(lengths)))
     return outputs
@@ -44,12 +56,23 @@ def forward_seconds(
     model.eval()
     n = min(rows, task.num_rows(feats))
     order = sorted(range(task.num_rows(feats)), key=lambda i: len(feats.input_ids[i]))[:n]
-    batches = list(task.batches(feats, batch_size, pad_id, order))
-    model(batches[0]["input_ids"], batches[0]["attention_mask"])  # warm-up
+    device = next(model.parameters()).device
+    batches = [
+        (b["input_ids"].to(device), b["attention_mask"].to(device))
+        for b in task.batches(feats, batch_size, pad_id, order)
+    ]
+    model(*batches[0])  # warm-up
+    _sync(device)
     t0 = time.perf_counter()
-    for b in batches:
-        model(b["input_ids"], b["attention_mask"])
+    for ids, mask in batches:
+        model(ids, mask)
+    _sync(device)  # a GPU returns before it has finished
     return time.perf_counter() - t0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def measure_speed(

@@ -61,10 +61,14 @@ class AlignedModel(nn.Module):
             self.encoder.eval()
         return self
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         trains_encoder = self.training and any(p.requires_grad for p in self.encoder.parameters())
         if self.frozen_outputs is not None and not trains_encoder:
-            hidden = self.frozen_outputs(input_ids, attention_mask)
+            hidden = self.frozen_outputs(input_ids, attention_mask).to(input_ids.device)
             return self.adapter(hidden, attention_mask) if self.adapter is not None else hidden
         with torch.set_grad_enabled(torch.is_grad_enabled() and trains_encoder):
             hidden = self.encoder(
@@ -103,11 +107,11 @@ def save_model(
         tokenizer.save_pretrained(tmp / "encoder")
         if model.adapter is not None:
             save_file(
-                {k: v.contiguous() for k, v in model.adapter.state_dict().items()},
+                {k: v.cpu().contiguous() for k, v in model.adapter.state_dict().items()},
                 tmp / "adapter.safetensors",
             )
         save_file(
-            {k: v.contiguous() for k, v in model.head.state_dict().items()},
+            {k: v.cpu().contiguous() for k, v in model.head.state_dict().items()},
             tmp / "head.safetensors",
         )
         full = {
@@ -164,8 +168,11 @@ def phase3_config(manifest: dict[str, Any]) -> Phase3Config:
         raise ModelFolderError(f"model manifest.json: {where}: {err['msg']}") from None
 
 
-def load_model(folder: Path) -> tuple[AlignedModel, PreTrainedTokenizerBase, dict[str, Any]]:
-    """Load a saved model in eval mode; needs only this folder (or the catalog for int8)."""
+def load_model(
+    folder: Path, device: torch.device | str = "cpu"
+) -> tuple[AlignedModel, PreTrainedTokenizerBase, dict[str, Any]]:
+    """Load a saved model in eval mode on `device`; needs only this folder (or the catalog for
+    int8, which stays on the CPU: PyTorch's dynamic int8 kernels are CPU-only)."""
     from alad.models.catalog import load_encoder, load_hf_encoder
 
     manifest = read_manifest(folder)
@@ -189,4 +196,7 @@ def load_model(folder: Path) -> tuple[AlignedModel, PreTrainedTokenizerBase, dic
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFolderError(f"{folder / 'manifest.json'}: bad 'head' {h!r} ({exc})") from None
     load_weights(head, folder / "head.safetensors")
-    return AlignedModel(encoder, head, adapter).eval(), tokenizer, manifest
+    model = AlignedModel(encoder, head, adapter).eval()
+    if not manifest.get("encoder_spec"):
+        model = model.to(device)
+    return model, tokenizer, manifest

@@ -12,15 +12,16 @@ from alad.data.readers import QAExample, TaggedSentence
 from alad.errors import UsageError
 from alad.inference import predict_outputs
 from alad.model import load_model, phase3_config
+from alad.runtime import CPU, Runtime
 from alad.tasks import TASKS
 
 
 class Predictor:
     """Loads a saved model folder once; answers many calls."""
 
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
-        self.model, self.tokenizer, self.manifest = load_model(self.folder)
+    def __init__(self, folder: Path, runtime: Runtime = CPU):
+        self.folder, self.runtime = Path(folder), runtime
+        self.model, self.tokenizer, self.manifest = load_model(self.folder, runtime.device)
         self.task = TASKS[self.manifest["task"]]
         self.cfg = phase3_config(self.manifest)
 
@@ -49,7 +50,7 @@ class Predictor:
         placeholder = [TaggedSentence(s.words, (labels[0],) * len(s.words)) for s in sentences]
         feats = self.task.encode(self.tokenizer, placeholder, labels, self.cfg, False)
         outputs = predict_outputs(
-            self.model, self.task, feats, 32, self.tokenizer.pad_token_id or 0
+            self.model, self.task, feats, 32, self.tokenizer.pad_token_id or 0, self.runtime
         )
         tags = self.task.decode(placeholder, feats, outputs, labels, self.cfg)
         return [list(zip(s.words, t, strict=True)) for s, t in zip(sentences, tags, strict=True)]
@@ -64,7 +65,7 @@ class Predictor:
         examples = [QAExample(str(i), q, c) for i, (q, c) in enumerate(pairs)]
         feats = self.task.encode(self.tokenizer, examples, [], self.cfg, False)
         outputs = predict_outputs(
-            self.model, self.task, feats, 32, self.tokenizer.pad_token_id or 0
+            self.model, self.task, feats, 32, self.tokenizer.pad_token_id or 0, self.runtime
         )
         preds = self.task.decode(examples, feats, outputs, [], self.cfg)
         return [preds[e.id] for e in examples]

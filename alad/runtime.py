@@ -13,7 +13,6 @@ always written from CPU tensors, so a cache made on a GPU is read on a CPU and b
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ import torch.distributed as dist
 
 from alad.errors import AladError
 
-log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -133,17 +131,3 @@ class Runtime:
 
 
 CPU = Runtime(torch.device("cpu"))
-
-
-def warn_unsupported(runtime: Any) -> None:
-    """Training and evaluation still run on the CPU in fp32 (issue 10 moves them onto
-    `Runtime`): say so once when the config asks for more, rather than silently ignoring it."""
-    device = resolve_device(runtime.device)
-    if device.type != "cpu" or runtime.precision != "fp32":
-        log.warning(
-            "runtime.device=%s (%s), precision=%s: the phases still train and evaluate on the "
-            "CPU in fp32 in this version (the runtime module is in place, the phases move next)",
-            runtime.device,
-            device,
-            runtime.precision,
-        )

@@ -34,9 +34,14 @@ class AladPyfunc(mlflow.pyfunc.PythonModel):
     """Wraps alad.predict.Predictor; loaded once per process by MLflow."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        from alad.predict import Predictor  # torch/transformers load here, not at unpickling
+        import os
 
-        self.predictor = Predictor(Path(context.artifacts["model"]))
+        from alad.predict import Predictor  # torch/transformers load here, not at unpickling
+        from alad.runtime import Runtime, resolve_device
+
+        # Where it is served: ALAD_RUNTIME__DEVICE (as in the config), else a visible GPU
+        device = resolve_device(os.environ.get("ALAD_RUNTIME__DEVICE", "auto"))
+        self.predictor = Predictor(Path(context.artifacts["model"]), Runtime(device))
 
     # pd.DataFrame is a hint MLflow 3 infers no schema from: the schema comes from the logged
     # input example, and MLflow turns dicts/lists into a DataFrame before calling this.

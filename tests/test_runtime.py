@@ -69,3 +69,19 @@ def test_move_places_tensors_and_leaves_other_values():
     rt = Runtime(torch.device("cpu"))
     moved = rt.move({"input_ids": torch.ones(2, 3, dtype=torch.long), "ids": ["a", "b"]})
     assert moved["input_ids"].device.type == "cpu" and moved["ids"] == ["a", "b"]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_phases_train_under_autocast(precision, tiny_settings, tmp_path):
+    """The same code path a GPU takes with runtime.precision (here on the CPU's autocast)."""
+    from conftest import finetune_settings
+
+    from alad.phases.align import run_alignment
+    from alad.phases.finetune import finetune
+
+    s = finetune_settings(tiny_settings, tmp_path, mode="alad-joint", epochs=1)
+    s = s.model_copy(update={"runtime": s.runtime.model_copy(update={"precision": precision})})
+    aligned = run_alignment(s, "phase1", out=tmp_path / "p1", progress=False)
+    assert aligned.after["mse"] > 0 and all(h["train_mse"] > 0 for h in aligned.history)
+    result = finetune(s, out=tmp_path / "p3", progress=False)
+    assert all(h["train_loss"] > 0 for h in result.history) and 0 <= result.dev["main"] <= 1

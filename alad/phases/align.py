@@ -36,6 +36,7 @@ from alad.data.corpus import load_corpus, sample_split
 from alad.errors import AladError
 from alad.models.catalog import Encoder, load_encoder
 from alad.models.tokens import check_token_alignment
+from alad.runtime import Runtime
 
 log = logging.getLogger(__name__)
 Phase = Literal["phase1", "phase2"]
@@ -89,6 +90,10 @@ def prepare_data(
     m, a = settings.models, settings.adapter
     init_manifest = load_checkpoint(init).manifest if init is not None else None
     compressed, large = load_encoder(m.compressed), load_encoder(m.large)
+    device = Runtime.from_config(settings.runtime).device
+    for enc in (compressed, large):  # extraction on the device; shards are stored from the CPU
+        if "int8" not in enc.name:  # dynamic int8 kernels are CPU-only
+            enc.model.to(device)
     if init_manifest is not None:
         check_fits(init_manifest, compressed.dim, large.dim, a.window, a.hidden, init)
     texts = load_corpus(cfg.corpus)
@@ -134,10 +139,13 @@ def evaluate(
 ) -> dict[str, float]:
     """Held-out MSE, mean token cosine, and the MSE of always predicting the mean R_L."""
     adapter.eval()
+    device = next(adapter.parameters()).device
     sq = cos = tokens = 0.0
     sum_y = sum_y2 = None
     for x, y, mask in paired_batches(*caches, batch_size=batch_size):
-        pred = adapter(x, mask)
+        x, y, mask = x.to(device), y.to(device), mask.to(device)
+        with torch.no_grad():
+            pred = adapter(x, mask)
         real = mask.bool()
         p, t = pred[real], y[real]
         sq += float(((p - t) ** 2).sum())
@@ -224,7 +232,8 @@ def run_alignment(
     cfg: AlignPhaseConfig = getattr(settings, phase)
     out = out or settings.runs_dir / phase
     data = data or prepare_data(settings, phase, progress, init)
-    adapter = _init_adapter(settings, data, init)
+    runtime = Runtime.from_config(settings.runtime)
+    adapter = _init_adapter(settings, data, init).to(runtime.device)
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_epoch, history, tokens_seen, train_seconds = 0, [], 0, 0.0
     before = evaluate(adapter, data.heldout)
@@ -270,6 +279,7 @@ def run_alignment(
             tokens_seen,
             train_seconds,
             progress,
+            runtime,
         )
         seconds = time.perf_counter() - t0
         train_seconds += seconds
@@ -320,6 +330,7 @@ def _train_epoch(
     tokens_seen: int,
     seconds_before: float,
     progress: bool,
+    runtime: Runtime,
 ) -> tuple[float, str, int]:
     """One pass in a seeded order (seed, epoch): a resumed run replays the same batches."""
     adapter.train()
@@ -332,16 +343,21 @@ def _train_epoch(
         disable=not progress,
         leave=False,
     )
+    scaler = runtime.grad_scaler()
     for step, (x, y, mask) in enumerate(paired_batches(*caches, cfg.batch_size, rng)):
-        loss = masked_mse(adapter(x, mask), y, mask)
+        x, y, mask = x.to(runtime.device), y.to(runtime.device), mask.to(runtime.device)
+        with runtime.autocast():
+            pred = adapter(x, mask)
+        loss = masked_mse(pred.float(), y, mask)
         if not math.isfinite(loss.item()):
             raise NonFiniteLoss(
                 f"loss is {loss.item()} at epoch {epoch + 1}, step {step}: training diverged. "
                 f"Lower the learning rate (now {cfg.lr}); the last good checkpoint is kept."
             )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         n = float(mask.sum())
         total, weight, tokens_seen = total + loss.item() * n, weight + n, tokens_seen + int(n)
         bar.update(x.shape[0])

@@ -20,6 +20,7 @@ from alad.inference import measure_speed, predict_outputs
 from alad.metrics import format_table_row, size_and_speed, size_pct
 from alad.model import load_model, phase3_config
 from alad.models.catalog import Encoder, count_parameters, load_encoder
+from alad.runtime import CPU, Runtime
 from alad.tasks import TASKS
 
 
@@ -31,11 +32,12 @@ def evaluate_model(
     speed_rows: int = 256,
     repeats: int = 3,
     predictions: Path | None = None,
+    runtime: Runtime = CPU,
 ) -> dict[str, Any]:
     """Scores on `test` (a file, or already-read examples) + size % + a table row; with
     `speed`, also the measured speed-up vs the large model. With `predictions`, the
-    predictions are also written there in the task's own format."""
-    model, tok, manifest = load_model(model_dir)
+    predictions are also written there in the task's own format. On `runtime`'s device."""
+    model, tok, manifest = load_model(model_dir, runtime.device)
     task = TASKS[manifest["task"]]
     examples = task.read(test) if isinstance(test, str) else test
     labels = manifest["labels"]
@@ -43,7 +45,7 @@ def evaluate_model(
     cfg = phase3_config(manifest)
     feats = task.encode(tok, examples, labels, cfg, False)
     pad_id = tok.pad_token_id or 0
-    outputs = predict_outputs(model, task, feats, 32, pad_id)
+    outputs = predict_outputs(model, task, feats, 32, pad_id, runtime)
     scores = task.score(examples, task.decode(examples, feats, outputs, labels, cfg))
     if predictions is not None:
         task.write_predictions(examples, feats, outputs, labels, cfg, Path(predictions))

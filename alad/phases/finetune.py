@@ -38,6 +38,7 @@ from alad.models.catalog import Encoder, load_encoder
 from alad.models.compress import split_spec
 from alad.phases.align import NonFiniteLoss
 from alad.phases.modes import MODES, ModeSpec
+from alad.runtime import Runtime
 from alad.tasks import TASKS, Splits, Task, load_splits
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,9 @@ def finetune(
         load_encoder(settings.models.compressed),
         load_encoder(settings.models.large),
     )
-    model = build_model(settings, mode, task, labels, encoders)
+    runtime = Runtime.from_config(settings.runtime)
+    model = build_model(settings, mode, task, labels, encoders).to(runtime.device)
+    scaler = runtime.grad_scaler()
     tok = (encoders[1] if mode.encoder == "large" else encoders[0]).tokenizer
     pad_id = tok.pad_token_id or 0
     train_feats = task.encode(tok, splits.train, labels, cfg, True)
@@ -271,8 +274,10 @@ def finetune(
             epoch,
             epochs,
             progress,
+            runtime,
+            scaler,
         )
-        outputs = predict_outputs(model, task, dev_feats, cfg.batch_size * 2, pad_id)
+        outputs = predict_outputs(model, task, dev_feats, cfg.batch_size * 2, pad_id, runtime)
         # Decoding settings tuned on dev (QA: the no-answer threshold) go with this epoch.
         tune = getattr(task, "tune", None)
         tuned = tune(splits.dev, dev_feats, outputs, cfg) if tune else {}
@@ -375,6 +380,8 @@ def _train_epoch(
     epoch: int,
     epochs: int,
     progress: bool,
+    runtime: Runtime,
+    scaler: torch.amp.GradScaler,
 ) -> float:
     model.train()
     order = _epoch_order(feats, cfg, seed, epoch)
@@ -387,16 +394,21 @@ def _train_epoch(
         leave=False,
     )
     for step, batch in enumerate(task.batches(feats, cfg.batch_size, pad_id, order)):
-        loss = task.loss(model(batch["input_ids"], batch["attention_mask"]), batch)
+        batch = runtime.move(batch)
+        with runtime.autocast():
+            logits = model(batch["input_ids"], batch["attention_mask"])
+        loss = task.loss(logits.float(), batch)
         if not math.isfinite(loss.item()):
             raise NonFiniteLoss(
                 f"phase 3 loss is {loss.item()} at epoch {epoch + 1}, step "
                 f"{step}: lower phase3.lr; the best model so far is kept"
             )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients (a no-op unless fp16)
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         total, count = total + loss.item(), count + 1
         bar.update(batch["input_ids"].shape[0])
