@@ -97,6 +97,10 @@ def _run_phase(args: argparse.Namespace, phase: str):
 
         init = resolve_adapter(init)
     result = run_alignment(settings, phase, out=out, init=init, progress=not args.quiet)
+    from alad.runtime import is_main
+
+    if not is_main():  # under torchrun rank 0 reports
+        return result
     write_json(
         {
             "phase": phase,
@@ -511,8 +515,10 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     from alad.errors import user_errors
+    from alad.runtime import init_distributed, resolve_device
 
     try:
+        init_distributed(resolve_device("auto"))  # under torchrun: join its process group
         args.func(args)
     except user_errors() as exc:
         print(f"alad: error: {exc}", file=sys.stderr)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
@@ -36,7 +37,7 @@ from alad.data.corpus import load_corpus, sample_split
 from alad.errors import AladError
 from alad.models.catalog import Encoder, load_encoder
 from alad.models.tokens import check_token_alignment
-from alad.runtime import Runtime
+from alad.runtime import Runtime, barrier, broadcast, is_main, rank_world
 
 log = logging.getLogger(__name__)
 Phase = Literal["phase1", "phase2"]
@@ -127,10 +128,20 @@ def prepare_data(
     )
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error per feature over real tokens only (padding never counts)."""
+def _share_of_mse(
+    pred: torch.Tensor | None,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    tokens: float,
+    adapter: torch.nn.Module,
+) -> torch.Tensor:
+    """Mean squared error per feature over real tokens (padding never counts), as this rank's
+    part of the global batch's (`tokens` real tokens in all; one process: the whole of it). A
+    rank without rows still joins the gradient sum."""
+    if pred is None:
+        return sum(p.sum() * 0.0 for p in adapter.parameters())
     m = mask.unsqueeze(-1)
-    return ((pred - target) ** 2 * m).sum() / (m.sum() * pred.shape[-1])
+    return ((pred.float() - target) ** 2 * m).sum() / (tokens * pred.shape[-1])
 
 
 @torch.no_grad()
@@ -238,7 +249,9 @@ def run_alignment(
     start_epoch, history, tokens_seen, train_seconds = 0, [], 0, 0.0
     before = evaluate(adapter, data.heldout)
 
-    recover_all(out)  # a kill between the two renames of a checkpoint swap
+    if is_main():  # only rank 0 writes; the others wait, then read the same folder
+        recover_all(out)  # a kill between the two renames of a checkpoint swap
+    barrier()
     previous = None
     if has_checkpoints(out):  # the newest intact checkpoint; a damaged one is skipped, warned
         ckpt = load_checkpoint(out, with_trainer_state=True)
@@ -264,7 +277,9 @@ def run_alignment(
             log.info("resuming %s after epoch %d from %s", phase, start_epoch, ckpt.dir)
         else:
             log.warning("%s holds a checkpoint of a different config; starting over", out)
-            clear_checkpoints(out)
+            barrier()  # every rank has read it before rank 0 clears it
+            if is_main():
+                clear_checkpoints(out)
 
     stopped_by, path = "epochs", previous
     for epoch in range(start_epoch, cfg.epochs):
@@ -311,7 +326,10 @@ def run_alignment(
             "train_seconds": train_seconds,
         }
         manifest = _manifest(settings, phase, data, epoch + 1, history, finished, stopped_by)
-        path = save_checkpoint(out, f"epoch-{epoch + 1:04d}", adapter, manifest, state)
+        path = out / f"epoch-{epoch + 1:04d}"
+        if is_main():
+            path = save_checkpoint(out, path.name, adapter, manifest, state)
+        barrier()
         if finished:
             break
     assert path is not None
@@ -344,29 +362,44 @@ def _train_epoch(
         leave=False,
     )
     scaler = runtime.grad_scaler()
+    rank, world = rank_world()
     for step, (x, y, mask) in enumerate(paired_batches(*caches, cfg.batch_size, rng)):
+        # Data parallel (torchrun): every rank draws the same global batch and trains on its
+        # rows rank::world; its loss is its share of the global batch's mean, and summing the
+        # ranks' gradients gives exactly the one-process gradient of that batch.
+        n = float(mask.sum())
+        x, y, mask = x[rank::world], y[rank::world], mask[rank::world]
         x, y, mask = x.to(runtime.device), y.to(runtime.device), mask.to(runtime.device)
         with runtime.autocast():
-            pred = adapter(x, mask)
-        loss = masked_mse(pred.float(), y, mask)
-        if not math.isfinite(loss.item()):
+            pred = adapter(x, mask) if len(x) else None
+        loss = _share_of_mse(pred, y, mask, n, adapter)
+        if world > 1:
+            loss_all = loss.detach().clone()
+            dist.all_reduce(loss_all)
+            loss_value = float(loss_all)
+        else:
+            loss_value = loss.item()
+        if not math.isfinite(loss_value):
             raise NonFiniteLoss(
-                f"loss is {loss.item()} at epoch {epoch + 1}, step {step}: training diverged. "
+                f"loss is {loss_value} at epoch {epoch + 1}, step {step}: training diverged. "
                 f"Lower the learning rate (now {cfg.lr}); the last good checkpoint is kept."
             )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        if world > 1:
+            for p in adapter.parameters():
+                dist.all_reduce(p.grad)  # sum of the ranks' shares = the global batch's gradient
         scaler.step(optimizer)
         scaler.update()
-        n = float(mask.sum())
-        total, weight, tokens_seen = total + loss.item() * n, weight + n, tokens_seen + int(n)
-        bar.update(x.shape[0])
+        total, weight, tokens_seen = total + loss_value * n, weight + n, tokens_seen + int(n)
+        bar.update(len(x) * world)
         bar.set_postfix(mse=f"{total / weight:.4f}")
         if cfg.budget_tokens is not None and tokens_seen >= cfg.budget_tokens:
             bar.close()
             return total / weight, "token budget", tokens_seen
-        elapsed = seconds_before + time.perf_counter() - t0
-        if cfg.budget_minutes is not None and elapsed >= cfg.budget_minutes * 60:
+        elapsed = [seconds_before + time.perf_counter() - t0]
+        broadcast(elapsed)  # rank 0's clock decides, so every rank stops at the same step
+        if cfg.budget_minutes is not None and elapsed[0] >= cfg.budget_minutes * 60:
             bar.close()
             return total / weight, "time budget", tokens_seen
     bar.close()

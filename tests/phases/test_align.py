@@ -94,7 +94,7 @@ def test_token_budget_stops_early(tiny_settings):
 def test_nan_loss_raises_and_keeps_no_checkpoint_from_the_diverged_epoch(
     tiny_settings, monkeypatch
 ):
-    monkeypatch.setattr(align_mod, "masked_mse", lambda p, t, m: (p * float("nan")).sum())
+    monkeypatch.setattr(align_mod, "_share_of_mse", lambda p, *a: (p * float("nan")).sum())
     with pytest.raises(NonFiniteLoss, match="Lower the learning rate"):
         phase1_pretrain(tiny_settings, progress=False)
     assert not (tiny_settings.runs_dir / "phase1" / "LATEST").exists()
