@@ -129,7 +129,10 @@ def finetune_and_test(
     result = finetune(settings, out=out, progress=progress, encoders=encoders)
     test = cfg.test or load_splits(cfg, settings.seed).test
     report = evaluate_model(result.model_dir, test, encoders=encoders)
-    write_json({**read_json(result.metrics_path), "test": report}, result.metrics_path)
+    from alad.runtime import is_main
+
+    if is_main():  # under torchrun every rank scores the same model; rank 0 writes
+        write_json({**read_json(result.metrics_path), "test": report}, result.metrics_path)
     return replace(result, test=report)
 
 

@@ -83,6 +83,10 @@ class Task(Protocol):
     ) -> Iterator[dict[str, torch.Tensor]]: ...
     def num_rows(self, feats: Any) -> int: ...
     def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+    # Data parallel: the loss as a sum over its terms, and how many terms a batch has, so that
+    # ranks holding parts of one batch add up to the whole batch's mean.
+    def loss_sum(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+    def loss_count(self, batch: dict[str, torch.Tensor]) -> int: ...
     def decode(
         self,
         examples: Sequence[Any],
@@ -138,6 +142,17 @@ class _TokenTask:
         return F.cross_entropy(
             logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=tagging.IGNORE
         )
+
+    def loss_sum(self, logits, batch):
+        return F.cross_entropy(
+            logits.flatten(0, 1),
+            batch["labels"].flatten(),
+            ignore_index=tagging.IGNORE,
+            reduction="sum",
+        )
+
+    def loss_count(self, batch) -> int:
+        return int((batch["labels"] != tagging.IGNORE).sum())
 
     def decode(self, examples, feats, outputs, labels, cfg) -> list[list[str]]:
         window_preds = [o.argmax(-1).tolist() for o in outputs]
@@ -284,11 +299,17 @@ class QaTask:
             yield batch
 
     def loss(self, logits, batch):
+        return self.loss_sum(logits, batch) / self.loss_count(batch)
+
+    def loss_sum(self, logits, batch):
         masked = logits.masked_fill(~batch["attention_mask"].bool().unsqueeze(-1), -1e4)
         return (
-            F.cross_entropy(masked[..., 0], batch["start"])
-            + F.cross_entropy(masked[..., 1], batch["end"])
+            F.cross_entropy(masked[..., 0], batch["start"], reduction="sum")
+            + F.cross_entropy(masked[..., 1], batch["end"], reduction="sum")
         ) / 2
+
+    def loss_count(self, batch) -> int:
+        return len(batch["input_ids"])
 
     def _postprocess(self, examples, feats, outputs, cfg):
         return qa_data.postprocess_qa(

@@ -122,3 +122,45 @@ def test_two_gloo_ranks_train_the_adapter_one_process_trains(tiny_models, tiny_c
         torch.testing.assert_close(sa[key], sb[key], atol=1e-5, rtol=1e-4)
     # and they did move: not two copies of the initial weights
     assert a.manifest["history"][-1]["train_mse"] < a.manifest["history"][0]["train_mse"]
+
+
+NO_DROPOUT = (
+    "import sys, torch\n"
+    "torch.nn.Dropout.forward = lambda self, x: x  # the two runs then differ only by the split\n"
+    "from alad.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def test_two_gloo_ranks_finetune_the_model_one_process_finetunes(
+    tiny_settings, tiny_models, tmp_path, monkeypatch
+):
+    from conftest import write_conllu
+    from safetensors.torch import load_file as load
+
+    from alad.cli import main
+
+    data = [write_conllu(tmp_path / f"{n}.conllu", k, s) for n, k, s in (("t", 40, 1), ("d", 8, 2))]
+    compressed, large = tiny_models
+
+    def args(out: Path) -> list[str]:
+        return [
+            "finetune", "--profile", "tiny", "-q", "--task", "pos", "--mode", "alad-joint",
+            "--compressed", str(compressed), "--large", str(large), "--train", str(data[0]),
+            "--dev", str(data[1]), "--test", str(data[1]), "--epochs", "2",
+            "--set", "phase3.batch_size=8", "--set", f"cache.dir={tmp_path / 'c'}",
+            "--out", str(out),
+        ]  # fmt: skip
+
+    monkeypatch.setattr(torch.nn.Dropout, "forward", lambda self, x: x)
+    assert main(args(tmp_path / "one")) == 0
+    monkeypatch.undo()
+    torchrun(tmp_path, NO_DROPOUT, *args(tmp_path / "two"))
+    for name in ("adapter.safetensors", "head.safetensors"):
+        a, b = (load(tmp_path / run / "model" / name) for run in ("one", "two"))
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-3)
+    one, two = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("one", "two"))
+    assert [h["train_loss"] for h in one["history"]] == pytest.approx(
+        [h["train_loss"] for h in two["history"]], rel=1e-4
+    )

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
@@ -38,7 +39,7 @@ from alad.models.catalog import Encoder, load_encoder
 from alad.models.compress import split_spec
 from alad.phases.align import NonFiniteLoss
 from alad.phases.modes import MODES, ModeSpec
-from alad.runtime import Runtime
+from alad.runtime import Runtime, barrier, is_main, rank_world
 from alad.tasks import TASKS, Splits, Task, load_splits
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,9 @@ def finetune(
     mode, task = MODES[cfg.mode], TASKS[cfg.task]
     out = out or settings.runs_dir / f"{cfg.task}-{cfg.mode}"
     metrics_path = out / "metrics.json"
-    recover_all(out)  # finish or undo a folder swap (model/, state/) that a kill interrupted
+    if is_main():
+        recover_all(out)  # finish or undo a folder swap (model/, state/) that a kill interrupted
+    barrier()
     run_key = {
         "phase3": cfg.model_dump(mode="json"),
         "models": settings.models.model_dump(),
@@ -300,33 +303,22 @@ def finetune(
             dev["main"],
             history[-1]["seconds"],
         )
-        if dev["main"] > best:
-            best = dev["main"]
-            save_model(
-                model,
-                tok,
-                {**manifest, **tuned, "dev": dev, "best_epoch": epoch + 1},
-                out / "model",
-            )
-        _save_state(
-            out,
-            model,
-            optimizer,
-            scheduler,
-            {"epoch": epoch + 1, "history": history, "best": best, "run_key": run_key},
-        )
+        improved = dev["main"] > best
+        best = max(best, dev["main"])
+        if is_main():  # under torchrun rank 0 writes (every rank holds the same weights)
+            if improved:
+                manifest_now = {**manifest, **tuned, "dev": dev, "best_epoch": epoch + 1}
+                save_model(model, tok, manifest_now, out / "model")
+            info = {"epoch": epoch + 1, "history": history, "best": best, "run_key": run_key}
+            _save_state(out, model, optimizer, scheduler, info)
+        barrier()
 
     dev_best = json.loads((out / "model" / "manifest.json").read_text())["dev"]
-    write_json(
-        {
-            "run_key": run_key,
-            "history": history,
-            "dev": dev_best,
-            "sources": splits.sources,
-        },
-        metrics_path,
-    )
-    shutil.rmtree(out / "state", ignore_errors=True)
+    if is_main():
+        record = {"run_key": run_key, "history": history, "dev": dev_best}
+        write_json({**record, "sources": splits.sources}, metrics_path)
+        shutil.rmtree(out / "state", ignore_errors=True)
+    barrier()
     return FinetuneResult(out / "model", dev_best, {}, history, metrics_path)
 
 
@@ -345,12 +337,11 @@ def _cache_frozen_outputs(
         return 0.0
     t0 = time.perf_counter()
     outputs = FrozenOutputs(model.encoder, compressed.fingerprint, feature_root(settings.cache.dir))
-    outputs.fill(
-        list(train_feats.input_ids) + list(dev_feats.input_ids),
-        settings.cache.extract_batch_size,
-        pad_id,
-        progress,
-    )
+    rows = list(train_feats.input_ids) + list(dev_feats.input_ids)
+    for turn in ("main", "others"):  # rank 0 extracts and writes the file; the others read it
+        if is_main() == (turn == "main"):
+            outputs.fill(rows, settings.cache.extract_batch_size, pad_id, progress)
+        barrier()
     model.frozen_outputs = outputs
     return time.perf_counter() - t0
 
@@ -393,28 +384,59 @@ def _train_epoch(
         disable=not progress,
         leave=False,
     )
+    rank, world = rank_world()
+    trainable = [p for p in model.parameters() if p.requires_grad]
     for step, batch in enumerate(task.batches(feats, cfg.batch_size, pad_id, order)):
-        batch = runtime.move(batch)
-        with runtime.autocast():
-            logits = model(batch["input_ids"], batch["attention_mask"])
-        loss = task.loss(logits.float(), batch)
-        if not math.isfinite(loss.item()):
+        rows = len(batch["input_ids"])
+        loss = _step_loss(model, task, batch, runtime, rank, world, trainable)
+        value = loss.detach().clone()
+        if world > 1:
+            dist.all_reduce(value)  # the whole batch's loss: the sum of the ranks' shares
+        if not math.isfinite(float(value)):
             raise NonFiniteLoss(
-                f"phase 3 loss is {loss.item()} at epoch {epoch + 1}, step "
+                f"phase 3 loss is {float(value)} at epoch {epoch + 1}, step "
                 f"{step}: lower phase3.lr; the best model so far is kept"
             )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        if world > 1:
+            for p in trainable:
+                dist.all_reduce(p.grad)  # summed shares = the whole batch's gradient
         scaler.unscale_(optimizer)  # clip the true gradients (a no-op unless fp16)
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        total, count = total + loss.item(), count + 1
-        bar.update(batch["input_ids"].shape[0])
+        total, count = total + float(value), count + 1
+        bar.update(rows)
         bar.set_postfix(loss=f"{total / count:.4f}")
     bar.close()
     return total / max(1, count)
+
+
+def _step_loss(
+    model: AlignedModel,
+    task: Task,
+    batch: dict[str, torch.Tensor],
+    runtime: Runtime,
+    rank: int,
+    world: int,
+    trainable: list[torch.nn.Parameter],
+) -> torch.Tensor:
+    """The batch's mean loss; under torchrun this rank's rows' share of it (rows rank::world;
+    the shares sum to the mean). One process computes exactly `task.loss` of the batch."""
+    if world == 1:
+        batch = runtime.move(batch)
+        with runtime.autocast():
+            logits = model(batch["input_ids"], batch["attention_mask"])
+        return task.loss(logits.float(), batch)
+    terms = task.loss_count(batch)  # of the whole batch, before it is split
+    mine = runtime.move({k: v[rank::world] for k, v in batch.items()})
+    if len(mine["input_ids"]) == 0:
+        return sum(p.sum() * 0.0 for p in trainable)  # no rows, but still in the gradient sum
+    with runtime.autocast():
+        logits = model(mine["input_ids"], mine["attention_mask"])
+    return task.loss_sum(logits.float(), mine) / max(1, terms)
 
 
 __all__ = ["FinetuneResult", "Splits", "build_model", "finetune"]
