@@ -397,9 +397,11 @@ def _train_epoch(
         if cfg.budget_tokens is not None and tokens_seen >= cfg.budget_tokens:
             bar.close()
             return total / weight, "token budget", tokens_seen
+        if cfg.budget_minutes is None:
+            continue
         elapsed = [seconds_before + time.perf_counter() - t0]
         broadcast(elapsed)  # rank 0's clock decides, so every rank stops at the same step
-        if cfg.budget_minutes is not None and elapsed[0] >= cfg.budget_minutes * 60:
+        if elapsed[0] >= cfg.budget_minutes * 60:
             bar.close()
             return total / weight, "time budget", tokens_seen
     bar.close()
