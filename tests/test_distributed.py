@@ -164,3 +164,42 @@ def test_two_gloo_ranks_finetune_the_model_one_process_finetunes(
     assert [h["train_loss"] for h in one["history"]] == pytest.approx(
         [h["train_loss"] for h in two["history"]], rel=1e-4
     )
+
+
+KILLED_IN_EPOCH_3 = (
+    "import sys\n"
+    "import alad.phases.align as align\n"
+    "real = align._train_epoch\n"
+    "def dies(*a, **k):\n"
+    "    if a[5] == 2:  # epoch index 2: the third epoch, after two checkpoints\n"
+    "        raise SystemExit(3)  # as if the job were killed\n"
+    "    return real(*a, **k)\n"
+    "align._train_epoch = dies\n"
+    "from alad.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def test_a_killed_two_process_run_resumes_to_the_uninterrupted_result(
+    tiny_models, tiny_corpus, tmp_path
+):
+    from alad.checkpoint import load_checkpoint
+
+    script = "import sys\nfrom alad.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    three = ["--set", "phase1.epochs=3"]
+    torchrun(
+        tmp_path, script, *_phase1_args(tiny_models, tiny_corpus, straight, tmp_path / "c"), *three
+    )
+    path = tmp_path / "killed.py"
+    path.write_text(KILLED_IN_EPOCH_3)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    args = [*_phase1_args(tiny_models, tiny_corpus, resumed, tmp_path / "c"), *three]
+    killed = subprocess.run([*cmd, str(path), *args], capture_output=True, text=True, timeout=600)
+    assert killed.returncode != 0
+    assert load_checkpoint(resumed).manifest["epoch"] == 2  # what survived the kill
+    torchrun(tmp_path, script, *args)  # the same command again: resumes at epoch 3
+    a, b = load_checkpoint(straight), load_checkpoint(resumed)
+    assert a.manifest["epoch"] == b.manifest["epoch"] == 3
+    for key, value in a.adapter.state_dict().items():
+        torch.testing.assert_close(value, b.adapter.state_dict()[key], atol=1e-6, rtol=1e-5)
