@@ -249,7 +249,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_sweep_list(args: argparse.Namespace) -> None:
     from alad.sweep import cells, load_grid
 
-    every = cells(load_grid(args.grid), args.task)
+    every = cells(load_grid(args.grid), args.task, args.only)
     done = sum(c.done for c in every)
     print(
         f"{args.grid}: {len(every)} cells, {done} done, {len(every) - done} to run (cheapest first)"
@@ -262,10 +262,10 @@ def cmd_sweep_run(args: argparse.Namespace) -> None:
     from alad.sweep import load_grid, plan, run_sweep
 
     grid = load_grid(args.grid)
-    todo, prog = plan(grid, args.task)
+    todo, prog = plan(grid, args.task, args.only)
     print(f"{args.grid}: {prog.line()}; {len(todo)} to run, cheapest first")
     for cell, record, line in run_sweep(
-        grid, args.task, args.max_cells, args.max_minutes, progress=not args.quiet
+        grid, args.task, args.max_cells, args.max_minutes, not args.quiet, only=args.only
     ):
         print(
             f"{cell.name}: test {100 * record['test']['main']:.1f} "
@@ -492,6 +492,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = sweep.add_parser(action, parents=[common], help=text)
         p.add_argument("grid", type=Path, help="grid file, e.g. sweeps/table1.yaml")
         p.add_argument("--task", action="append", help="only this task (repeatable)")
+        if action != "register":
+            p.add_argument(
+                "--only",
+                action="append",
+                metavar="PATTERN",
+                help="only cells whose name matches this shell pattern, e.g. "
+                "'pos/mpnet-base/large/*' or '*/compressed/*' (repeatable)",
+            )
         p.set_defaults(func=func)
         if action == "run":
             p.add_argument("--max-cells", type=int, help="stop after this many cells")

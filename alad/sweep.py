@@ -17,6 +17,7 @@ seed: the seeds measure phase 3's variance).
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import logging
@@ -249,8 +250,11 @@ def _dotted(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def cells(grid: Grid, tasks: list[str] | None = None) -> list[Cell]:
-    """Every cell of the grid (optionally of some tasks), cheapest first."""
+def cells(
+    grid: Grid, tasks: list[str] | None = None, only: list[str] | None = None
+) -> list[Cell]:
+    """Every cell of the grid (optionally of some tasks, or whose name matches one of the
+    shell patterns `only`, e.g. "pos/mpnet-base/large/*"), cheapest first."""
     out: list[Cell] = []
     for task, axis in grid.tasks.items():
         if tasks and task not in tasks:
@@ -289,6 +293,8 @@ def cells(grid: Grid, tasks: list[str] | None = None) -> list[Cell]:
     keys = [c.key for c in out]
     if len(set(keys)) != len(keys):
         raise ConfigError("the grid lists the same cell twice (same config, same seed)")
+    if only:
+        out = [c for c in out if any(fnmatch.fnmatchcase(c.name, pat) for pat in only)]
     return sorted(out, key=lambda c: (c.cost, c.task, c.group, c.seed))
 
 
@@ -405,8 +411,10 @@ class Progress:
         return f"{self.done}/{self.total} cells done, ETA {eta / 3600:.1f} h"
 
 
-def plan(grid: Grid, tasks: list[str] | None = None) -> tuple[list[Cell], Progress]:
-    every = cells(grid, tasks)
+def plan(
+    grid: Grid, tasks: list[str] | None = None, only: list[str] | None = None
+) -> tuple[list[Cell], Progress]:
+    every = cells(grid, tasks, only)
     todo = [c for c in every if not c.done]
     return todo, Progress(len(every), len(every) - len(todo), sum(c.cost for c in todo))
 
@@ -418,12 +426,13 @@ def run_sweep(
     max_minutes: float | None = None,
     progress: bool = False,
     run: Callable[[Cell], dict[str, Any]] | None = None,
+    only: list[str] | None = None,
 ) -> Iterator[tuple[Cell, dict[str, Any], str]]:
     """Run the missing cells, cheapest first; yields (cell, result, progress line) per cell.
 
     Stops before starting a cell once `max_cells` ran or `max_minutes` passed (a time box for
     a session; the rest runs next time)."""
-    todo, prog = plan(grid, tasks)
+    todo, prog = plan(grid, tasks, only)
     log.info("%s; %d to run", prog.line(), len(todo))
     start = time.perf_counter()
     for i, cell in enumerate(todo):
