@@ -250,9 +250,7 @@ def _dotted(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def cells(
-    grid: Grid, tasks: list[str] | None = None, only: list[str] | None = None
-) -> list[Cell]:
+def cells(grid: Grid, tasks: list[str] | None = None, only: list[str] | None = None) -> list[Cell]:
     """Every cell of the grid (optionally of some tasks, or whose name matches one of the
     shell patterns `only`, e.g. "pos/mpnet-base/large/*"), cheapest first."""
     out: list[Cell] = []
