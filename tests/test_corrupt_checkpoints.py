@@ -91,7 +91,7 @@ def test_damaged_latest_epoch_falls_back_to_the_newest_intact_one(
     real, calls = align_mod._train_epoch, []
 
     def counted(*args, **kwargs):
-        calls.append(args[5])  # the epoch (0-based)
+        calls.append(args[1])  # the epoch (0-based; args[0] is the recipe)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(align_mod, "_train_epoch", counted)
