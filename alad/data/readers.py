@@ -3,7 +3,8 @@
     alad data inspect ../shared/data/pos_de/train.conllu
 
 Every reader raises `DataFormatError` naming the file and line of the first problem, with what
-was expected. Phase 2 needs only the text (`task_texts`); phase 3 uses the labels too.
+was expected. Phase 2 needs only the text (`task_texts`); phase 3 uses the labels too. CoNLL-U
+is parsed by the `conllu` package behind a strict line check.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import conllu
+from conllu.exceptions import ParseException
+from conllu.parser import parse_id_value
 
 from alad.atomic import read_json, text_lines
 from alad.errors import DataFormatError
@@ -80,30 +85,107 @@ def _read_tagged(path: Path, parse_line, kind: str) -> list[TaggedSentence]:
 
 
 def read_conllu(path: Path) -> list[TaggedSentence]:
-    """UPOS (column 4) per syntactic word; multiword ranges (3-4) and empty nodes (5.1) skipped."""
+    """UPOS (column 4) per syntactic word; multiword ranges (3-4) and empty nodes (5.1) skipped.
 
-    def parse(lineno: int, line: str, tags: list[str]) -> tuple[str, str] | None:
-        if line.startswith("#"):
-            return None
-        cols = line.split("\t")
-        if len(cols) != 10:
+    The `conllu` package parses each sentence; a pass over its lines first checks the layout the
+    package is lenient about (it also splits at two spaces and fills in missing columns), so every
+    problem is a DataFormatError naming the line, never a conllu exception or a shifted column."""
+    sentences = []
+    for block in _sentence_blocks(path):
+        rows = []  # (line number, tab columns) of the token lines, in the order conllu keeps
+        bad = None  # the first line conllu cannot be given: reported after the lines above it
+        for k, (lineno, line) in enumerate(block):
+            if line.startswith("#"):
+                continue
+            cols = line.split("\t")
+            if len(cols) != 10:
+                bad = DataFormatError(
+                    f"{path}:{lineno}: CoNLL-U token lines have 10 tab-separated columns, "
+                    f"found {len(cols)}: {line[:80]!r}"
+                )
+            elif line[:1].isspace():  # conllu strips it (and "  # x" would become a comment)
+                bad = _bad_id(path, lineno, cols[0])
+            if bad is not None:
+                block = block[:k]
+                break
+            rows.append((lineno, cols))
+        tokens = _conllu_tokens(path, block) if rows else []
+        if len(tokens) != len(rows):  # cannot happen after the checks above; never silently
             raise DataFormatError(
-                f"{path}:{lineno}: CoNLL-U token lines have 10 tab-separated columns, "
-                f"found {len(cols)}: {line[:80]!r}"
+                f"{path}:{block[0][0]}: the conllu parser found {len(tokens)} token lines in "
+                f"this sentence, the file has {len(rows)}"
             )
-        if "-" in cols[0] or "." in cols[0]:
-            return None
-        if not cols[0].isdigit():
-            raise DataFormatError(f"{path}:{lineno}: ID column {cols[0]!r} is not a word index")
-        if cols[3].strip() in ("", "_"):
-            # '_' is CoNLL-U's "unannotated": training on it would teach a tag called "_".
-            raise DataFormatError(
-                f"{path}:{lineno}: word {cols[1]!r} has no UPOS tag (column 4 is "
-                f"{cols[3]!r}); every word of a POS file needs one"
-            )
-        return cols[1], cols[3]
+        words: list[str] = []
+        tags: list[str] = []
+        for (lineno, cols), token in zip(rows, tokens, strict=True):
+            word = _conllu_word(path, lineno, cols, token)
+            if word is not None:
+                words.append(word[0])
+                tags.append(word[1])
+        if bad is not None:
+            raise bad
+        if words:
+            sentences.append(TaggedSentence(tuple(words), tuple(tags)))
+    if not sentences:
+        raise DataFormatError(f"{path}: no sentences found (empty file, or not CoNLL-U?)")
+    return sentences
 
-    return _read_tagged(path, parse, "CoNLL-U")
+
+def _conllu_tokens(path: Path, block: list[tuple[int, str]]) -> conllu.TokenList:
+    try:
+        return conllu.parse_token_and_metadata(
+            "\n".join(line for _, line in block),
+            fields=conllu.DEFAULT_FIELDS,
+            field_parsers=dict(_CONLLU_PARSERS),
+        )
+    except ParseException as exc:  # not expected after the checks above; still one line
+        raise DataFormatError(f"{path}:{block[0][0]}: not CoNLL-U ({exc})") from None
+
+
+def _conllu_id(value: str) -> int | tuple | str:
+    """conllu's ID parse: 7, (3, '-', 4) or (5, '.', 1); the raw text if it is none of them
+    (reported with its line by `_conllu_word`, not raised from inside the parser)."""
+    try:
+        parsed = parse_id_value(value)
+    except ParseException:
+        return value
+    return value if parsed is None else parsed
+
+
+# Only ID is interpreted; every other column stays the file's text, so a HEAD or FEATS value the
+# package would reject cannot make a POS file unreadable (the reader uses FORM and UPOS only).
+_CONLLU_PARSERS = {name: (lambda cols, i: cols[i]) for name in conllu.DEFAULT_FIELDS}
+_CONLLU_PARSERS["id"] = lambda cols, i: _conllu_id(cols[i])
+
+
+def _bad_id(path: Path, lineno: int, value: str) -> DataFormatError:
+    return DataFormatError(
+        f"{path}:{lineno}: ID column {value!r} is not a word index (1, 2, ...), "
+        "a multiword range (3-4) or an empty node (5.1)"
+    )
+
+
+def _conllu_word(path: Path, lineno: int, cols: list[str], token) -> tuple[str, str] | None:
+    """(FORM, UPOS) of a syntactic word; None for a multiword range or an empty node."""
+    ident = token["id"]
+    if isinstance(ident, tuple):
+        return None
+    if not isinstance(ident, int):
+        raise _bad_id(path, lineno, cols[0])
+    upos = token.get("upos")
+    if upos is None or upos.strip() in ("", "_"):
+        # '_' is CoNLL-U's "unannotated": training on it would teach a tag called "_".
+        raise DataFormatError(
+            f"{path}:{lineno}: word {cols[1]!r} has no UPOS tag (column 4 is "
+            f"{cols[3]!r}); every word of a POS file needs one"
+        )
+    if (token.get("form"), upos) != (cols[1], cols[3]):
+        shown = "\t".join(cols)[:80]
+        raise DataFormatError(
+            f"{path}:{lineno}: FORM, LEMMA or UPOS holds two spaces in a row, which the conllu "
+            f"parser reads as a column break (UD allows single spaces only): {shown!r}"
+        )
+    return cols[1], cols[3]
 
 
 def read_bio(path: Path) -> list[TaggedSentence]:
