@@ -4,14 +4,17 @@
 
 Every reader raises `DataFormatError` naming the file and line of the first problem, with what
 was expected. Phase 2 needs only the text (`task_texts`); phase 3 uses the labels too. CoNLL-U
-is parsed by the `conllu` package behind a strict line check.
+is parsed by the `conllu` package behind a strict line check; `hub:<id>[:split[:column]]` reads
+a token task's sentences from a `datasets` dataset, hub or local (`read_hub_tagged`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import conllu
 from conllu.exceptions import ParseException
@@ -19,6 +22,8 @@ from conllu.parser import parse_id_value
 
 from alad.atomic import read_json, text_lines
 from alad.errors import DataFormatError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -199,17 +204,160 @@ def read_bio(path: Path) -> list[TaggedSentence]:
             return None
         if len(cols) < 2 or not cols[0] or not cols[-1]:
             raise DataFormatError(f"{path}:{lineno}: expected 'token<TAB>tag', found {line[:80]!r}")
-        tag = cols[-1]
-        if tag != "O" and not tag.startswith(("B-", "I-")):
-            raise DataFormatError(f"{path}:{lineno}: tag {tag!r} is not O, B-x or I-x")
-        if tag.startswith("I-") and (not tags or tags[-1][2:] != tag[2:] or tags[-1] == "O"):
-            raise DataFormatError(
-                f"{path}:{lineno}: {tag} follows {tags[-1] if tags else 'sentence start'}; "
-                f"an I- tag must continue an entity of the same type (B-{tag[2:]} or {tag})"
-            )
-        return cols[0], tag
+        problem = _bio_problem(cols[-1], tags)
+        if problem:
+            raise DataFormatError(f"{path}:{lineno}: {problem}")
+        return cols[0], cols[-1]
 
     return _read_tagged(path, parse, "token<TAB>tag")
+
+
+def _bio_problem(tag: str, tags: list[str]) -> str | None:
+    """What is wrong with BIO tag `tag` after the sentence's `tags` so far (None: nothing)."""
+    if tag != "O" and not tag.startswith(("B-", "I-")):
+        return f"tag {tag!r} is not O, B-x or I-x"
+    if tag.startswith("I-") and (not tags or tags[-1][2:] != tag[2:] or tags[-1] == "O"):
+        return (
+            f"{tag} follows {tags[-1] if tags else 'sentence start'}; "
+            f"an I- tag must continue an entity of the same type (B-{tag[2:]} or {tag})"
+        )
+    return None
+
+
+def _upos_problem(tag: str, tags: list[str]) -> str | None:
+    if tag.strip() in ("", "_"):  # CoNLL-U's "unannotated", or a multiword token's row
+        return f"no UPOS tag ({tag!r}); every word of a POS dataset needs one"
+    return None
+
+
+# `datasets` datasets as task data (phase 3, token tasks): `hub:<id>[:split[:column]]`.
+TAG_SCHEMES = {"upos": _upos_problem, "bio": _bio_problem}
+_DATASET_FILES = {
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+    ".jsonl": "json",
+    ".json": "json",
+    ".csv": "csv",
+}
+
+
+def load_hub(spec: str) -> tuple[Any, str | None]:
+    """`hub:<id>[:split[:column]]` through `datasets`: (that split, the column named or None).
+
+    <id> is a hub dataset id (needs internet; `datasets` keeps its Arrow cache), a folder
+    written by `save_to_disk`, a folder of data files `load_dataset` reads (parquet, json, csv,
+    arrow; e.g. train.parquet + validation.parquet), or one such file (its split is `split`)."""
+    from datasets import DatasetDict, load_dataset, load_from_disk
+
+    _, dataset_id, *rest = spec.split(":")
+    if not dataset_id or len(rest) > 2:
+        raise DataFormatError(f"{spec}: expected hub:<dataset id or path>[:split[:column]]")
+    split = rest[0] if rest and rest[0] else "train"
+    column = rest[1] if len(rest) > 1 and rest[1] else None
+    local = Path(dataset_id).expanduser()
+    try:
+        if (local / "dataset_dict.json").is_file() or (local / "state.json").is_file():
+            ds = load_from_disk(str(local))
+            if isinstance(ds, DatasetDict):
+                if split not in ds:
+                    raise DataFormatError(f"{spec}: no split {split!r}; splits are {sorted(ds)}")
+                ds = ds[split]
+            elif split != str(ds.split or "train"):  # one saved split: never a silent stand-in
+                raise DataFormatError(
+                    f"{spec}: {local} holds one dataset (split {str(ds.split or 'train')!r}), "
+                    f"not {split!r}; leave the split out"
+                )
+        elif local.is_file():
+            if local.suffix not in _DATASET_FILES:
+                raise DataFormatError(
+                    f"{spec}: datasets reads {', '.join(sorted(_DATASET_FILES))} files, "
+                    f"not {local.suffix or 'files without an extension'}"
+                )
+            builder = _DATASET_FILES[local.suffix]
+            ds = load_dataset(builder, data_files={split: str(local)}, split=split)
+        else:
+            ds = load_dataset(dataset_id, split=split)
+    except (ConnectionError, FileNotFoundError, ValueError) as exc:
+        if isinstance(exc, DataFormatError):
+            raise
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataFormatError(
+            f"{spec}: datasets cannot load {dataset_id!r} ({reason[:200]}); a hub id needs "
+            "internet or an earlier download in the datasets cache"
+        ) from None
+    return ds, column
+
+
+def read_hub_tagged(spec: str, tag_columns: tuple[str, ...], scheme: str) -> list[TaggedSentence]:
+    """A token task's sentences from a `datasets` dataset: one row per sentence, its words in
+    `tokens` and its tags in the column the spec names, else the first of `tag_columns` it has.
+    Tags are class labels (ClassLabel: their names are the tags) or strings, checked like the
+    files' (`scheme`: "upos" or "bio"); a DataFormatError names the row and word."""
+    from datasets import ClassLabel, Value
+
+    ds, column = load_hub(spec)
+    names = ds.column_names
+    if "tokens" not in names:
+        raise DataFormatError(f"{spec}: no column 'tokens' (the words of each row); has {names}")
+    column = column or next((c for c in tag_columns if c in names), None)
+    if column not in names:
+        raise DataFormatError(
+            f"{spec}: no tag column {column or ' or '.join(map(repr, tag_columns))}; has {names}. "
+            "Name it: hub:<id>:<split>:<column>"
+        )
+    words_type = getattr(ds.features["tokens"], "feature", None)  # List / Sequence / LargeList
+    if not (isinstance(words_type, Value) and words_type.dtype in ("string", "large_string")):
+        raise DataFormatError(
+            f"{spec}: column 'tokens' is {ds.features['tokens']}; expected a list of words per row"
+        )
+    inner = getattr(ds.features[column], "feature", None)
+    if isinstance(inner, ClassLabel):
+        label_names = inner.names
+    elif isinstance(inner, Value) and inner.dtype in ("string", "large_string"):
+        label_names = None
+    else:
+        raise DataFormatError(
+            f"{spec}: column {column!r} is {ds.features[column]}; expected a list of class "
+            "labels (ClassLabel, whose names are the tags) or of strings per row"
+        )
+    check = TAG_SCHEMES[scheme]
+    sentences, empty = [], 0
+    for i, (words, ids) in enumerate(zip(ds["tokens"], ds[column], strict=True)):
+        words, ids = words or [], ids or []
+        if len(words) != len(ids):
+            raise DataFormatError(
+                f"{spec}: row {i} has {len(words)} tokens and {len(ids)} {column}; "
+                "every token needs one tag"
+            )
+        tags: list[str] = []
+        for j, (word, raw) in enumerate(zip(words, ids, strict=True)):
+            if label_names is None:
+                tag = raw if isinstance(raw, str) else None
+            else:
+                tag = (
+                    label_names[raw]
+                    if isinstance(raw, int) and 0 <= raw < len(label_names)
+                    else None
+                )
+            if not isinstance(word, str) or not word:
+                problem = f"token {word!r} is not a word"
+            elif tag is None:
+                known = f"not one of its {len(label_names)} labels" if label_names else "no tag"
+                problem = f"{column} is {raw!r}, {known}"
+            else:
+                problem = check(tag, tags)
+            if problem:
+                raise DataFormatError(f"{spec}: row {i}, token {j} ({word!r}): {problem}")
+            tags.append(tag)
+        if words:
+            sentences.append(TaggedSentence(tuple(words), tuple(tags)))
+        else:
+            empty += 1
+    if empty:
+        log.warning("%s: skipped %d rows without tokens", spec, empty)
+    if not sentences:
+        raise DataFormatError(f"{spec}: no sentences found (no row has tokens)")
+    return sentences
 
 
 def read_squad(path: Path) -> list[QAExample]:
