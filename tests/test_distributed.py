@@ -171,7 +171,7 @@ KILLED_IN_EPOCH_3 = (
     "import alad.phases.align as align\n"
     "real = align._train_epoch\n"
     "def dies(*a, **k):\n"
-    "    if a[5] == 2:  # epoch index 2: the third epoch, after two checkpoints\n"
+    "    if a[1] == 2:  # epoch index 2: the third epoch, after two checkpoints\n"
     "        raise SystemExit(3)  # as if the job were killed\n"
     "    return real(*a, **k)\n"
     "align._train_epoch = dies\n"

@@ -10,22 +10,18 @@ models run once per text (the frozen-output cache) and epochs only train the ada
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from alad.adapter import AlignmentAdapter
-from alad.atomic import recover_all
 from alad.cache import FeatureCache, build_cache, feature_root, paired_batches
 from alad.checkpoint import (
+    Checkpoint,
     check_fits,
     clear_checkpoints,
     has_checkpoints,
@@ -34,17 +30,21 @@ from alad.checkpoint import (
 )
 from alad.config import AlignPhaseConfig, Settings
 from alad.data.corpus import load_corpus, sample_split
-from alad.errors import AladError
 from alad.models.catalog import Encoder, load_encoder
 from alad.models.tokens import check_token_alignment
-from alad.runtime import Runtime, barrier, broadcast, is_main, rank_world
+from alad.phases.recipe import (
+    Recipe,
+    epoch_rng,
+    no_rows_loss,
+    optimizer_step,
+    progress_bar,
+    run,
+    run_key,
+)
+from alad.runtime import Runtime, broadcast, rank_world
 
 log = logging.getLogger(__name__)
 Phase = Literal["phase1", "phase2"]
-
-
-class NonFiniteLoss(AladError, FloatingPointError):
-    """The loss became NaN/inf; nothing was saved from the diverged step."""
 
 
 @dataclass
@@ -133,13 +133,13 @@ def _share_of_mse(
     target: torch.Tensor,
     mask: torch.Tensor,
     tokens: float,
-    adapter: torch.nn.Module,
+    params: list[torch.nn.Parameter],
 ) -> torch.Tensor:
     """Mean squared error per feature over real tokens (padding never counts), as this rank's
     part of the global batch's (`tokens` real tokens in all; one process: the whole of it). A
     rank without rows still joins the gradient sum."""
     if pred is None:
-        return sum(p.sum() * 0.0 for p in adapter.parameters())
+        return no_rows_loss(params)
     m = mask.unsqueeze(-1)
     return ((pred.float() - target) ** 2 * m).sum() / (tokens * pred.shape[-1])
 
@@ -204,18 +204,8 @@ def _manifest(
             "heldout_texts": data.heldout[0].num_texts,
             "heldout_hash": data.heldout[0].manifest["texts_hash"],
         },
-        "run_key": _run_key(settings, phase),
+        "run_key": run_key(settings, phase),
         "config": settings.model_dump(mode="json"),
-    }
-
-
-def _run_key(settings: Settings, phase: Phase) -> dict[str, Any]:
-    """What must match for a rerun to resume this run rather than start over."""
-    return {
-        "models": settings.models.model_dump(mode="json"),
-        "adapter": settings.adapter.model_dump(mode="json"),
-        "phase": getattr(settings, phase).model_dump(mode="json"),
-        "seed": settings.seed,
     }
 
 
@@ -231,6 +221,125 @@ def _init_adapter(settings: Settings, data: AlignData, init: Path | None) -> Ali
     return adapter
 
 
+class AlignRecipe(Recipe):
+    """Phases 1-2: the adapter alone trains (M_C, M_L frozen, their outputs cached), every
+    epoch is a checkpoint `out/epoch-NNNN/` (adapter + manifest + resume state)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        phase: Phase,
+        out: Path,
+        init: Path | None,
+        progress: bool,
+        data: AlignData | None,
+    ) -> None:
+        self.settings, self.name, self.out, self.init = settings, phase, out, init
+        self.cfg: AlignPhaseConfig = getattr(settings, phase)
+        self.epochs, self.progress, self.data = self.cfg.epochs, progress, data
+        self.key = run_key(settings, phase)
+        self.tokens_seen, self.train_seconds, self.path = 0, 0.0, None
+        self.runtime = Runtime.from_config(settings.runtime)
+
+    def setup(self) -> None:
+        self.data = self.data or prepare_data(self.settings, self.name, self.progress, self.init)
+        self.adapter = _init_adapter(self.settings, self.data, self.init).to(self.runtime.device)
+        cfg = self.cfg
+        self.optimizer = torch.optim.AdamW(
+            self.adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+        self.before = evaluate(self.adapter, self.data.heldout)
+
+    def _checkpoint(self) -> Checkpoint | None:
+        # the newest intact checkpoint; a damaged one is skipped, with a warning
+        return (
+            load_checkpoint(self.out, with_trainer_state=True)
+            if has_checkpoints(self.out)
+            else None
+        )
+
+    def finished_result(self) -> AlignResult | None:
+        ckpt = self._checkpoint()
+        m = ckpt.manifest if ckpt else {}
+        if not (m.get("finished") and m.get("run_key") == self.key and ckpt.trainer_state):
+            self.path = ckpt.dir if ckpt else None
+            return None
+        self.setup()
+        self.adapter.load_state_dict(ckpt.adapter.state_dict())
+        t = ckpt.trainer_state
+        after = evaluate(self.adapter, self.data.heldout)
+        return AlignResult(
+            self.name,
+            ckpt.dir,
+            t["before"],
+            after,
+            m["history"],
+            m["stopped_by"],
+            t["train_seconds"],
+        )
+
+    def saved_state(self) -> dict[str, Any] | None:
+        ckpt = self._checkpoint()
+        if ckpt is None:
+            return None
+        self._resumed_weights = ckpt.adapter.state_dict()
+        m = ckpt.manifest  # states written before the shared format keep these in the manifest
+        if not ckpt.trainer_state:  # an adapter without its trainer state cannot be resumed
+            return {"run_key": None}
+        return {"run_key": m.get("run_key"), "epoch": m["epoch"], "history": m["history"],
+                **ckpt.trainer_state}  # fmt: skip
+
+    def load_state_extra(self, state: dict[str, Any]) -> None:
+        self.adapter.load_state_dict(self._resumed_weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.before, self.tokens_seen = state["before"], state["tokens_seen"]
+        self.train_seconds = state["train_seconds"]
+
+    def state_extra(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "before": self.before,
+            "tokens_seen": self.tokens_seen,
+            "train_seconds": self.train_seconds,
+        }
+
+    def restarted(self) -> None:
+        clear_checkpoints(self.out)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        train_mse = _train_epoch(self, epoch)
+        seconds = time.perf_counter() - t0
+        self.train_seconds += seconds
+        return {"train_mse": train_mse, "seconds": seconds, "tokens_seen": self.tokens_seen}
+
+    def validate(self, epoch: int) -> dict[str, float]:
+        metrics = evaluate(self.adapter, self.data.heldout)
+        return {"heldout_mse": metrics["mse"], "heldout_cosine": metrics["cosine"]}
+
+    def log_epoch(self, r: dict[str, Any]) -> None:
+        log.info(
+            "%s epoch %d: train MSE %.4f, held-out MSE %.4f, cosine %.3f (%.1fs)",
+            self.name, r["epoch"], r["train_mse"], r["heldout_mse"], r["heldout_cosine"],
+            r["seconds"],
+        )  # fmt: skip
+
+    def save(self, state: dict[str, Any], finished: bool) -> None:
+        epoch, history = state["epoch"], state["history"]
+        manifest = _manifest(
+            self.settings, self.name, self.data, epoch, history, finished, self.stopped_by
+        )
+        save_checkpoint(self.out, f"epoch-{epoch:04d}", self.adapter, manifest, state)
+
+    def finish(self, history: list[dict[str, Any]]) -> AlignResult:
+        path = self.out / f"epoch-{history[-1]['epoch']:04d}" if history else self.path
+        assert path is not None
+        after = evaluate(self.adapter, self.data.heldout)
+        return AlignResult(
+            self.name, path, self.before, after, history, self.stopped_by, self.train_seconds
+        )
+
+
 def run_alignment(
     settings: Settings,
     phase: Phase,
@@ -240,172 +349,54 @@ def run_alignment(
     data: AlignData | None = None,
 ) -> AlignResult:
     """Train (or resume) one alignment phase; returns metrics and the checkpoint path."""
-    cfg: AlignPhaseConfig = getattr(settings, phase)
     out = out or settings.runs_dir / phase
-    data = data or prepare_data(settings, phase, progress, init)
-    runtime = Runtime.from_config(settings.runtime)
-    adapter = _init_adapter(settings, data, init).to(runtime.device)
-    optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start_epoch, history, tokens_seen, train_seconds = 0, [], 0, 0.0
-    before = evaluate(adapter, data.heldout)
-
-    if is_main():  # only rank 0 writes; the others wait, then read the same folder
-        recover_all(out)  # a kill between the two renames of a checkpoint swap
-    barrier()
-    previous = None
-    if has_checkpoints(out):  # the newest intact checkpoint; a damaged one is skipped, warned
-        ckpt = load_checkpoint(out, with_trainer_state=True)
-        previous = ckpt.dir
-        if ckpt.manifest.get("run_key") == _run_key(settings, phase) and ckpt.trainer_state:
-            adapter.load_state_dict(ckpt.adapter.state_dict())
-            optimizer.load_state_dict(ckpt.trainer_state["optimizer"])
-            start_epoch, history = ckpt.manifest["epoch"], ckpt.manifest["history"]
-            before = ckpt.trainer_state["before"]
-            tokens_seen = ckpt.trainer_state["tokens_seen"]
-            train_seconds = ckpt.trainer_state["train_seconds"]
-            if ckpt.manifest["finished"]:
-                log.info("%s already finished at %s; nothing to do", phase, ckpt.dir)
-                return AlignResult(
-                    phase,
-                    ckpt.dir,
-                    before,
-                    evaluate(adapter, data.heldout),
-                    history,
-                    ckpt.manifest["stopped_by"],
-                    train_seconds,
-                )
-            log.info("resuming %s after epoch %d from %s", phase, start_epoch, ckpt.dir)
-        else:
-            log.warning("%s holds a checkpoint of a different config; starting over", out)
-            barrier()  # every rank has read it before rank 0 clears it
-            if is_main():
-                clear_checkpoints(out)
-
-    stopped_by, path = "epochs", previous
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        train_mse, stopped_by, tokens_seen = _train_epoch(
-            adapter,
-            optimizer,
-            data.train,
-            cfg,
-            settings.seed,
-            epoch,
-            tokens_seen,
-            train_seconds,
-            progress,
-            runtime,
-        )
-        seconds = time.perf_counter() - t0
-        train_seconds += seconds
-        metrics = evaluate(adapter, data.heldout)
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "train_mse": train_mse,
-                "heldout_mse": metrics["mse"],
-                "heldout_cosine": metrics["cosine"],
-                "seconds": seconds,
-                "tokens_seen": tokens_seen,
-            }
-        )
-        log.info(
-            "%s epoch %d: train MSE %.4f, held-out MSE %.4f, cosine %.3f (%.1fs)",
-            phase,
-            epoch + 1,
-            train_mse,
-            metrics["mse"],
-            metrics["cosine"],
-            seconds,
-        )
-        finished = stopped_by != "epochs" or epoch + 1 == cfg.epochs
-        state = {
-            "optimizer": optimizer.state_dict(),
-            "before": before,
-            "tokens_seen": tokens_seen,
-            "train_seconds": train_seconds,
-        }
-        manifest = _manifest(settings, phase, data, epoch + 1, history, finished, stopped_by)
-        path = out / f"epoch-{epoch + 1:04d}"
-        if is_main():
-            path = save_checkpoint(out, path.name, adapter, manifest, state)
-        barrier()
-        if finished:
-            break
-    assert path is not None
-    return AlignResult(
-        phase, path, before, evaluate(adapter, data.heldout), history, stopped_by, train_seconds
-    )
+    return run(AlignRecipe(settings, phase, out, init, progress, data))
 
 
-def _train_epoch(
-    adapter: AlignmentAdapter,
-    optimizer: torch.optim.Optimizer,
-    caches: tuple[FeatureCache, FeatureCache],
-    cfg: AlignPhaseConfig,
-    seed: int,
-    epoch: int,
-    tokens_seen: int,
-    seconds_before: float,
-    progress: bool,
-    runtime: Runtime,
-) -> tuple[float, str, int]:
+def _train_epoch(r: AlignRecipe, epoch: int) -> float:
     """One pass in a seeded order (seed, epoch): a resumed run replays the same batches."""
+    adapter, cfg, runtime, caches = r.adapter, r.cfg, r.runtime, r.data.train
     adapter.train()
-    rng = np.random.default_rng([seed, epoch])
     total, weight, t0 = 0.0, 0.0, time.perf_counter()
-    bar = tqdm(
-        total=caches[0].num_texts,
-        desc=f"epoch {epoch + 1}/{cfg.epochs}",
-        unit="text",
-        disable=not progress,
-        leave=False,
-    )
-    scaler = runtime.grad_scaler()
+    bar = progress_bar(caches[0].num_texts, epoch, cfg.epochs, "text", r.progress)
+    scaler, params = runtime.grad_scaler(), list(adapter.parameters())
     rank, world = rank_world()
+    rng = epoch_rng(r.settings.seed, epoch)
     for step, (x, y, mask) in enumerate(paired_batches(*caches, cfg.batch_size, rng)):
         # Data parallel (torchrun): every rank draws the same global batch and trains on its
-        # rows rank::world; its loss is its share of the global batch's mean, and summing the
-        # ranks' gradients gives exactly the one-process gradient of that batch.
+        # rows rank::world; its loss is its share of the global batch's mean.
         n = float(mask.sum())
-        x, y, mask = x[rank::world], y[rank::world], mask[rank::world]
-        x, y, mask = x.to(runtime.device), y.to(runtime.device), mask.to(runtime.device)
+        x, y, mask = (t[rank::world].to(runtime.device) for t in (x, y, mask))
         with runtime.autocast():
             pred = adapter(x, mask) if len(x) else None
-        loss = _share_of_mse(pred, y, mask, n, adapter)
-        if world > 1:
-            loss_all = loss.detach().clone()
-            dist.all_reduce(loss_all)
-            loss_value = float(loss_all)
-        else:
-            loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise NonFiniteLoss(
-                f"loss is {loss_value} at epoch {epoch + 1}, step {step}: training diverged. "
-                f"Lower the learning rate (now {cfg.lr}); the last good checkpoint is kept."
-            )
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if world > 1:
-            for p in adapter.parameters():
-                dist.all_reduce(p.grad)  # sum of the ranks' shares = the global batch's gradient
-        scaler.step(optimizer)
-        scaler.update()
-        total, weight, tokens_seen = total + loss_value * n, weight + n, tokens_seen + int(n)
+        loss = _share_of_mse(pred, y, mask, n, params)
+        where = (
+            f"epoch {epoch + 1}, step {step}: training diverged. Lower the learning rate "
+            f"(now {cfg.lr}); the last good checkpoint is kept"
+        )
+        value = optimizer_step(loss, params, r.optimizer, scaler, where)
+        total, weight, r.tokens_seen = total + value * n, weight + n, r.tokens_seen + int(n)
         bar.update(len(x) * world)
         bar.set_postfix(mse=f"{total / weight:.4f}")
-        if cfg.budget_tokens is not None and tokens_seen >= cfg.budget_tokens:
-            bar.close()
-            return total / weight, "token budget", tokens_seen
-        if cfg.budget_minutes is None:
-            continue
-        elapsed = [seconds_before + time.perf_counter() - t0]
-        broadcast(elapsed)  # rank 0's clock decides, so every rank stops at the same step
-        if elapsed[0] >= cfg.budget_minutes * 60:
-            bar.close()
-            return total / weight, "time budget", tokens_seen
+        if _out_of_budget(r, cfg, time.perf_counter() - t0):
+            break
     bar.close()
-    return total / weight, "epochs", tokens_seen
+    return total / weight
+
+
+def _out_of_budget(r: AlignRecipe, cfg: AlignPhaseConfig, seconds: float) -> bool:
+    """A token or time budget spent: the phase ends after this step (`r.stopped_by` says why)."""
+    if cfg.budget_tokens is not None and r.tokens_seen >= cfg.budget_tokens:
+        r.stopped_by = "token budget"
+        return True
+    if cfg.budget_minutes is None:
+        return False
+    elapsed = [r.train_seconds + seconds]
+    broadcast(elapsed)  # rank 0's clock decides, so every rank stops at the same step
+    if elapsed[0] >= cfg.budget_minutes * 60:
+        r.stopped_by = "time budget"
+        return True
+    return False
 
 
 def phase1_pretrain(

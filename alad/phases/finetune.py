@@ -23,12 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from alad.adapter import AlignmentAdapter
-from alad.atomic import read_json, recover_all, write_json
+from alad.atomic import read_json, write_json
 from alad.cache import FrozenOutputs, feature_root, grouped_batches
 from alad.checkpoint import check_fits, load_checkpoint, load_trainer_state, save_trainer_state
 from alad.config import ConfigError, Phase3Config, Settings
@@ -37,8 +35,8 @@ from alad.inference import predict_outputs
 from alad.model import AlignedModel, save_model
 from alad.models.catalog import Encoder, load_encoder
 from alad.models.compress import split_spec
-from alad.phases.align import NonFiniteLoss
 from alad.phases.modes import MODES, ModeSpec
+from alad.phases.recipe import Recipe, optimizer_step, progress_bar, run, run_key
 from alad.runtime import Runtime, barrier, is_main, rank_world
 from alad.tasks import TASKS, Splits, Task, load_splits
 
@@ -149,18 +147,163 @@ def _param_groups(model: AlignedModel, mode: ModeSpec, cfg: Phase3Config, lr: fl
     ]
 
 
-def _save_state(out: Path, model: AlignedModel, optimizer, scheduler, info: dict) -> None:
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    weights = {k: v for k, v in model.state_dict().items() if k in trainable}
-    # The RNG state too: dropout draws from it, so a resumed run continues the same stream.
-    state = {
-        "weights": weights,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": torch.get_rng_state(),
-        **info,
+class FinetuneRecipe(Recipe):
+    """Phase 3: one mode's model trained on the task, the best epoch by dev score kept in
+    `out/model/`, the resume state in `out/state/`, `out/metrics.json` when finished."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        out: Path,
+        progress: bool,
+        encoders: tuple[Encoder, Encoder] | None,
+    ) -> None:
+        self.settings, self.cfg, self.out, self.progress = settings, settings.phase3, out, progress
+        self.mode, self.task = MODES[self.cfg.mode], TASKS[self.cfg.task]
+        self.name, self.key, self.encoders = "phase 3", run_key(settings, "phase3"), encoders
+        self.epochs = self.cfg.epochs or self.task.epochs
+        self.lr, self.best, self.metrics_path = (
+            self.cfg.lr or self.mode.lr,
+            -math.inf,
+            out / "metrics.json",
+        )
+        self.runtime = Runtime.from_config(settings.runtime)
+
+    def finished_result(self) -> FinetuneResult | None:
+        if not self.metrics_path.is_file():
+            return None
+        done = read_json(self.metrics_path)
+        if done.get("run_key") != self.key or not (self.out / "model" / "manifest.json").is_file():
+            return None
+        test = done.get("test", {})
+        return FinetuneResult(
+            self.out / "model", done["dev"], test, done["history"], self.metrics_path
+        )
+
+    def setup(self) -> None:
+        cfg, task, settings = self.cfg, self.task, self.settings
+        self.splits = splits = load_splits(cfg, settings.seed)
+        # The label set is the training split's, even when a subset is trained on: a subset is
+        # a compute budget and must not turn rare gold labels at evaluation into errors.
+        self.labels = task.labels(splits.train_all)
+        task.check(splits.dev, self.labels, splits.sources["dev"])
+        task.check(splits.test, self.labels, splits.sources["test"])
+        m = settings.models
+        encoders = self.encoders or (load_encoder(m.compressed), load_encoder(m.large))
+        self.encoders = encoders
+        self.model = build_model(settings, self.mode, task, self.labels, encoders)
+        self.model.to(self.runtime.device)
+        self.scaler = self.runtime.grad_scaler()
+        self.tok = (encoders[1] if self.mode.encoder == "large" else encoders[0]).tokenizer
+        self.pad_id = self.tok.pad_token_id or 0
+        self.train_feats = task.encode(self.tok, splits.train, self.labels, cfg, True)
+        self.dev_feats = task.encode(self.tok, splits.dev, self.labels, cfg, False)
+        self.extract_seconds = _cache_frozen_outputs(
+            settings, self.model, encoders[0], self.train_feats, self.dev_feats, self.pad_id,
+            self.progress,
+        )  # fmt: skip
+        self.optimizer = torch.optim.AdamW(_param_groups(self.model, self.mode, cfg, self.lr))
+        steps = self.epochs * math.ceil(task.num_rows(self.train_feats) / cfg.batch_size)
+        warmup = int(cfg.warmup_ratio * steps)
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup, steps)
+        self.manifest = _model_manifest(self)
+        log.info(
+            "phase 3: %s/%s, %d train rows, %d epochs, lr %g%s", cfg.task, cfg.mode,
+            task.num_rows(self.train_feats), self.epochs, self.lr,
+            f" (LoRA {self.mode.lora_lr:g})" if self.mode.encoder_training == "lora" else "",
+        )  # fmt: skip
+
+    def saved_state(self) -> dict[str, Any] | None:
+        return load_trainer_state(self.out / "state")  # checksummed, weights_only: runs no code
+
+    def load_state_extra(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["weights"], strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.best = state["best"]
+
+    def state_extra(self) -> dict[str, Any]:
+        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        weights = {k: v for k, v in self.model.state_dict().items() if k in trainable}
+        return {
+            "weights": weights,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "best": self.best,
+        }
+
+    def restarted(self) -> None:
+        shutil.rmtree(self.out / "state", ignore_errors=True)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self._t0 = time.perf_counter()
+        return {"train_loss": _train_epoch(self, epoch)}
+
+    def validate(self, epoch: int) -> dict[str, float]:
+        cfg, task, splits, feats = self.cfg, self.task, self.splits, self.dev_feats
+        bs = cfg.batch_size * 2
+        outputs = predict_outputs(self.model, task, feats, bs, self.pad_id, self.runtime)
+        # Decoding settings tuned on dev (QA: the no-answer threshold) go with this epoch.
+        tune = getattr(task, "tune", None)
+        self.tuned = tune(splits.dev, feats, outputs, cfg) if tune else {}
+        dev_cfg = cfg.model_copy(update=self.tuned)
+        self.dev = task.score(
+            splits.dev, task.decode(splits.dev, feats, outputs, self.labels, dev_cfg)
+        )
+        self.dev.update(self.tuned)
+        self.improved = self.dev["main"] > self.best
+        self.best = max(self.best, self.dev["main"])
+        # epoch 1 pays for a frozen encoder's one extraction, as in phases 1-2
+        extract = self.extract_seconds if epoch == 0 else 0.0
+        return {"dev_main": self.dev["main"], "seconds": time.perf_counter() - self._t0 + extract}
+
+    def log_epoch(self, r: dict[str, Any]) -> None:
+        log.info(
+            "epoch %d: train loss %.4f, dev %.4f (%.0fs)",
+            r["epoch"], r["train_loss"], r["dev_main"], r["seconds"],
+        )  # fmt: skip
+
+    def save(self, state: dict[str, Any], finished: bool) -> None:
+        if self.improved:
+            best = {**self.manifest, **self.tuned, "dev": self.dev, "best_epoch": state["epoch"]}
+            save_model(self.model, self.tok, best, self.out / "model")
+        save_trainer_state(self.out / "state", state)
+
+    def finish(self, history: list[dict[str, Any]]) -> FinetuneResult:
+        dev_best = json.loads((self.out / "model" / "manifest.json").read_text())["dev"]
+        if is_main():
+            record = {"run_key": self.key, "history": history, "dev": dev_best}
+            write_json({**record, "sources": self.splits.sources}, self.metrics_path)
+            shutil.rmtree(self.out / "state", ignore_errors=True)
+        barrier()
+        return FinetuneResult(self.out / "model", dev_best, {}, history, self.metrics_path)
+
+
+def _model_manifest(r: FinetuneRecipe) -> dict[str, Any]:
+    """What the saved model's manifest.json says about how it was made (alad/model.py)."""
+    cfg, mode, (compressed, large) = r.cfg, r.mode, r.encoders
+    int8 = mode.encoder == "compressed" and "int8" in split_spec(compressed.name)[1]
+    return {
+        "task": cfg.task,
+        "mode": cfg.mode,
+        "labels": r.labels,
+        "compressed": r.settings.models.compressed,
+        "large": r.settings.models.large,
+        "encoder_name": (large if mode.encoder == "large" else compressed).name,
+        "encoder_spec": compressed.name if int8 else None,
+        "max_length": cfg.window_tokens,
+        "stride": cfg.stride,
+        "n_best": cfg.n_best,
+        "max_answer_length": cfg.max_answer_length,
+        "null_threshold": cfg.null_threshold,
+        "init": str(cfg.init) if cfg.init else None,
+        "lr": r.lr,
+        "lora_lr": mode.lora_lr if mode.encoder_training == "lora" else None,
+        "epochs": r.epochs,
+        "seed": r.settings.seed,
+        "sources": r.splits.sources,
+        "examples": {k: len(getattr(r.splits, k)) for k in ("train", "dev", "test")},
     }
-    save_trainer_state(out / "state", state)
 
 
 def finetune(
@@ -172,154 +315,8 @@ def finetune(
     """Train and keep the best epoch by validation score. Scoring the test split is
     evaluation's job (alad.phases.evaluate): the CLI and the pipeline stages run it after."""
     cfg = settings.phase3
-    mode, task = MODES[cfg.mode], TASKS[cfg.task]
     out = out or settings.runs_dir / f"{cfg.task}-{cfg.mode}"
-    metrics_path = out / "metrics.json"
-    if is_main():
-        recover_all(out)  # finish or undo a folder swap (model/, state/) that a kill interrupted
-    barrier()
-    run_key = {
-        "phase3": cfg.model_dump(mode="json"),
-        "models": settings.models.model_dump(),
-        "adapter": settings.adapter.model_dump(),
-        "seed": settings.seed,
-    }
-    if metrics_path.is_file():
-        done = read_json(metrics_path)
-        if done.get("run_key") == run_key and (out / "model" / "manifest.json").is_file():
-            log.info("phase 3 already finished in %s; nothing to do", out)
-            return FinetuneResult(
-                out / "model", done["dev"], done.get("test", {}), done["history"], metrics_path
-            )
-
-    splits = load_splits(cfg, settings.seed)
-    # The label set is the training split's, even when a subset is trained on: a subset is a
-    # compute budget and must not turn rare gold labels at evaluation into errors.
-    labels = task.labels(splits.train_all)
-    task.check(splits.dev, labels, splits.sources["dev"])
-    task.check(splits.test, labels, splits.sources["test"])
-    encoders = encoders or (
-        load_encoder(settings.models.compressed),
-        load_encoder(settings.models.large),
-    )
-    runtime = Runtime.from_config(settings.runtime)
-    model = build_model(settings, mode, task, labels, encoders).to(runtime.device)
-    scaler = runtime.grad_scaler()
-    tok = (encoders[1] if mode.encoder == "large" else encoders[0]).tokenizer
-    pad_id = tok.pad_token_id or 0
-    train_feats = task.encode(tok, splits.train, labels, cfg, True)
-    dev_feats = task.encode(tok, splits.dev, labels, cfg, False)
-    extract_seconds = _cache_frozen_outputs(
-        settings, model, encoders[0], train_feats, dev_feats, pad_id, progress
-    )
-    epochs = cfg.epochs or task.epochs
-    lr = cfg.lr or mode.lr
-    optimizer = torch.optim.AdamW(_param_groups(model, mode, cfg, lr))
-    steps = epochs * math.ceil(task.num_rows(train_feats) / cfg.batch_size)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
-    history: list[dict[str, Any]] = []
-    best, start_epoch = -math.inf, 0
-    state = load_trainer_state(out / "state")  # checksummed, weights_only: never runs code
-    if state is not None and state.get("run_key") == run_key:
-        model.load_state_dict(state["weights"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if "rng" in state:
-            torch.set_rng_state(state["rng"])
-        start_epoch, history, best = state["epoch"], state["history"], state["best"]
-        log.info("resuming phase 3 after epoch %d from %s", start_epoch, out / "state")
-    manifest = {
-        "task": cfg.task,
-        "mode": cfg.mode,
-        "labels": labels,
-        "compressed": settings.models.compressed,
-        "large": settings.models.large,
-        "encoder_name": (encoders[1] if mode.encoder == "large" else encoders[0]).name,
-        "encoder_spec": (
-            encoders[0].name
-            if mode.encoder == "compressed" and "int8" in split_spec(encoders[0].name)[1]
-            else None
-        ),
-        "max_length": cfg.window_tokens,
-        "stride": cfg.stride,
-        "n_best": cfg.n_best,
-        "max_answer_length": cfg.max_answer_length,
-        "null_threshold": cfg.null_threshold,
-        "init": str(cfg.init) if cfg.init else None,
-        "lr": lr,
-        "lora_lr": mode.lora_lr if mode.encoder_training == "lora" else None,
-        "epochs": epochs,
-        "seed": settings.seed,
-        "sources": splits.sources,
-        "examples": {"train": len(splits.train), "dev": len(splits.dev), "test": len(splits.test)},
-    }
-    log.info(
-        "phase 3: %s/%s, %d train rows, %d epochs, lr %g%s",
-        cfg.task,
-        cfg.mode,
-        task.num_rows(train_feats),
-        epochs,
-        lr,
-        f" (LoRA {mode.lora_lr:g})" if mode.encoder_training == "lora" else "",
-    )
-
-    for epoch in range(start_epoch, epochs):
-        t0 = time.perf_counter()
-        train_loss = _train_epoch(
-            model,
-            task,
-            train_feats,
-            optimizer,
-            scheduler,
-            cfg,
-            pad_id,
-            settings.seed,
-            epoch,
-            epochs,
-            progress,
-            runtime,
-            scaler,
-        )
-        outputs = predict_outputs(model, task, dev_feats, cfg.batch_size * 2, pad_id, runtime)
-        # Decoding settings tuned on dev (QA: the no-answer threshold) go with this epoch.
-        tune = getattr(task, "tune", None)
-        tuned = tune(splits.dev, dev_feats, outputs, cfg) if tune else {}
-        dev_cfg = cfg.model_copy(update=tuned)
-        dev = task.score(splits.dev, task.decode(splits.dev, dev_feats, outputs, labels, dev_cfg))
-        dev.update(tuned)
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "train_loss": train_loss,
-                "dev_main": dev["main"],
-                # epoch 1 pays for a frozen encoder's one extraction, as in phases 1-2
-                "seconds": time.perf_counter() - t0 + (extract_seconds if epoch == 0 else 0.0),
-            }
-        )
-        log.info(
-            "epoch %d: train loss %.4f, dev %.4f (%.0fs)",
-            epoch + 1,
-            train_loss,
-            dev["main"],
-            history[-1]["seconds"],
-        )
-        improved = dev["main"] > best
-        best = max(best, dev["main"])
-        if is_main():  # under torchrun rank 0 writes (every rank holds the same weights)
-            if improved:
-                manifest_now = {**manifest, **tuned, "dev": dev, "best_epoch": epoch + 1}
-                save_model(model, tok, manifest_now, out / "model")
-            info = {"epoch": epoch + 1, "history": history, "best": best, "run_key": run_key}
-            _save_state(out, model, optimizer, scheduler, info)
-        barrier()
-
-    dev_best = json.loads((out / "model" / "manifest.json").read_text())["dev"]
-    if is_main():
-        record = {"run_key": run_key, "history": history, "dev": dev_best}
-        write_json({**record, "sources": splits.sources}, metrics_path)
-        shutil.rmtree(out / "state", ignore_errors=True)
-    barrier()
-    return FinetuneResult(out / "model", dev_best, {}, history, metrics_path)
+    return run(FinetuneRecipe(settings, out, progress, encoders))
 
 
 def _cache_frozen_outputs(
@@ -359,56 +356,26 @@ def _epoch_order(feats: Any, cfg: Phase3Config, seed: int, epoch: int) -> list[i
     return [int(i) for b in batches for i in b]
 
 
-def _train_epoch(
-    model: AlignedModel,
-    task: Task,
-    feats: Any,
-    optimizer,
-    scheduler,
-    cfg: Phase3Config,
-    pad_id: int,
-    seed: int,
-    epoch: int,
-    epochs: int,
-    progress: bool,
-    runtime: Runtime,
-    scaler: torch.amp.GradScaler,
-) -> float:
+def _train_epoch(r: FinetuneRecipe, epoch: int) -> float:
+    """One pass in the order of `_epoch_order`; returns the mean batch loss."""
+    model, cfg, task, feats = r.model, r.cfg, r.task, r.train_feats
     model.train()
-    order = _epoch_order(feats, cfg, seed, epoch)
+    order = _epoch_order(feats, cfg, r.settings.seed, epoch)
     total, count = 0.0, 0
-    bar = tqdm(
-        total=len(order),
-        desc=f"epoch {epoch + 1}/{epochs}",
-        unit="row",
-        disable=not progress,
-        leave=False,
-    )
+    bar = progress_bar(len(order), epoch, r.epochs, "row", r.progress)
     rank, world = rank_world()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    for step, batch in enumerate(task.batches(feats, cfg.batch_size, pad_id, order)):
-        rows = len(batch["input_ids"])
-        loss = _step_loss(model, task, batch, runtime, rank, world, trainable)
-        value = loss.detach().clone()
-        if world > 1:
-            dist.all_reduce(value)  # the whole batch's loss: the sum of the ranks' shares
-        if not math.isfinite(float(value)):
-            raise NonFiniteLoss(
-                f"phase 3 loss is {float(value)} at epoch {epoch + 1}, step "
-                f"{step}: lower phase3.lr; the best model so far is kept"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if world > 1:
-            for p in trainable:
-                dist.all_reduce(p.grad)  # summed shares = the whole batch's gradient
-        scaler.unscale_(optimizer)  # clip the true gradients (a no-op unless fp16)
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        total, count = total + float(value), count + 1
-        bar.update(rows)
+    for step, batch in enumerate(task.batches(feats, cfg.batch_size, r.pad_id, order)):
+        loss = _step_loss(model, task, batch, r.runtime, rank, world, trainable)
+        where = (
+            f"epoch {epoch + 1}, step {step}: phase 3 diverged; lower phase3.lr (now {r.lr}); "
+            "the best model so far is kept"
+        )
+        value = optimizer_step(
+            loss, trainable, r.optimizer, r.scaler, where, clip=1.0, scheduler=r.scheduler
+        )
+        total, count = total + value, count + 1
+        bar.update(len(batch["input_ids"]))
         bar.set_postfix(loss=f"{total / count:.4f}")
     bar.close()
     return total / max(1, count)

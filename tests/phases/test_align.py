@@ -12,7 +12,8 @@ import alad.phases.align as align_mod
 from alad.checkpoint import CheckpointError, load_checkpoint
 from alad.data.corpus import EmptyCorpus
 from alad.models.tokens import TokenMismatch
-from alad.phases.align import NonFiniteLoss, phase1_pretrain, phase2_task_align, run_alignment
+from alad.phases.align import phase1_pretrain, phase2_task_align, run_alignment
+from alad.phases.recipe import NonFiniteLoss
 
 
 def _with(settings, **sections):
