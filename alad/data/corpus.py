@@ -9,8 +9,9 @@ A corpus spec is one of:
   path/to/file.txt          one text per non-empty line
   path/to/file.jsonl        one JSON object per line with a "text" field
   path/to/task file         CoNLL-U, token<TAB>tag BIO or SQuAD JSON (their text, no labels)
-  hub:<id>[:split[:column]] a `datasets` hub dataset (needs internet), default split train,
-                            column text
+  hub:<id>[:split[:column]] a `datasets` dataset: a hub id (needs internet) or a local
+                            dataset folder/file (alad.data.readers.load_hub); default split
+                            train, column text (else tokens, a list of words, joined by spaces)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import re
 from pathlib import Path
 
 from alad.atomic import read_json, read_text, text_lines
-from alad.data.readers import DataFormatError, task_texts
+from alad.data.readers import DataFormatError, load_hub, task_texts
 from alad.errors import AladError
 
 log = logging.getLogger(__name__)
@@ -108,15 +109,14 @@ def _read_jsonl(path: Path) -> list[str]:
 
 
 def _read_hub(spec: str) -> list[str]:
-    from datasets import load_dataset
-
-    _, dataset_id, *rest = spec.split(":")
-    split = rest[0] if rest else "train"
-    column = rest[1] if len(rest) > 1 else "text"
-    ds = load_dataset(dataset_id, split=split)
+    ds, column = load_hub(spec)
+    if column is None:  # a token task's dataset has no "text": its sentences are its tokens
+        column = (
+            "tokens" if "text" not in ds.column_names and "tokens" in ds.column_names else "text"
+        )
     if column not in ds.column_names:
         raise DataFormatError(f"{spec}: no column {column!r}; columns are {ds.column_names}")
-    values = ds[column]
+    values = [" ".join(v) if _is_words(v) else v for v in ds[column]]
     wrong = next((v for v in values if v is not None and not isinstance(v, str)), None)
     if wrong is not None:
         raise DataFormatError(f"{spec}: column {column!r} holds {type(wrong).__name__}, not text")
@@ -124,6 +124,10 @@ def _read_hub(spec: str) -> list[str]:
     if missing:
         log.warning("%s: skipped %d rows whose %r is missing (null)", spec, missing, column)
     return [v for v in values if v is not None and v.strip()]
+
+
+def _is_words(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(w, str) for w in value)
 
 
 def load_corpus(spec: str) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,62 @@ def test_conllu_bad_line_names_file_and_line(tmp_path, bad_line, needle):
     with pytest.raises(DataFormatError, match=needle) as info:
         read_conllu(path)
     assert f"{path}:5:" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "needle"),
+    [
+        # what the conllu package is lenient about: two spaces split columns there, a bad ID
+        # range raises its own ParseException; here each is one DataFormatError with the line
+        (_conllu_line("1", "Hallo  Welt", "INTJ"), "two spaces in a row"),
+        (_conllu_line("1", "Hallo", "IN  TJ"), "two spaces in a row"),
+        (_conllu_line("3-x", "zum", "_"), "'3-x'"),
+        (_conllu_line("4-3", "zum", "_"), "'4-3'"),
+        (_conllu_line("01", "Hallo", "INTJ"), "'01'"),
+        (_conllu_line("_", "Hallo", "INTJ"), "'_'"),
+        (" " + _conllu_line("1", "Hallo", "INTJ"), "' 1'"),
+        (" #" + _conllu_line("1", "Hallo", "INTJ"), "' #1'"),
+        (_conllu_line("1", "Hallo", "_"), "no UPOS tag"),
+        (_conllu_line("1", "Hallo", " "), "no UPOS tag"),
+        ("\t".join(["1", "Hallo", "h", " ", "", "", "", "", "", " "]), "no UPOS tag"),
+    ],
+)
+def test_conllu_what_the_parser_would_accept_or_raise_is_one_error_with_the_line(
+    tmp_path, bad_line, needle
+):
+    text = "\n".join(["# c", _conllu_line("1", "Ja", "INTJ"), "", "# c2", bad_line, ""])
+    path = _write(tmp_path, "bad.conllu", text)
+    with pytest.raises(DataFormatError, match=needle) as info:
+        read_conllu(path)
+    assert f"{path}:5:" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_conllu_first_problem_wins_within_a_sentence(tmp_path):
+    lines = [_conllu_line("1", "Ja", "_"), "1\tzu\twenige\tSpalten"]
+    path = _write(tmp_path, "bad.conllu", "\n".join(lines) + "\n")
+    with pytest.raises(DataFormatError, match="no UPOS tag") as info:
+        read_conllu(path)
+    assert f"{path}:1:" in str(info.value)
+
+
+def test_conllu_reads_only_id_form_upos(tmp_path):
+    """HEAD, FEATS, DEPS or MISC values conllu's own parsers reject, spaces inside a FORM (UD v2)
+    and a trailing empty MISC do not stop a POS file: those columns are not read."""
+    odd = "\t".join(["1", "New York", "x", "PROPN", "_", "a=b=c|=", "dep", "dep", "1:", ""])
+    empty_node = "\t".join(["1.1", "x", "x", "_", "_", "_", "_", "_", "_", "_"])
+    path = _write(tmp_path, "a.conllu", "\n".join([odd, empty_node, _conllu_line("2", "0", "NUM")]))
+    assert read_conllu(path) == [TaggedSentence(("New York", "0"), ("PROPN", "NUM"))]
+
+
+def test_conllu_utf8_bom_and_crlf(tmp_path):
+    path = tmp_path / "bom.conllu"
+    text = "# sent_id = 1\r\n" + _conllu_line("1", "Grüße", "NOUN") + "\r\n\r\n"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert read_conllu(path) == [TaggedSentence(("Grüße",), ("NOUN",))]
+    path.write_bytes(_conllu_line("1", "Gr\xfc\xdfe", "NOUN").encode("latin-1"))
+    with pytest.raises(DataFormatError, match="not UTF-8") as info:
+        read_conllu(path)
+    assert f"{path}:1:" in str(info.value)
 
 
 # --- BIO -----------------------------------------------------------------------------------
@@ -337,3 +394,32 @@ def test_shared_data_sentence_counts(relative, reader, count):
     sents = reader(path)
     assert len(sents) == count
     assert all(len(s.words) == len(s.tags) > 0 for s in sents)
+
+
+# Sentences and syntactic words per file, as counted in shared/data/README.md when the data was
+# assembled (independently of this reader). extra_lit.conllu is UD German-LIT, a treebank of
+# another domain that no other part of alad reads.
+POS_DE_COUNTS = [
+    ("train.conllu", 719, 10_991),
+    ("dev.conllu", 80, 1_489),
+    ("test.conllu", 977, 16_499),
+    ("extra_lit.conllu", 1_920, 40_450),
+]
+UPOS_17 = {"ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON"}
+UPOS_17 |= {"PROPN", "PUNCT", "SCONJ", "SYM", "VERB", "X"}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("name", "sentences", "words"), POS_DE_COUNTS)
+def test_conllu_matches_independent_counts_on_real_ud_treebanks(name, sentences, words):
+    path = SHARED_DATA / "pos_de" / name
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    sents = read_conllu(path)
+    assert (len(sents), sum(len(s.words) for s in sents)) == (sentences, words)
+    # and a count made here without any CoNLL-U parser: integer-ID lines, sent_id comments
+    text = path.read_text(encoding="utf-8")
+    assert sum(len(s.words) for s in sents) == len(re.findall(r"^\d+\t", text, re.MULTILINE))
+    assert len(sents) == len(re.findall(r"^# sent_id = ", text, re.MULTILINE))
+    upos = {t for s in sents for t in s.tags}
+    assert upos <= UPOS_17
