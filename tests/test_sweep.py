@@ -176,3 +176,14 @@ def test_a_field_listed_as_omitted_at_default_leaves_keys_alone(tiny_grid, monke
     assert [c.key for c in cells(load_grid(tiny_grid))] != before  # the field left the key...
     monkeypatch.setattr(sweep, "KEY_OMITTED_AT_DEFAULT", {**listed, "phase3.epochs": 2})
     assert [c.key for c in cells(load_grid(tiny_grid))] == before  # ...only at that value
+
+
+def test_only_selects_cells_by_shell_pattern_and_keeps_their_keys(tiny_grid):
+    grid = load_grid(tiny_grid)
+    every = {c.name: c.key for c in cells(grid)}
+    large = cells(grid, only=["*/large/*"])
+    assert {c.mode for c in large} == {"large"} and len(large) == 2
+    assert all(every[c.name] == c.key for c in large)  # a part of the grid is the same cells
+    both = cells(grid, only=["*/large/s1", "*/compressed/s2"])
+    assert sorted(c.mode for c in both) == ["compressed", "large"]
+    assert cells(grid, only=["nothing/*"]) == []
