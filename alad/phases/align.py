@@ -238,7 +238,7 @@ class AlignRecipe(Recipe):
         self.cfg: AlignPhaseConfig = getattr(settings, phase)
         self.epochs, self.progress, self.data = self.cfg.epochs, progress, data
         self.key = run_key(settings, phase)
-        self.tokens_seen, self.train_seconds, self.path = 0, 0.0, None
+        self.tokens_seen, self.train_seconds, self._ckpt = 0, 0.0, None
         self.runtime = Runtime.from_config(settings.runtime)
 
     def setup(self) -> None:
@@ -259,10 +259,9 @@ class AlignRecipe(Recipe):
         )
 
     def finished_result(self) -> AlignResult | None:
-        ckpt = self._checkpoint()
+        ckpt = self._ckpt = self._checkpoint()  # read (and checksummed) once per run
         m = ckpt.manifest if ckpt else {}
         if not (m.get("finished") and m.get("run_key") == self.key and ckpt.trainer_state):
-            self.path = ckpt.dir if ckpt else None
             return None
         self.setup()
         self.adapter.load_state_dict(ckpt.adapter.state_dict())
@@ -279,7 +278,7 @@ class AlignRecipe(Recipe):
         )
 
     def saved_state(self) -> dict[str, Any] | None:
-        ckpt = self._checkpoint()
+        ckpt = self._ckpt
         if ckpt is None:
             return None
         self._resumed_weights = ckpt.adapter.state_dict()
@@ -332,7 +331,11 @@ class AlignRecipe(Recipe):
         save_checkpoint(self.out, f"epoch-{epoch:04d}", self.adapter, manifest, state)
 
     def finish(self, history: list[dict[str, Any]]) -> AlignResult:
-        path = self.out / f"epoch-{history[-1]['epoch']:04d}" if history else self.path
+        path = (
+            self.out / f"epoch-{history[-1]['epoch']:04d}"
+            if history
+            else getattr(self._ckpt, "dir", None)
+        )
         assert path is not None
         after = evaluate(self.adapter, self.data.heldout)
         return AlignResult(
