@@ -80,6 +80,11 @@ class Grid(_Strict):
     name: str = "table1"
     results: Path = Field(Path("results/table1"), description="Committed result JSONs.")
     runs: Path = Field(Path("runs/sweep"), description="Checkpoints and models (not committed).")
+    alignments: Path | None = Field(
+        None,
+        description="Committed store of finished phase-1 adapters (half precision): a fresh "
+        "machine starts phase 2 from it instead of re-running phase 1. None: no store.",
+    )
     large: str = "mpnet-base"
     compressed: list[str] = Field(min_length=1)
     modes: list[str] = Field(min_length=1)
@@ -206,6 +211,12 @@ class Cell:
         return self.grid.runs / "align" / f"phase2-{_hash({'phase1': k1, 'phase2': a['phase2']})}"
 
     @property
+    def stored_phase1(self) -> Path | None:
+        """Where the committed copy of this cell's phase-1 adapter lives (None: no store)."""
+        store = self.grid.alignments
+        return store / self.align_dir("phase1").name if store is not None else None
+
+    @property
     def done(self) -> bool:
         return self.result_path.is_file()
 
@@ -320,20 +331,47 @@ def align_cell(cell: Cell, upto: str = "phase2", progress: bool = False) -> dict
     from alad.phases.align import run_alignment
 
     assert cell.align is not None
-    out: dict[str, Any] = {}
-    p1, p2 = cell.align_dir("phase1"), cell.align_dir("phase2")
-    steps = (("phase1", p1, None), ("phase2", p2, p1))
-    for phase, folder, init in steps[: 1 if upto == "phase1" else 2]:
-        r = run_alignment(cell.align, phase, out=folder, init=init, progress=progress)
-        out[phase] = {
-            "before": r.before,
-            "after": r.after,
-            "epochs": len(r.history),
-            "history": r.history,
-            "texts": getattr(cell.align, phase).max_texts,
-            "corpus": getattr(cell.align, phase).corpus,
-        }
+    out = {"phase1": _phase1(cell, progress)}
+    if upto == "phase2":
+        init = cell.stored_phase1 or cell.align_dir("phase1")
+        r = run_alignment(cell.align, "phase2", out=cell.align_dir("phase2"), init=init,
+                          progress=progress)  # fmt: skip
+        out["phase2"] = _alignment_record(cell, "phase2", r)
     return out
+
+
+def _phase1(cell: Cell, progress: bool) -> dict[str, Any]:
+    """Phase 1 of the cell, or its record from the committed store (no training, no features).
+    Phase 2 always starts from the stored copy where there is a store, so a cell scores the
+    same whichever machine trained phase 1."""
+    from alad.checkpoint import export_adapter, load_checkpoint
+    from alad.phases.align import run_alignment
+
+    assert cell.align is not None
+    stored = cell.stored_phase1
+    if stored is not None and (stored / "manifest.json").is_file():
+        record = load_checkpoint(stored).manifest.get("alignment")  # checksums verified
+        if isinstance(record, dict):
+            log.info("phase 1 of %s: the committed adapter %s", cell.group, stored)
+            return record
+        log.warning("%s: no alignment record in its manifest; training phase 1 again", stored)
+    r = run_alignment(cell.align, "phase1", out=cell.align_dir("phase1"), progress=progress)
+    record = _alignment_record(cell, "phase1", r)
+    if stored is not None:
+        export_adapter(r.checkpoint, stored, {"alignment": record})
+        log.info("phase 1 adapter stored in %s (commit it: the next machine skips phase 1)", stored)
+    return record
+
+
+def _alignment_record(cell: Cell, phase: str, r: Any) -> dict[str, Any]:
+    return {
+        "before": r.before,
+        "after": r.after,
+        "epochs": len(r.history),
+        "history": r.history,
+        "texts": getattr(cell.align, phase).max_texts,
+        "corpus": getattr(cell.align, phase).corpus,
+    }
 
 
 def run_cell(cell: Cell, progress: bool = False) -> dict[str, Any]:

@@ -187,3 +187,43 @@ def test_only_selects_cells_by_shell_pattern_and_keeps_their_keys(tiny_grid):
     both = cells(grid, only=["*/large/s1", "*/compressed/s2"])
     assert sorted(c.mode for c in both) == ["compressed", "large"]
     assert cells(grid, only=["nothing/*"]) == []
+
+
+def test_a_committed_phase1_adapter_spares_a_fresh_machine_phase1(tiny_grid, tmp_path, monkeypatch):
+    import alad.phases.align as align
+    from alad.checkpoint import load_checkpoint
+    from alad.sweep import align_cell
+
+    data = yaml.safe_load(tiny_grid.read_text())
+    data["alignments"] = str(tmp_path / "store")
+    tiny_grid.write_text(yaml.safe_dump(data))
+    cell = next(c for c in cells(load_grid(tiny_grid)) if c.mode == "alad-frozen")
+    first = align_cell(cell)
+    stored = load_checkpoint(cell.stored_phase1)
+    assert stored.manifest["dtype"] == "float16" and stored.trainer_state is None
+    assert stored.manifest["alignment"] == first["phase1"]
+    trained = load_checkpoint(cell.align_dir("phase1")).adapter.state_dict()
+    for name, weight in stored.adapter.state_dict().items():  # float32 again, rounded
+        assert weight.dtype == trained[name].dtype
+        assert (weight - trained[name]).abs().max() <= 1e-3 * trained[name].abs().max()
+
+    # a fresh machine: no runs, no feature caches; only the committed store and the results
+    import shutil
+
+    shutil.rmtree(cell.grid.runs)
+    shutil.rmtree(tmp_path / "features")
+    phases: list[str] = []
+    real = align.run_alignment
+    monkeypatch.setattr(align, "run_alignment", lambda s, phase, **kw: (phases.append(phase),
+                        real(s, phase, **kw))[1])  # fmt: skip
+    again = align_cell(cell)
+    assert phases == ["phase2"]  # phase 1 was not trained again
+    assert not cell.align_dir("phase1").exists()
+    assert again["phase1"] == first["phase1"]
+    # phase 2 started from the stored copy both times, so it ends where it ended before
+    assert again["phase2"]["after"] == pytest.approx(first["phase2"]["after"], rel=1e-5)
+
+    # a damaged stored copy is an error naming the file, never a silent retrain
+    (cell.stored_phase1 / "adapter.safetensors").write_bytes(b"junk")
+    with pytest.raises(Exception, match="adapter.safetensors"):
+        align_cell(cell)
