@@ -1,7 +1,7 @@
 """Plots: loss curves of a pipeline run, and Table 1's quality/size/latency Pareto plot.
 
     alad stage evaluate        # writes runs/eval/plots/{phase1,phase2,phase3}.png
-    alad report                # writes reports/pareto.png
+    alad report                # writes reports/pareto.png and reports/curves.png
 
 Figures are built with matplotlib's object API (`Figure` + the Agg canvas), not pyplot: no global
 figure state, so plotting is safe from Prefect's worker threads, and nothing needs closing.
@@ -131,4 +131,37 @@ def plot_pareto(
     handles += [Line2D([], [], color="0.3", marker=MODES[m].marker, ls="", label=m) for m in modes]
     fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
+    _save(fig, target)
+
+
+def plot_curves(
+    series: list[dict[str, Any]], tasks: list[tuple[str, str]], target: Path | IO[bytes]
+) -> None:
+    """One panel per task: each row's dev score per epoch (`y`, a list; empty: left out),
+    coloured by `label`, marked by `mode`."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(4.6 * max(1, len(tasks)), 4.2)
+    axes = fig.subplots(1, max(1, len(tasks)), squeeze=False)[0]
+    for ax, (task, title) in zip(axes, tasks, strict=False):
+        shown = [s for s in series if s["task"] == task and s["y"]]
+        for i, s in enumerate(shown):
+            ax.plot(
+                range(1, len(s["y"]) + 1),
+                s["y"],
+                marker=MODES[s["mode"]].marker if s["mode"] in MODES else "x",
+                color=f"C{i % 10}",
+                ls="--" if s["mode"] == "large" else "-",
+                label=s["label"],
+            )
+        if not shown:
+            ax.text(0.5, 0.5, "no dev history", ha="center", va="center", transform=ax.transAxes)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("dev score × 100 (mean over seeds)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        if shown:
+            ax.legend(fontsize=6)
+    fig.tight_layout()
     _save(fig, target)

@@ -1,4 +1,4 @@
-"""Table 1 from the committed sweep results: reports/table1.md and reports/pareto.png.
+"""Table 1 from the committed sweep results: reports/table1.md, pareto.png and curves.png.
 
     alad report [--results results/table1] [--latency results/latency.json] [--out reports]
 
@@ -395,6 +395,59 @@ def seed_table(task: str, rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def _phase_record(row: Row, phase: str) -> dict[str, Any] | None:
+    """The phase-1/2 record of a row (shared by its seeds: the first seed that has one)."""
+    for r in row.results:
+        record = (r.record.get("alignment") or {}).get(phase)
+        if isinstance(record, dict) and _number((record.get("after") or {}).get("cosine")):
+            return record
+    return None
+
+
+def _cosine(record: dict[str, Any] | None) -> str:
+    if record is None:
+        return DASH
+    before, after = record.get("before") or {}, record["after"]
+    b = f"{before['cosine']:.3f} → " if _number(before.get("cosine")) else ""
+    return f"{b}{after['cosine']:.3f}"
+
+
+def dev_curve(row: Row, key: str = "dev_main", scale: float = 100.0) -> list[float]:
+    """`key` per epoch, mean over the row's seeds (epochs that every seed reached)."""
+    curves = [
+        [scale * h[key] for h in r.record.get("history") or [] if _number(h.get(key))]
+        for r in row.results
+    ]
+    curves = [c for c in curves if c]
+    if not curves:
+        return []
+    epochs = min(len(c) for c in curves)
+    return [statistics.fmean(c[e] for c in curves) for e in range(epochs)]
+
+
+def curves_table(rows: list[Row]) -> str:
+    """Why a row scores as it does: held-out alignment cosine (AlAd output vs M_L, before →
+    after each alignment phase) and the dev score per epoch, mean over seeds."""
+    head = ["M_C", "mode", "phase 1 cosine", "phase 2 cosine", "dev per epoch", "best epoch"]
+    lines = [_md_row(head), _md_row(["---"] * len(head))]
+    for row in rows:
+        best = [r.record.get("best_epoch") for r in row.results]  # 1-based, as `epoch`
+        best = [b for b in best if _number(b)]
+        lines.append(
+            _md_row(
+                [
+                    row.large if row.mode == "large" else row.compressed,
+                    row.label,
+                    _cosine(_phase_record(row, "phase1")),
+                    _cosine(_phase_record(row, "phase2")),
+                    " / ".join(f"{v:.1f}" for v in dev_curve(row)) or DASH,
+                    ", ".join(map(str, best)) or DASH,
+                ]
+            )
+        )
+    return "\n".join(lines)
+
+
 def _latency_line(latency: dict[str, Any] | None, path: Path | None) -> str:
     if latency is None:
         return (
@@ -442,6 +495,19 @@ def build_markdown(
             "",
             task_notes(task, task_rows),
         ]
+    parts += [
+        "",
+        "## Alignment and learning curves",
+        "",
+        "Held-out cosine similarity of the adapter's output to M_L's (token level; phase 1 on "
+        "general text, phase 2 on the task's text; before → after), and the dev score per epoch "
+        "(× 100, mean over the seeds), as plotted in `curves.png`. A curve still rising at the "
+        "last epoch is a budget limit, not a ceiling.",
+        "",
+        "![dev score per epoch](curves.png)",
+    ]
+    for task, task_rows in rows.items():
+        parts += ["", f"### {TASKS[task].title}", "", curves_table(task_rows)]
     parts += ["", "## Per seed", ""]
     for task, task_rows in rows.items():
         parts += [f"### {TASKS[task].title}", "", seed_table(task, task_rows), ""]
@@ -480,13 +546,20 @@ def write_report(
     latency_path: Path | None = Path("results/latency.json"),
     out: Path = Path("reports"),
 ) -> dict[str, Path]:
-    """Write `out`/table1.md and `out`/pareto.png (each atomically); returns their paths."""
-    from alad.plots import plot_pareto
+    """Write `out`/table1.md, `out`/pareto.png and `out`/curves.png (each atomically); returns
+    their paths."""
+    from alad.plots import plot_curves, plot_pareto
 
     rows = group_rows(load_results(results_dir))
     latency = load_latency(latency_path)
-    md, png = Path(out) / "table1.md", Path(out) / "pareto.png"
+    md, png, curves = Path(out) / "table1.md", Path(out) / "pareto.png", Path(out) / "curves.png"
     titles = [(t, f"{TASKS[t].title} ({TASKS[t].main_name})") for t in rows]
     plot_pareto(pareto_points(rows, latency), titles, png)
+    series = [
+        {"task": t, "label": f"{r.large if r.mode == 'large' else r.compressed} {r.label}",
+         "mode": r.mode, "y": dev_curve(r)}
+        for t, task_rows in rows.items() for r in task_rows
+    ]  # fmt: skip
+    plot_curves(series, titles, curves)
     write_text(build_markdown(rows, latency, results_dir, latency_path) + "\n", md)
-    return {"table": md, "plot": png}
+    return {"table": md, "plot": png, "curves": curves}

@@ -258,3 +258,26 @@ def test_report_cli(results, latency, tmp_path, capsys):
     assert main(argv) == 0
     assert (out / "table1.md").is_file() and (out / "pareto.png").read_bytes().startswith(PNG)
     assert f"wrote {out / 'table1.md'}" in capsys.readouterr().out
+
+
+def test_alignment_cosines_and_dev_curves_explain_the_rows(tmp_path):
+    root = tmp_path / "results"
+    alignment = {
+        phase: {"before": {"cosine": b, "mse": 0.02}, "after": {"cosine": a, "mse": 0.01}}
+        for phase, b, a in (("phase1", 0.0, 0.6), ("phase2", 0.4, 0.65))
+    }
+    for seed, curve in zip(SEEDS, ([0.5, 0.6, 0.7], [0.6, 0.7, 0.8], [0.4, 0.5]), strict=True):
+        history = [{"epoch": e + 1, "dev_main": v} for e, v in enumerate(curve)]
+        write_result(root, "pos", "minilm-l6", "alad-joint", 5, seed, pos(0.7, 23.0),
+                     history=history, alignment=alignment, best_epoch=len(curve))  # fmt: skip
+        write_result(root, "pos", "minilm-l6", "compressed", None, seed, pos(0.6, 20.7))
+    paths = write_report(root, None, tmp_path / "out")
+    curves = paths["table"].read_text().split("## Alignment and learning curves")[1]
+    curves = curves.split("## Per seed")[0]
+    # cosines shared by the seeds; the curve is the seed mean over the epochs all seeds reached
+    assert _line(curves, "minilm-l6", "alad-joint n=5") == (
+        "| minilm-l6 | alad-joint n=5 | 0.000 → 0.600 | 0.400 → 0.650 | 50.0 / 60.0 | 3, 3, 2 |"
+    )
+    compressed = _line(curves, "minilm-l6", "compressed")
+    assert compressed == "| minilm-l6 | compressed | – | – | 50.0 | – |"
+    assert paths["curves"].read_bytes().startswith(PNG)
