@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -254,6 +255,10 @@ def cmd_sweep_list(args: argparse.Namespace) -> None:
     print(
         f"{args.grid}: {len(every)} cells, {done} done, {len(every) - done} to run (cheapest first)"
     )
+    stored = {c.stored_phase1 for c in every if c.align is not None and c.stored_phase1}
+    if stored:
+        have = sum((p / "manifest.json").is_file() for p in stored)
+        print(f"  phase 1: {have} of {len(stored)} adapters stored in {next(iter(stored)).parent}")
     for c in every:
         print(f"  {'done' if c.done else 'todo'}  {c.key}  cost {c.cost:7.2f}  {c.name}")
 
@@ -537,6 +542,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except BrokenPipeError:  # `alad sweep list ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 141
     return 0
 
 

@@ -74,3 +74,21 @@ def test_config_show_prints_the_resolved_config(capsys, tmp_path, monkeypatch):
     assert main(["config", "show", "--profile", "tiny", "--set", "adapter.window=7"]) == 0
     config = json.loads(capsys.readouterr().out)
     assert config["adapter"] == {"window": 7, "hidden": 32}
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tiny_grid):
+    """`alad sweep list ... | head -1`: the reader stops early; no traceback on stderr."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    grid = yaml.safe_load(tiny_grid.read_text())
+    grid["seeds"] = list(range(1, 601))  # 1,800 long lines: more than a pipe buffers
+    tiny_grid.write_text(yaml.safe_dump(grid))
+    cmd = f"{sys.executable} -m alad.cli sweep list {tiny_grid} | head -1"
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=300
+    )
+    assert "1800 cells" in done.stdout
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
