@@ -24,6 +24,7 @@ import logging
 import os
 import platform
 import socket
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -425,21 +426,21 @@ def run_cell(cell: Cell, progress: bool = False) -> dict[str, Any]:
 
 @dataclass
 class Progress:
-    """Cells done / total and an ETA from the seconds per unit of cost measured so far."""
+    """Cells done / total and an ETA from the seconds per unit of cost measured so far: the
+    median over finished cells, so the one cell that also trained a shared phase 1 (tens of
+    minutes, once) does not inflate the estimate for every cell after it."""
 
     total: int
     done: int
     remaining_cost: float
     seconds_per_cost: float = 60.0  # prior: a minute per unit until a cell has been measured
-    spent: float = 0.0
-    spent_cost: float = 0.0
+    rates: list[float] = field(default_factory=list)
 
     def finished(self, cell: Cell, seconds: float) -> str:
         self.done += 1
-        self.spent += seconds
-        self.spent_cost += cell.cost
         self.remaining_cost -= cell.cost
-        self.seconds_per_cost = self.spent / max(self.spent_cost, 1e-9)
+        self.rates.append(seconds / max(cell.cost, 1e-9))
+        self.seconds_per_cost = statistics.median(self.rates)
         return self.line()
 
     def line(self) -> str:

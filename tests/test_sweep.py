@@ -227,3 +227,16 @@ def test_a_committed_phase1_adapter_spares_a_fresh_machine_phase1(tiny_grid, tmp
     (cell.stored_phase1 / "adapter.safetensors").write_bytes(b"junk")
     with pytest.raises(Exception, match="adapter.safetensors"):
         align_cell(cell)
+
+
+def test_eta_is_not_inflated_by_the_cell_that_trained_phase1(tiny_grid):
+    from alad.sweep import plan
+
+    todo, prog = plan(load_grid(tiny_grid))
+    a, b, c = todo[:3]
+    prog.finished(a, 100.0 * a.cost)  # 100 s per unit of cost
+    prog.finished(b, 100.0 * b.cost + 3600.0)  # the same, plus an hour of phase 1
+    line = prog.finished(c, 100.0 * c.cost)
+    assert prog.seconds_per_cost == pytest.approx(100.0)
+    remaining = sum(x.cost for x in todo[3:])
+    assert line == f"3/6 cells done, ETA {100.0 * remaining / 3600:.1f} h"
