@@ -69,6 +69,26 @@ class Checkpoint:
     trainer_state: dict[str, Any] | None
 
 
+def _write_folder(
+    final: Path,
+    state: dict[str, torch.Tensor],
+    manifest: dict[str, Any],
+    trainer_state: dict[str, Any] | None = None,
+) -> Path:
+    """Build a checkpoint folder (weights, optional trainer state, manifest with the checksums
+    of the other files) under a temporary name and rename it to `final`."""
+    tmp = tmp_dir(final)
+    try:
+        save_file(state, tmp / "adapter.safetensors")
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / "trainer.pt")
+        write_json({**manifest, "files": checksums(tmp)}, tmp / "manifest.json")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return replace_dir(tmp, final)
+
+
 def save_checkpoint(
     out: Path,
     name: str,
@@ -77,19 +97,9 @@ def save_checkpoint(
     trainer_state: dict[str, Any] | None = None,
 ) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    final = out / name
-    tmp = tmp_dir(final)
-    try:
-        state = {k: v.detach().cpu().contiguous() for k, v in adapter.state_dict().items()}
-        save_file(state, tmp / "adapter.safetensors")
-        if trainer_state is not None:
-            torch.save(trainer_state, tmp / "trainer.pt")
-        full = {"format": FORMAT, **adapter.describe(), **manifest, "files": checksums(tmp)}
-        write_json(full, tmp / "manifest.json")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, final)
+    state = {k: v.detach().cpu().contiguous() for k, v in adapter.state_dict().items()}
+    full = {"format": FORMAT, **adapter.describe(), **manifest}
+    final = _write_folder(out / name, state, full, trainer_state)
     write_text(name + "\n", out / LATEST)
     _prune(out, keep=name)
     return final
@@ -103,18 +113,9 @@ def export_adapter(
     extended by `extra`. Half precision halves what a committed copy adds to git; loading casts
     back to float32 (a relative rounding of ~5e-4 per weight)."""
     ckpt = load_checkpoint(source)
-    tmp = tmp_dir(dest)
-    try:
-        state = {k: v.detach().to(dtype).contiguous() for k, v in ckpt.adapter.state_dict().items()}
-        save_file(state, tmp / "adapter.safetensors")
-        keep = {k: v for k, v in ckpt.manifest.items() if k != "files"}
-        dtype_name = str(dtype).removeprefix("torch.")
-        full = {**keep, **extra, "dtype": dtype_name, "files": checksums(tmp)}
-        write_json(full, tmp / "manifest.json")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return replace_dir(tmp, dest)
+    state = {k: v.detach().to(dtype).contiguous() for k, v in ckpt.adapter.state_dict().items()}
+    keep = {k: v for k, v in ckpt.manifest.items() if k != "files"}
+    return _write_folder(dest, state, {**keep, **extra, "dtype": str(dtype).removeprefix("torch.")})
 
 
 def _epoch(name: str) -> int | None:
