@@ -77,8 +77,15 @@ def probe(x_train, y_train, evals, classes):
     opt.step(closure)
     with torch.no_grad():
         return {
-            k: round(float((linear((torch.from_numpy(xe) - mean) / std).argmax(-1) ==
-                            torch.from_numpy(ye)).float().mean()) * 100, 1)
+            k: round(
+                float(
+                    (linear((torch.from_numpy(xe) - mean) / std).argmax(-1) == torch.from_numpy(ye))
+                    .float()
+                    .mean()
+                )
+                * 100,
+                1,
+            )
             for k, (xe, ye) in evals.items()
         }
 
@@ -106,11 +113,12 @@ def main() -> None:
                 len(labels),
             )
             rows.append({"model": name, "layer": layer, **scores})
-            print(f"{name:18s} layer {layer:>4s}  dev {scores['dev']:5.1f}  test {scores['test']:5.1f}")
+            dev, test = scores["dev"], scores["test"]
+            print(f"{name:18s} layer {layer:>4s}  dev {dev:5.1f}  test {test:5.1f}")
             sys.stdout.flush()
     record = {
-        "what": "linear probe (softmax regression, L-BFGS 200 steps, L2 1e-3, standardised) on frozen features, "
-        "first sub-token per word, POS UD German-GSD",
+        "what": "linear probe (softmax regression, L-BFGS 200 steps, L2 1e-3, standardised) "
+        "on frozen features, first sub-token per word, POS UD German-GSD",
         "command": "python experiments/probe.py",
         "sizes": {s: len(v) for s, v in splits.items()},
         "adapters": ADAPTERS,
