@@ -10,6 +10,7 @@ penalty (no search, test never used for a choice). Trained on POS train (719 sen
 on dev (80) and test (977).
 
     .venv/bin/python experiments/probe.py            # -> results/probe/pos.json + printed table
+    .venv/bin/python experiments/probe.py --plot     # results/probe/pos.json -> reports/probe.png
 """
 
 import json
@@ -90,7 +91,46 @@ def probe(x_train, y_train, evals, classes):
         }
 
 
+def plot(record: dict, path: Path) -> None:
+    """Test accuracy per layer (relative depth 0..1), one line per model; the AlAd probe as a
+    star at depth 1 (it reads the last layer through the phase-1 adapter)."""
+    from alad.plots import _figure, _save
+
+    fig = _figure(7, 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    for name in MODELS:
+        rows = [r for r in record["rows"] if r["model"] == name]
+        layers = [r for r in rows if r["layer"] != "alad"]
+        depth = len(layers) - 1
+        line = ax.plot(
+            [int(r["layer"]) / depth for r in layers],
+            [r["test"] for r in layers],
+            marker="o",
+            label=f"{name} ({depth} layers)",
+        )[0]
+        for r in rows:
+            if r["layer"] == "alad":
+                ax.plot([1.0], [r["test"]], marker="*", ms=14, color=line.get_color(), ls="")
+                ax.annotate(
+                    f"{name} + AlAd",
+                    (1.0, r["test"]),
+                    textcoords="offset points",
+                    xytext=(6, -4),
+                    fontsize=8,
+                )
+    ax.set_xlabel("layer / number of layers (0 = embeddings, 1 = last layer)")
+    ax.set_ylabel("POS test accuracy of a linear probe (%)")
+    ax.set_title("What a frozen encoder's layers keep (UD German POS, 719 train sentences)")
+    ax.set_xlim(-0.03, 1.25)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower center")
+    _save(fig, path)
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--plot"]:
+        plot(json.loads(OUT.read_text()), Path("reports/probe.png"))
+        return
     torch.manual_seed(0)
     torch.set_num_threads(1)  # beside a background sweep: one core
     splits = {s: read_conllu(DATA / f"{s}.conllu") for s in ("train", "dev", "test")}
