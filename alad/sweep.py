@@ -453,7 +453,22 @@ def plan(
 ) -> tuple[list[Cell], Progress]:
     every = cells(grid, tasks, only)
     todo = [c for c in every if not c.done]
-    return todo, Progress(len(every), len(every) - len(todo), sum(c.cost for c in todo))
+    progress = Progress(len(every), len(every) - len(todo), sum(c.cost for c in todo))
+    # Seed the rate with what the committed cells took (another machine's, maybe): a resumed
+    # grid starts with a measured ETA instead of the prior.
+    progress.rates = [r for c in every if c.done and (r := _rate(c)) is not None]
+    if progress.rates:
+        progress.seconds_per_cost = statistics.median(progress.rates)
+    return todo, progress
+
+
+def _rate(cell: Cell) -> float | None:
+    """Seconds per unit of cost a finished cell took (None: its result has no timing)."""
+    try:
+        seconds = float(json.loads(cell.result_path.read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return seconds / max(cell.cost, 1e-9)
 
 
 def run_sweep(

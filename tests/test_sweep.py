@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from alad.atomic import write_json
 from alad.config import ConfigError
 from alad.errors import ResultError
 from alad.sweep import cells, load_grid, load_results, register_best, run_cell, run_sweep
@@ -241,3 +242,18 @@ def test_eta_is_not_inflated_by_the_cell_that_trained_phase1(tiny_grid):
     assert prog.seconds_per_cost == pytest.approx(100.0)
     remaining = sum(x.cost for x in todo[3:])
     assert line == f"3/6 cells done, ETA {100.0 * remaining / 3600:.1f} h"
+
+
+def test_eta_starts_from_the_committed_cells_timings(tiny_grid):
+    from alad.sweep import plan
+
+    grid = load_grid(tiny_grid)
+    todo, prog = plan(grid)
+    assert prog.seconds_per_cost == 60.0  # nothing measured yet: the prior
+    first, second = todo[:2]
+    write_json({"seconds": 50.0 * first.cost}, first.result_path)  # another machine's cell
+    write_json({"key": second.key}, second.result_path)  # a result without a timing: skipped
+    todo, prog = plan(grid)
+    assert len(todo) == 4 and prog.seconds_per_cost == pytest.approx(50.0)
+    remaining = sum(x.cost for x in todo)
+    assert prog.line() == f"2/6 cells done, ETA {50.0 * remaining / 3600:.1f} h"
