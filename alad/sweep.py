@@ -433,14 +433,17 @@ class Progress:
     total: int
     done: int
     remaining_cost: float
-    seconds_per_cost: float = 60.0  # prior: a minute per unit until a cell has been measured
-    rates: list[float] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)  # seconds per unit of cost, per cell
+
+    @property
+    def seconds_per_cost(self) -> float:
+        # prior: a minute per unit until a cell has been measured
+        return statistics.median(self.rates) if self.rates else 60.0
 
     def finished(self, cell: Cell, seconds: float) -> str:
         self.done += 1
         self.remaining_cost -= cell.cost
         self.rates.append(seconds / max(cell.cost, 1e-9))
-        self.seconds_per_cost = statistics.median(self.rates)
         return self.line()
 
     def line(self) -> str:
@@ -453,13 +456,10 @@ def plan(
 ) -> tuple[list[Cell], Progress]:
     every = cells(grid, tasks, only)
     todo = [c for c in every if not c.done]
-    progress = Progress(len(every), len(every) - len(todo), sum(c.cost for c in todo))
-    # Seed the rate with what the committed cells took (another machine's, maybe): a resumed
-    # grid starts with a measured ETA instead of the prior.
-    progress.rates = [r for c in every if c.done and (r := _rate(c)) is not None]
-    if progress.rates:
-        progress.seconds_per_cost = statistics.median(progress.rates)
-    return todo, progress
+    # The committed cells' timings (another machine's, maybe) seed the rate: a resumed grid
+    # starts with a measured ETA instead of the prior.
+    measured = [r for c in every if c.done and (r := _rate(c)) is not None]
+    return todo, Progress(len(every), len(every) - len(todo), sum(c.cost for c in todo), measured)
 
 
 def _rate(cell: Cell) -> float | None:
