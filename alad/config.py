@@ -288,6 +288,13 @@ class RuntimeConfig(_Section):
         description="Autocast dtype of forward passes; fp16 adds a gradient scaler. "
         "bf16 needs an Ampere+ GPU or a recent CPU; fp32 reproduces every committed result.",
     )
+    save_every_minutes: float | None = Field(
+        15.0,
+        gt=0,
+        description="Phase 3: also save a resume state inside an epoch this often (a rerun "
+        "continues from that batch, bitwise as if never stopped); None: at epoch ends only. "
+        "Phases 1-2 save at each epoch's checkpoint.",
+    )
 
 
 class Settings(BaseSettings):

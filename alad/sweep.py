@@ -149,7 +149,9 @@ KEY_OMITTED_AT_DEFAULT: dict[str, Any] = {"runtime.precision": "fp32"}
 def key_config(settings: Settings) -> dict[str, Any]:
     """The part of a resolved config that decides what a run computes (see the key rules)."""
     config = settings.model_dump(mode="json", exclude=_NOT_IN_KEY)
-    config.get("runtime", {}).pop("device", None)  # where, not what (the result names the machine)
+    runtime = config.get("runtime", {})
+    runtime.pop("device", None)  # where, not what (the result names the machine)
+    runtime.pop("save_every_minutes", None)  # when state is saved: resumes are bitwise exact
     for dotted, default in KEY_OMITTED_AT_DEFAULT.items():
         *parents, leaf = dotted.split(".")
         section = config
@@ -414,7 +416,8 @@ def run_cell(cell: Cell, progress: bool = False) -> dict[str, Any]:
             },
         },
         "config": cell.settings.model_dump(mode="json", exclude=_NOT_IN_KEY),
-        "seconds": round(time.perf_counter() - t0, 1),
+        # phase 3's seconds in earlier processes (a resumed cell) count; the wall clock misses them
+        "seconds": round(time.perf_counter() - t0 + result.earlier_seconds, 1),
         "machine": _machine(load0),
         "git_commit": git_commit(),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),

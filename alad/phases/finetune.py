@@ -36,7 +36,7 @@ from alad.model import AlignedModel, save_model
 from alad.models.catalog import Encoder, load_encoder
 from alad.models.compress import split_spec
 from alad.phases.modes import MODES, ModeSpec
-from alad.phases.recipe import Recipe, optimizer_step, progress_bar, run, run_key
+from alad.phases.recipe import Recipe, optimizer_step, progress_bar, resume_state, run, run_key
 from alad.runtime import Runtime, barrier, is_main, rank_world
 from alad.tasks import TASKS, Splits, Task, load_splits
 
@@ -50,6 +50,8 @@ class FinetuneResult:
     test: dict[str, Any]
     history: list[dict[str, Any]]
     metrics_path: Path
+    earlier_seconds: float = 0.0  # of this phase 3, spent in processes before this one
+
 
     def summary(self) -> str:
         speed = f", speed-up {self.test['speedup']:.2f}x" if "speedup" in self.test else ""
@@ -168,6 +170,9 @@ class FinetuneRecipe(Recipe):
             out / "metrics.json",
         )
         self.runtime = Runtime.from_config(settings.runtime)
+        self.save_every = settings.runtime.save_every_minutes
+        self.partial: dict[str, Any] | None = None  # where a resumed epoch continues
+        self.earlier_seconds = 0.0
 
     def finished_result(self) -> FinetuneResult | None:
         if not self.metrics_path.is_file():
@@ -175,9 +180,10 @@ class FinetuneRecipe(Recipe):
         done = read_json(self.metrics_path)
         if done.get("run_key") != self.key or not (self.out / "model" / "manifest.json").is_file():
             return None
-        test = done.get("test", {})
+        test, history = done.get("test", {}), done["history"]
+        earlier = sum(h.get("seconds", 0.0) for h in history)
         return FinetuneResult(
-            self.out / "model", done["dev"], test, done["history"], self.metrics_path
+            self.out / "model", done["dev"], test, history, self.metrics_path, earlier
         )
 
     def setup(self) -> None:
@@ -221,6 +227,9 @@ class FinetuneRecipe(Recipe):
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.best = state["best"]
+        self.partial = state.get("partial")
+        self.earlier_seconds = sum(h.get("seconds", 0.0) for h in state["history"])
+        self.earlier_seconds += self.partial["seconds"] if self.partial else 0.0
 
     def state_extra(self) -> dict[str, Any]:
         trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
@@ -236,8 +245,18 @@ class FinetuneRecipe(Recipe):
         shutil.rmtree(self.out / "state", ignore_errors=True)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        self._t0 = time.perf_counter()
-        return {"train_loss": _train_epoch(self, epoch)}
+        partial, self.partial = self.partial, None
+        # an epoch resumed from a save inside it counts the seconds spent before the stop
+        self._t0 = time.perf_counter() - (partial["seconds"] if partial else 0.0)
+        return {"train_loss": _train_epoch(self, epoch, partial)}
+
+    def save_inside_epoch(self, epoch: int, step: int, total: float, count: int) -> None:
+        """The resume state after batch `step` of `epoch` (rank 0): a rerun skips those batches
+        and continues with the same weights, optimizer, schedule, loss sum and dropout stream."""
+        seconds = time.perf_counter() - self._t0
+        partial = {"step": step, "loss_total": total, "count": count, "seconds": seconds}
+        save_trainer_state(self.out / "state", resume_state(self, epoch, partial=partial))
+        log.info("phase 3: saved the state inside epoch %d after batch %d", epoch + 1, step)
 
     def validate(self, epoch: int) -> dict[str, float]:
         cfg, task, splits, feats = self.cfg, self.task, self.splits, self.dev_feats
@@ -276,7 +295,9 @@ class FinetuneRecipe(Recipe):
             write_json({**record, "sources": self.splits.sources}, self.metrics_path)
             shutil.rmtree(self.out / "state", ignore_errors=True)
         barrier()
-        return FinetuneResult(self.out / "model", dev_best, {}, history, self.metrics_path)
+        return FinetuneResult(
+            self.out / "model", dev_best, {}, history, self.metrics_path, self.earlier_seconds
+        )
 
 
 def _model_manifest(r: FinetuneRecipe) -> dict[str, Any]:
@@ -356,16 +377,23 @@ def _epoch_order(feats: Any, cfg: Phase3Config, seed: int, epoch: int) -> list[i
     return [int(i) for b in batches for i in b]
 
 
-def _train_epoch(r: FinetuneRecipe, epoch: int) -> float:
-    """One pass in the order of `_epoch_order`; returns the mean batch loss."""
+def _train_epoch(r: FinetuneRecipe, epoch: int, partial: dict[str, Any] | None = None) -> float:
+    """One pass in the order of `_epoch_order`; returns the mean batch loss. `partial` (a save
+    inside this epoch): its batches are skipped and its loss sum carried on. Rank 0 saves the
+    resume state every `runtime.save_every_minutes`."""
     model, cfg, task, feats = r.model, r.cfg, r.task, r.train_feats
     model.train()
     order = _epoch_order(feats, cfg, r.settings.seed, epoch)
-    total, count = 0.0, 0
+    start = partial["step"] if partial else 0
+    total, count = (partial["loss_total"], partial["count"]) if partial else (0.0, 0)
     bar = progress_bar(len(order), epoch, r.epochs, "row", r.progress)
     rank, world = rank_world()
     trainable = [p for p in model.parameters() if p.requires_grad]
+    saved = time.perf_counter()
     for step, batch in enumerate(task.batches(feats, cfg.batch_size, r.pad_id, order)):
+        if step < start:  # done before the stop; the order is the same (seeded by epoch)
+            bar.update(len(batch["input_ids"]))
+            continue
         loss = _step_loss(model, task, batch, r.runtime, rank, world, trainable)
         where = (
             f"epoch {epoch + 1}, step {step}: phase 3 diverged; lower phase3.lr (now {r.lr}); "
@@ -377,6 +405,9 @@ def _train_epoch(r: FinetuneRecipe, epoch: int) -> float:
         total, count = total + value, count + 1
         bar.update(len(batch["input_ids"]))
         bar.set_postfix(loss=f"{total / count:.4f}")
+        if r.save_every and time.perf_counter() - saved >= 60 * r.save_every and is_main():
+            r.save_inside_epoch(epoch, step + 1, total, count)
+            saved = time.perf_counter()
     bar.close()
     return total / max(1, count)
 

@@ -7,9 +7,10 @@ A phase is a `Recipe` subclass (alad/phases/align.py: phases 1-2, alad/phases/fi
 phase 3) that fills in the steps; the loop, the resume state, the run key, seeding, the NaN
 guard, the optimizer step under torchrun and the progress bar live here, once.
 
-Resume state (one format, every phase): a dict of tensors and plain data,
-`{"run_key", "epoch", "history", "optimizer", "rng", "extra"}` plus whatever the recipe adds
-(phase 3: the trainable weights, the scheduler). Phases 1-2 keep it as `trainer.pt` inside each
+Resume state (one format, every phase, built by `resume_state`): a dict of tensors and plain
+data, `{"run_key", "epoch", "history", "rng", ...}` plus whatever the recipe adds (phase 3: the
+trainable weights, the optimizer, the scheduler, and inside an epoch `partial`: the batches done
+and their running loss, so that a long epoch is resumed from its last save, not its start). Phases 1-2 keep it as `trainer.pt` inside each
 epoch's checkpoint (atomically with the adapter it belongs to, alad/checkpoint.py), phase 3 as
 `state/state.pt`; both are read with `weights_only=True` and checked against their checksums.
 A state whose run key differs from the config's is never resumed from.
@@ -114,6 +115,7 @@ class Recipe(ABC):
     epochs: int
     key: dict[str, Any]
     stopped_by: str = "epochs"
+    history: list[dict[str, Any]]  # the finished epochs' records (the loop keeps it current)
 
     def finished_result(self) -> Any | None:
         """The result of a run of this config that already finished in `out`, else None."""
@@ -158,6 +160,19 @@ class Recipe(ABC):
         log.info("%s epoch %d: %s", self.name, record["epoch"], record)
 
 
+def resume_state(recipe: Recipe, epoch: int, **more: Any) -> dict[str, Any]:
+    """The resume state after `epoch` finished epochs (see the module docstring); `more` adds
+    the recipe's own fields (`partial` inside an epoch)."""
+    return {
+        "run_key": recipe.key,
+        "epoch": epoch,
+        "history": recipe.history,
+        "rng": torch.get_rng_state(),
+        **recipe.state_extra(),
+        **more,
+    }
+
+
 def _resume(recipe: Recipe) -> tuple[int, list[dict[str, Any]]]:
     state = recipe.saved_state()
     if state is None:
@@ -173,7 +188,8 @@ def _resume(recipe: Recipe) -> tuple[int, list[dict[str, Any]]]:
     recipe.load_state_extra(state)
     if "rng" in state:  # dropout draws from it: a resumed run continues the same stream
         torch.set_rng_state(state["rng"])
-    log.info("resuming %s after epoch %d from %s", recipe.name, state["epoch"], recipe.out)
+    inside = f", batch {state['partial']['step']}" if state.get("partial") else ""
+    log.info("resuming %s after epoch %d%s from %s", recipe.name, state["epoch"], inside, recipe.out)
     return state["epoch"], list(state["history"])
 
 
@@ -188,6 +204,7 @@ def run(recipe: Recipe) -> Any:
         return done
     recipe.setup()
     start, history = _resume(recipe)
+    recipe.history = history
     for epoch in range(start, recipe.epochs):
         t0 = time.perf_counter()
         train = recipe.train_epoch(epoch)
@@ -197,13 +214,7 @@ def run(recipe: Recipe) -> Any:
         history.append(record)
         recipe.log_epoch(record)
         finished = recipe.stopped_by != "epochs" or epoch + 1 == recipe.epochs
-        state = {
-            "run_key": recipe.key,
-            "epoch": epoch + 1,
-            "history": history,
-            "rng": torch.get_rng_state(),
-            **recipe.state_extra(),
-        }
+        state = resume_state(recipe, epoch + 1)
         if is_main():  # under torchrun rank 0 writes (every rank holds the same weights)
             recipe.save(state, finished)
         barrier()

@@ -9,6 +9,7 @@ from conftest import finetune_settings as _settings
 from conftest import interrupt_on_call
 
 import alad.phases.finetune as ft_mod
+from alad.checkpoint import load_trainer_state
 from alad.model import load_model
 from alad.phases.finetune import finetune
 
@@ -36,6 +37,44 @@ def test_resumed_phase3_is_identical_to_an_uninterrupted_run(tiny_settings, tmp_
     losses = [h["train_loss"] for h in straight.history]
     assert [h["train_loss"] for h in resumed.history] == losses
     assert resumed.dev == straight.dev
+    expected = _weights(straight.model_dir)
+    for key, value in _weights(resumed.model_dir).items():
+        assert torch.equal(value, expected[key]), key
+
+
+def test_a_run_stopped_inside_an_epoch_resumes_from_its_last_batch(
+    tiny_settings, tmp_path, monkeypatch
+):
+    # A long epoch (QA on mpnet-base: hours) saves its state every runtime.save_every_minutes;
+    # here after every batch. Killed in batch 5 of epoch 2, the rerun trains only the batches
+    # not yet done and ends bitwise where an uninterrupted run ends.
+    s = _settings(tiny_settings, tmp_path, n_train=30, mode="alad-joint", epochs=3, batch_size=4)
+    s = s.model_copy(update={"runtime": s.runtime.model_copy(update={"save_every_minutes": 1e-9})})
+    real = ft_mod.optimizer_step
+    counted = interrupt_on_call(real, 10**9)
+    monkeypatch.setattr(ft_mod, "optimizer_step", counted)
+    straight = finetune(s, out=tmp_path / "straight", progress=False)
+    per_epoch = len(counted.calls) // 3
+    assert per_epoch >= 6
+
+    steps = interrupt_on_call(real, per_epoch + 5)
+    monkeypatch.setattr(ft_mod, "optimizer_step", steps)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(s, out=tmp_path / "resumed", progress=False)
+    state = load_trainer_state(tmp_path / "resumed" / "state")
+    assert (state["epoch"], state["partial"]["step"]) == (1, 4)
+    assert [h["epoch"] for h in state["history"]] == [1]
+
+    torch.manual_seed(12345)  # a new process would start from another RNG state
+    counted.calls.clear()
+    monkeypatch.setattr(ft_mod, "optimizer_step", counted)
+    resumed = finetune(s, out=tmp_path / "resumed", progress=False)
+    assert len(counted.calls) == 3 * per_epoch - (per_epoch + 4)  # only the batches not done
+    assert [h["train_loss"] for h in resumed.history] == [
+        h["train_loss"] for h in straight.history
+    ]
+    assert resumed.dev == straight.dev
+    assert resumed.earlier_seconds > 0  # the seconds before the stop are counted
     expected = _weights(straight.model_dir)
     for key, value in _weights(resumed.model_dir).items():
         assert torch.equal(value, expected[key]), key
