@@ -248,19 +248,19 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep_list(args: argparse.Namespace) -> None:
-    from alad.sweep import cells, load_grid
+    from alad.sweep import cells, load_grid, plan
 
-    every = cells(load_grid(args.grid), args.task, args.only)
-    done = sum(c.done for c in every)
-    print(
-        f"{args.grid}: {len(every)} cells, {done} done, {len(every) - done} to run (cheapest first)"
-    )
+    grid = load_grid(args.grid)
+    every = cells(grid, args.task, args.only)
+    todo, prog = plan(grid, args.task, args.only)
+    print(f"{args.grid}: {prog.line()}; {len(todo)} to run (cheapest first)")
     stored = {c.stored_phase1 for c in every if c.align is not None and c.stored_phase1}
     if stored:
         have = sum((p / "manifest.json").is_file() for p in stored)
         print(f"  phase 1: {have} of {len(stored)} adapters stored in {next(iter(stored)).parent}")
     for c in every:
-        print(f"  {'done' if c.done else 'todo'}  {c.key}  cost {c.cost:7.2f}  {c.name}")
+        expect = "" if c.done else f"  ~{prog.predict(c) / 60:.0f} min"
+        print(f"  {'done' if c.done else 'todo'}  {c.key}  cost {c.cost:7.2f}  {c.name}{expect}")
 
 
 def cmd_sweep_run(args: argparse.Namespace) -> None:

@@ -239,9 +239,25 @@ def test_eta_is_not_inflated_by_the_cell_that_trained_phase1(tiny_grid):
     prog.finished(a, 100.0 * a.cost)  # 100 s per unit of cost
     prog.finished(b, 100.0 * b.cost + 3600.0)  # the same, plus an hour of phase 1
     line = prog.finished(c, 100.0 * c.cost)
-    assert prog.seconds_per_cost == pytest.approx(100.0)
+    for x in todo[3:]:
+        assert prog.predict(x) == pytest.approx(100.0 * x.cost)
     remaining = sum(x.cost for x in todo[3:])
     assert line == f"3/6 cells done, ETA {100.0 * remaining / 3600:.1f} h"
+
+
+def test_eta_predicts_a_cell_from_another_seed_of_its_group(tiny_grid):
+    from alad.sweep import plan
+
+    todo, prog = plan(load_grid(tiny_grid))
+    large = [x for x in todo if x.mode == "large"]
+    cheap = next(x for x in todo if x.mode != "large")
+    prog.finished(cheap, 100.0 * cheap.cost)
+    prog.finished(large[0], 7.0)  # far cheaper than its cost says: the group's own figure wins
+    assert prog.predict(large[1]) == 7.0
+    other = next(x for x in prog.todo if x.group not in (cheap.group, large[0].group))
+    # a group with no measured seed: the task's median seconds per unit of cost
+    rates = sorted([100.0, 7.0 / large[0].cost])
+    assert prog.predict(other) == pytest.approx(other.cost * (rates[0] + rates[1]) / 2)
 
 
 def test_eta_starts_from_the_committed_cells_timings(tiny_grid):
@@ -249,11 +265,12 @@ def test_eta_starts_from_the_committed_cells_timings(tiny_grid):
 
     grid = load_grid(tiny_grid)
     todo, prog = plan(grid)
-    assert prog.seconds_per_cost == 60.0  # nothing measured yet: the prior
+    everything = sum(x.cost for x in todo)
+    assert prog.line() == f"0/6 cells done, ETA {60.0 * everything / 3600:.1f} h"  # the prior
     first, second = todo[:2]
     write_json({"seconds": 50.0 * first.cost}, first.result_path)  # another machine's cell
     write_json({"key": second.key}, second.result_path)  # a result without a timing: skipped
     todo, prog = plan(grid)
-    assert len(todo) == 4 and prog.seconds_per_cost == pytest.approx(50.0)
+    assert len(todo) == 4 and prog.predict(todo[-1]) == pytest.approx(50.0 * todo[-1].cost)
     remaining = sum(x.cost for x in todo)
     assert prog.line() == f"2/6 cells done, ETA {50.0 * remaining / 3600:.1f} h"
