@@ -52,7 +52,6 @@ class FinetuneResult:
     metrics_path: Path
     earlier_seconds: float = 0.0  # of this phase 3, spent in processes before this one
 
-
     def summary(self) -> str:
         speed = f", speed-up {self.test['speedup']:.2f}x" if "speedup" in self.test else ""
         test = (

@@ -10,8 +10,8 @@ guard, the optimizer step under torchrun and the progress bar live here, once.
 Resume state (one format, every phase, built by `resume_state`): a dict of tensors and plain
 data, `{"run_key", "epoch", "history", "rng", ...}` plus whatever the recipe adds (phase 3: the
 trainable weights, the optimizer, the scheduler, and inside an epoch `partial`: the batches done
-and their running loss, so that a long epoch is resumed from its last save, not its start). Phases 1-2 keep it as `trainer.pt` inside each
-epoch's checkpoint (atomically with the adapter it belongs to, alad/checkpoint.py), phase 3 as
+and their running loss, so that a long epoch is resumed from its last save, not its start).
+Phases 1-2 keep it as `trainer.pt` inside each epoch's checkpoint (atomically with the adapter it belongs to, alad/checkpoint.py), phase 3 as
 `state/state.pt`; both are read with `weights_only=True` and checked against their checksums.
 A state whose run key differs from the config's is never resumed from.
 """
@@ -189,7 +189,9 @@ def _resume(recipe: Recipe) -> tuple[int, list[dict[str, Any]]]:
     if "rng" in state:  # dropout draws from it: a resumed run continues the same stream
         torch.set_rng_state(state["rng"])
     inside = f", batch {state['partial']['step']}" if state.get("partial") else ""
-    log.info("resuming %s after epoch %d%s from %s", recipe.name, state["epoch"], inside, recipe.out)
+    log.info(
+        "resuming %s after epoch %d%s from %s", recipe.name, state["epoch"], inside, recipe.out
+    )
     return state["epoch"], list(state["history"])
 
 

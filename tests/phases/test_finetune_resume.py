@@ -70,9 +70,7 @@ def test_a_run_stopped_inside_an_epoch_resumes_from_its_last_batch(
     monkeypatch.setattr(ft_mod, "optimizer_step", counted)
     resumed = finetune(s, out=tmp_path / "resumed", progress=False)
     assert len(counted.calls) == 3 * per_epoch - (per_epoch + 4)  # only the batches not done
-    assert [h["train_loss"] for h in resumed.history] == [
-        h["train_loss"] for h in straight.history
-    ]
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
     assert resumed.dev == straight.dev
     assert resumed.earlier_seconds > 0  # the seconds before the stop are counted
     expected = _weights(straight.model_dir)
