@@ -12,8 +12,9 @@ data, `{"run_key", "epoch", "history", "rng", ...}` plus whatever the recipe add
 trainable weights, the optimizer, the scheduler, and inside an epoch `partial`: the batches done
 and their running loss, so that a long epoch is resumed from its last save, not its start).
 Phases 1-2 keep it as `trainer.pt` inside each epoch's checkpoint (atomically with the adapter
-it belongs to, alad/checkpoint.py), phase 3 as `state/state.pt`; both are read with `weights_only=True` and checked against their checksums.
-A state whose run key differs from the config's is never resumed from.
+it belongs to, alad/checkpoint.py), phase 3 as `state/state.pt`; both are read with
+`weights_only=True` and checked against their checksums. A state whose run key differs from
+the config's is never resumed from.
 """
 
 from __future__ import annotations
