@@ -320,6 +320,10 @@ def _range(values: list[float]) -> str:
     return f"{lo:.2f}" if lo == hi else f"{lo:.2f}–{hi:.2f}"
 
 
+def _cells(n: int) -> str:
+    return f"{n} cell" if n == 1 else f"{n} cells"
+
+
 def task_notes(task: str, rows: list[Row]) -> str:
     results = [r for row in rows for r in row.results]
     sizes: dict[str, int] = {}
@@ -327,7 +331,7 @@ def task_notes(task: str, rows: list[Row]) -> str:
         d = r.record.get("data") or {}
         split = " / ".join(f"{k} {d[k]:,}" for k in ("train", "dev", "test") if _number(d.get(k)))
         sizes[split or "not recorded"] = sizes.get(split or "not recorded", 0) + 1
-    data = "; ".join(f"{s} ({n} cells)" for s, n in sizes.items())
+    data = "; ".join(f"{s} ({_cells(n)})" for s, n in sizes.items())
     seeds = sorted({s for row in rows for s in row.seeds})
     seconds = sum(float(r.record.get("seconds") or 0.0) for r in results)
     machines: dict[str, int] = {}
@@ -347,11 +351,11 @@ def task_notes(task: str, rows: list[Row]) -> str:
     superseded = [r.path for row in rows for r in row.superseded]
     lines = [
         f"- Data (examples per split): {data}.",
-        f"- Seeds: {', '.join(map(str, seeds))}; {len(results)} cells (one per row and seed).",
+        f"- Seeds: {', '.join(map(str, seeds))}; {_cells(len(results))} (one per row and seed).",
         f"- Run time of its cells: {seconds / 3600:.2f} h (wall-clock seconds summed over cells; "
         "each cell used all torch threads of its machine).",
         "- Machine: "
-        + "; ".join(f"{d} × {n} cells" for d, n in machines.items())
+        + "; ".join(f"{d} × {_cells(n)}" for d, n in machines.items())
         + f"; 1-min load average {_range([x for x in loads if _number(x)])} during the cells.",
         f"- Code: git {', '.join(commits)}.",
         "- Gap recovered: (AlAd − compressed) / (M_L − compressed) on "
