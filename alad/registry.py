@@ -101,22 +101,10 @@ class Registry:
             )
             # The source is the artifact location, not models:/<id>: MLflow resolves the latter
             # with the *global* tracking URI, i.e. another store than this client's.
-            version = self.client.create_model_version(
-                name,
-                logged.artifact_location,
-                run_id=run_id,
-                tags={STATUS: "pending"},
-                model_id=logged.model_id,
+            version = self._new_version(
+                name, logged, run_id, version_tags(metrics, tags), "alad.registered"
             )
-            try:
-                for key, value in version_tags(metrics, tags).items():
-                    self.client.set_model_version_tag(name, version.version, key, value)
-                self.client.set_tag(run_id, "alad.registered", f"{name}/{version.version}")
-                self.client.set_model_version_tag(name, version.version, STATUS, "ready")
-            except BaseException:
-                self._mark_failed(name, version.version)
-                raise
-        return RegisteredVersion(name, str(version.version), run_id, f"models:/{logged.model_id}")
+        return RegisteredVersion(name, version, run_id, f"models:/{logged.model_id}")
 
     def register_adapter(
         self,
@@ -152,6 +140,15 @@ class Registry:
             {"kind": "adapter", "compressed": manifest["compressed"], "large": manifest["large"]},
             f"AlAd adapters from {manifest['compressed']} to {manifest['large']}, window {window}",
         )
+        tags = version_tags(metrics, lineage)
+        version = self._new_version(name, logged, run_id, tags, "alad.registered_adapter")
+        return RegisteredVersion(name, version, run_id, f"models:/{name}/{version}")
+
+    def _new_version(
+        self, name: str, logged: Any, run_id: str, tags: Mapping[str, str], run_tag: str
+    ) -> str:
+        """A new version of `name` from the logged model: created pending, tagged, then ready;
+        a failure after it exists marks it failed (never promoted). Returns its number."""
         version = self.client.create_model_version(
             name,
             logged.artifact_location,
@@ -160,16 +157,14 @@ class Registry:
             model_id=logged.model_id,
         )
         try:
-            for key, value in version_tags(metrics, lineage).items():
+            for key, value in tags.items():
                 self.client.set_model_version_tag(name, version.version, key, value)
-            self.client.set_tag(run_id, "alad.registered_adapter", f"{name}/{version.version}")
+            self.client.set_tag(run_id, run_tag, f"{name}/{version.version}")
             self.client.set_model_version_tag(name, version.version, STATUS, "ready")
         except BaseException:
             self._mark_failed(name, version.version)
             raise
-        return RegisteredVersion(
-            name, str(version.version), run_id, f"models:/{name}/{version.version}"
-        )
+        return str(version.version)
 
     def _ensure_registered_model(self, name: str, tags: dict[str, str], description: str) -> None:
         if self._registered_model_exists(name):
