@@ -101,9 +101,7 @@ class Registry:
             )
             # The source is the artifact location, not models:/<id>: MLflow resolves the latter
             # with the *global* tracking URI, i.e. another store than this client's.
-            version = self._new_version(
-                name, logged, run_id, version_tags(metrics, tags), "alad.registered"
-            )
+            version = self._new_version(name, logged, run_id, metrics, tags, "alad.registered")
         return RegisteredVersion(name, version, run_id, f"models:/{logged.model_id}")
 
     def register_adapter(
@@ -140,15 +138,23 @@ class Registry:
             {"kind": "adapter", "compressed": manifest["compressed"], "large": manifest["large"]},
             f"AlAd adapters from {manifest['compressed']} to {manifest['large']}, window {window}",
         )
-        tags = version_tags(metrics, lineage)
-        version = self._new_version(name, logged, run_id, tags, "alad.registered_adapter")
+        version = self._new_version(
+            name, logged, run_id, metrics, lineage, "alad.registered_adapter"
+        )
         return RegisteredVersion(name, version, run_id, f"models:/{name}/{version}")
 
     def _new_version(
-        self, name: str, logged: Any, run_id: str, tags: Mapping[str, str], run_tag: str
+        self,
+        name: str,
+        logged: Any,
+        run_id: str,
+        metrics: Mapping[str, Any],
+        tags: Mapping[str, Any],
+        run_tag: str,
     ) -> str:
-        """A new version of `name` from the logged model: created pending, tagged, then ready;
-        a failure after it exists marks it failed (never promoted). Returns its number."""
+        """A new version of `name` from the logged model: created pending, tagged (metrics and
+        tags), then ready; any failure after it exists, the tags' own included, marks it failed
+        (never promoted). Returns its number."""
         version = self.client.create_model_version(
             name,
             logged.artifact_location,
@@ -157,7 +163,7 @@ class Registry:
             model_id=logged.model_id,
         )
         try:
-            for key, value in tags.items():
+            for key, value in version_tags(metrics, tags).items():
                 self.client.set_model_version_tag(name, version.version, key, value)
             self.client.set_tag(run_id, run_tag, f"{name}/{version.version}")
             self.client.set_model_version_tag(name, version.version, STATUS, "ready")
