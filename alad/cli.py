@@ -248,12 +248,11 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep_list(args: argparse.Namespace) -> None:
-    from alad.sweep import cells, load_grid, plan
+    from alad.sweep import Progress, cells, load_grid
 
-    grid = load_grid(args.grid)
-    every = cells(grid, args.task, args.only)
-    todo, prog = plan(grid, args.task, args.only)
-    print(f"{args.grid}: {prog.line()}; {len(todo)} to run (cheapest first)")
+    every = cells(load_grid(args.grid), args.task, args.only)
+    prog = Progress.of(every)
+    print(f"{args.grid}: {prog.line()}; {len(prog.todo)} to run (cheapest first)")
     stored = {c.stored_phase1 for c in every if c.align is not None and c.stored_phase1}
     if stored:
         have = sum((p / "manifest.json").is_file() for p in stored)

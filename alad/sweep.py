@@ -442,6 +442,13 @@ class Progress:
     todo: list[Cell]
     measured: list[tuple[Cell, float]] = field(default_factory=list)  # (cell, seconds)
 
+    @classmethod
+    def of(cls, every: list[Cell]) -> Progress:
+        """The progress of these cells. The committed cells' timings (another machine's, maybe)
+        are measurements too: a resumed grid starts with a measured ETA instead of the prior."""
+        measured = [(c, s) for c in every if c.done and (s := _seconds(c)) is not None]
+        return cls(len(every), [c for c in every if not c.done], measured)
+
     @property
     def done(self) -> int:
         return self.total - len(self.todo)
@@ -468,12 +475,8 @@ class Progress:
 def plan(
     grid: Grid, tasks: list[str] | None = None, only: list[str] | None = None
 ) -> tuple[list[Cell], Progress]:
-    every = cells(grid, tasks, only)
-    todo = [c for c in every if not c.done]
-    # The committed cells' timings (another machine's, maybe) are measurements too: a resumed
-    # grid starts with a measured ETA instead of the prior.
-    measured = [(c, s) for c in every if c.done and (s := _seconds(c)) is not None]
-    return todo, Progress(len(every), list(todo), measured)
+    prog = Progress.of(cells(grid, tasks, only))
+    return list(prog.todo), prog
 
 
 def _seconds(cell: Cell) -> float | None:
