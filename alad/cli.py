@@ -508,7 +508,10 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "run":
             p.add_argument("--max-cells", type=int, help="stop after this many cells")
             p.add_argument(
-                "--max-minutes", type=float, help="start no new cell after this many minutes"
+                "--max-minutes",
+                type=float,
+                help="a time box: after this many minutes the cell in progress saves its state "
+                "and stops (the next run resumes it)",
             )
 
     cfg = sub.add_parser("config", help="show the resolved config").add_subparsers(
@@ -528,13 +531,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     from alad.errors import user_errors
     from alad.runtime import init_distributed, resolve_device
+    from alad.stopping import Stopped, handle_sigterm
 
     try:
         init_distributed(resolve_device("auto"))  # under torchrun: join its process group
-        args.func(args)
+        with handle_sigterm():  # SIGTERM: stop at the next save point, state saved
+            args.func(args)
     except user_errors() as exc:
         print(f"alad: error: {exc}", file=sys.stderr)
         return 2
+    except Stopped as exc:
+        print(f"alad: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print(
             "alad: interrupted; rerun the same command to resume from the last checkpoint",

@@ -509,8 +509,10 @@ def load_settings(
     params: Path | None = None,
     profile: str | None = None,
     overrides: list[str] | dict[str, Any] | None = None,
+    source: str | None = None,
 ) -> Settings:
-    """Build the validated config. `params=None` reads ./params.yaml when present."""
+    """Build the validated config. `params=None` reads ./params.yaml when present; `source`
+    names where the values come from in errors (default: the params file)."""
     path = params if params is not None else DEFAULT_PARAMS
     data: dict[str, Any] = {}
     if path.exists():
@@ -529,7 +531,7 @@ def load_settings(
     try:
         return Settings(**over)
     except ValidationError as exc:
-        raise _explain(exc, str(path) if path.exists() else "defaults") from exc
+        raise _explain(exc, source or (str(path) if path.exists() else "defaults")) from exc
     except SettingsError as exc:  # an ALAD_* variable that is not valid JSON for its section
         raise ConfigError(f"{exc}; ALAD_<SECTION> variables take JSON objects") from None
     finally:

@@ -35,8 +35,9 @@ from typing import Any
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from alad import stopping
 from alad.atomic import write_json
 from alad.config import ConfigError, Settings, load_settings, registered
 from alad.phases.modes import MODES
@@ -78,6 +79,7 @@ class Ablation(_Strict):
 class Grid(_Strict):
     """A sweep file (e.g. sweeps/table1.yaml)."""
 
+    _source: str = PrivateAttr("the sweep file")  # its path, for errors
     name: str = "table1"
     results: Path = Field(Path("results/table1"), description="Committed result JSONs.")
     runs: Path = Field(Path("runs/sweep"), description="Checkpoints and models (not committed).")
@@ -118,7 +120,9 @@ class Grid(_Strict):
 def load_grid(path: Path) -> Grid:
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        return Grid(**data)
+        grid = Grid(**data)
+        grid._source = str(path)
+        return grid
     except FileNotFoundError:
         raise ConfigError(f"{path}: sweep file not found") from None
     except yaml.YAMLError as exc:
@@ -240,9 +244,9 @@ class Cell:
         )
 
 
-def _settings(dotted: dict[str, Any]) -> Settings:
+def _settings(dotted: dict[str, Any], source: str) -> Settings:
     """The validated config of {"phase3.lr": 1e-4, ...}. params.yaml is not read: a grid file
-    alone defines its cells (the same keys on every machine)."""
+    alone defines its cells (the same keys on every machine). `source` names them in errors."""
     nested: dict[str, Any] = {}
     for key, value in dotted.items():
         *parents, leaf = key.split(".")
@@ -250,7 +254,7 @@ def _settings(dotted: dict[str, Any]) -> Settings:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return load_settings(params=Path(os.devnull), overrides=nested)
+    return load_settings(params=Path(os.devnull), overrides=nested, source=source)
 
 
 def _dotted(d: dict[str, Any]) -> dict[str, Any]:
@@ -300,8 +304,10 @@ def cells(grid: Grid, tasks: list[str] | None = None, only: list[str] | None = N
                     "seed": seed,
                     **({"adapter.window": window} if window else {}),
                 }
-                align = _settings({**over, "seed": grid.align_seed}) if window else None
-                out.append(Cell(task, compressed, mode, window, seed, _settings(over), align, grid))
+                where = f"{grid._source}, task {task}"
+                align = _settings({**over, "seed": grid.align_seed}, where) if window else None
+                settings = _settings(over, where)
+                out.append(Cell(task, compressed, mode, window, seed, settings, align, grid))
     keys = [c.key for c in out]
     if len(set(keys)) != len(keys):
         raise ConfigError("the grid lists the same cell twice (same config, same seed)")
@@ -498,23 +504,33 @@ def run_sweep(
 ) -> Iterator[tuple[Cell, dict[str, Any], str]]:
     """Run the missing cells, cheapest first; yields (cell, result, progress line) per cell.
 
-    Stops before starting a cell once `max_cells` ran or `max_minutes` passed (a time box for
-    a session; the rest runs next time)."""
+    Stops before starting a cell once `max_cells` ran. `max_minutes` is a time box (a
+    session's): when it ends, the cell in progress saves its state and stops (alad/stopping.py)
+    and the sweep ends; the next run resumes that cell where it stopped. A SIGTERM stops the
+    same way and raises `Stopped`."""
     todo, prog = plan(grid, tasks, only)
     log.info("%s; %d to run", prog.line(), len(todo))
-    start = time.perf_counter()
-    for i, cell in enumerate(todo):
-        if max_cells is not None and i >= max_cells:
-            break
-        if max_minutes is not None and time.perf_counter() - start > 60 * max_minutes:
-            break
-        if cell.done:  # finished by another runner meanwhile
-            continue
-        t0 = time.perf_counter()
-        record = (run or (lambda c: run_cell(c, progress)))(cell)
-        line = prog.finished(cell, time.perf_counter() - t0)
-        log.info("%s finished (%.0f s); %s", cell.name, time.perf_counter() - t0, line)
-        yield cell, record, line
+    with stopping.deadline(max_minutes):
+        for i, cell in enumerate(todo):
+            if max_cells is not None and i >= max_cells:
+                break
+            if reason := stopping.requested():
+                if reason != "the time box":
+                    raise stopping.stop(reason, "the sweep", grid.results)
+                break
+            if cell.done:  # finished by another runner meanwhile
+                continue
+            t0 = time.perf_counter()
+            try:
+                record = (run or (lambda c: run_cell(c, progress)))(cell)
+            except stopping.Stopped as exc:
+                if exc.reason != "the time box":
+                    raise
+                log.info("the time box (%g min) ended: %s", max_minutes, exc)
+                break
+            line = prog.finished(cell, time.perf_counter() - t0)
+            log.info("%s finished (%.0f s); %s", cell.name, time.perf_counter() - t0, line)
+            yield cell, record, line
 
 
 def register_best(grid: Grid, tracker: Any, tasks: list[str] | None = None) -> list[dict]:

@@ -39,10 +39,11 @@ def forward_alad_logs() -> None:
 def transient(task: Any, task_run: Any, state: Any) -> bool:
     """Retry crashes and flaky I/O, not errors that would fail the same way again."""
     from alad.errors import user_errors
+    from alad.stopping import Stopped
 
     try:
         state.result()
-    except user_errors():
+    except (*user_errors(), Stopped):  # a stop on request is not a crash: the next run resumes
         return False
     except Exception:
         return True

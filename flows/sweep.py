@@ -27,6 +27,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.futures import PrefectFuture, as_completed
 
+from alad import stopping
 from alad.sweep import Cell, align_cell, cells, load_grid, plan, run_cell, run_sweep
 
 RETRIES = {"retries": 1, "retry_delay_seconds": 5, "retry_condition_fn": transient}
@@ -63,7 +64,14 @@ def run_cell_task(
     if deadline is not None and time.time() > deadline:  # the time box: start nothing new
         return {"key": key, "skipped": True}
     _threads(threads)
-    record = run_cell(_cell(grid, key))
+    try:  # on a cluster each cell keeps the box itself: at its end it saves and stops
+        with stopping.deadline(None if deadline is None else (deadline - time.time()) / 60):
+            record = run_cell(_cell(grid, key))
+    except stopping.Stopped as exc:
+        if deadline is None or exc.reason != "the time box":
+            raise  # one process (run_sweep keeps the box) or a SIGTERM
+        get_run_logger().info("%s: %s", name, exc)
+        return {"key": key, "skipped": True}
     get_run_logger().info(
         "%s: dev %.4f, test %.4f (%.0f s)",
         name,

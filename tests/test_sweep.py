@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,14 @@ def test_bad_grid_is_one_clear_error(tmp_path):
         load_grid(path)
 
 
+def test_a_bad_value_in_the_grids_set_names_the_grid_file(tiny_grid):
+    grid = yaml.safe_load(tiny_grid.read_text())
+    grid["set"]["phase3.epochs"] = 1000
+    tiny_grid.write_text(yaml.safe_dump(grid))
+    with pytest.raises(ConfigError, match=rf"\({tiny_grid}, task pos\): phase3\.epochs: .*100"):
+        cells(load_grid(tiny_grid))
+
+
 class Interrupted(Exception):
     pass
 
@@ -109,6 +118,21 @@ def test_sweep_skips_finished_cells_after_an_interruption(tiny_grid, tmp_path):
         tags = tracker.client.get_model_version(r["name"], r["version"]).tags
         assert tags["seed"] == str(best["cell"]["seed"]) and tags["seeds"] in ("1,2", "2,1")
     assert register_best(grid, tracker) == []  # each cell once
+
+
+def test_a_time_box_ends_the_sweep_inside_a_cell_and_the_next_run_resumes_it(tiny_grid):
+    grid = load_grid(tiny_grid)
+
+    def late(cell):  # the box (about a second) ends while this cell trains
+        time.sleep(1.5)
+        return run_cell(cell)
+
+    assert list(run_sweep(grid, max_minutes=0.02, run=late)) == []  # ends quietly
+    assert not grid.results.exists()  # nothing finished ...
+    assert len(list(grid.runs.rglob("state/state.pt"))) == 1  # ... one cell saved its state
+    lines = [line for _, _, line in run_sweep(load_grid(tiny_grid))]
+    assert lines[-1].startswith("6/6 cells done")
+    assert not list(grid.runs.rglob("state/state.pt"))  # finished: no state is left behind
 
 
 def test_corrupt_result_names_the_file(tiny_grid):

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from transformers import get_linear_schedule_with_warmup
 
+from alad import stopping
 from alad.adapter import AlignmentAdapter
 from alad.atomic import read_json, write_json
 from alad.cache import FrozenOutputs, feature_root, grouped_batches
@@ -379,7 +380,8 @@ def _epoch_order(feats: Any, cfg: Phase3Config, seed: int, epoch: int) -> list[i
 def _train_epoch(r: FinetuneRecipe, epoch: int, partial: dict[str, Any] | None = None) -> float:
     """One pass in the order of `_epoch_order`; returns the mean batch loss. `partial` (a save
     inside this epoch): its batches are skipped and its loss sum carried on. Rank 0 saves the
-    resume state every `runtime.save_every_minutes`."""
+    resume state every `runtime.save_every_minutes`, and on a stop request (SIGTERM, a time box:
+    alad/stopping.py) after the batch it is in, before `Stopped` ends the run."""
     model, cfg, task, feats = r.model, r.cfg, r.task, r.train_feats
     model.train()
     order = _epoch_order(feats, cfg, r.settings.seed, epoch)
@@ -404,9 +406,16 @@ def _train_epoch(r: FinetuneRecipe, epoch: int, partial: dict[str, Any] | None =
         total, count = total + value, count + 1
         bar.update(len(batch["input_ids"]))
         bar.set_postfix(loss=f"{total / count:.4f}")
-        if r.save_every and time.perf_counter() - saved >= 60 * r.save_every and is_main():
-            r.save_inside_epoch(epoch, step + 1, total, count)
+        stop = stopping.requested()  # SIGTERM or the end of a time box: save, then stop
+        due = r.save_every and time.perf_counter() - saved >= 60 * r.save_every
+        if stop or due:
+            if is_main():
+                r.save_inside_epoch(epoch, step + 1, total, count)
             saved = time.perf_counter()
+            if stop:
+                barrier()
+                where = f"phase 3 in epoch {epoch + 1} after batch {step + 1}"
+                raise stopping.stop(stop, where, r.out / "state")
     bar.close()
     return total / max(1, count)
 

@@ -5,7 +5,8 @@
 
 A phase is a `Recipe` subclass (alad/phases/align.py: phases 1-2, alad/phases/finetune.py:
 phase 3) that fills in the steps; the loop, the resume state, the run key, seeding, the NaN
-guard, the optimizer step under torchrun and the progress bar live here, once.
+guard, the optimizer step under torchrun, stopping on request (alad/stopping.py: after the
+epoch, phase 3 after the batch) and the progress bar live here, once.
 
 Resume state (one format, every phase, built by `resume_state`): a dict of tensors and plain
 data, `{"run_key", "epoch", "history", "rng", ...}` plus whatever the recipe adds (phase 3: the
@@ -31,6 +32,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from alad import stopping
 from alad.atomic import recover_all
 from alad.config import Settings
 from alad.errors import AladError
@@ -223,4 +225,6 @@ def run(recipe: Recipe) -> Any:
         barrier()
         if finished:
             break
+        if reason := stopping.requested():  # SIGTERM or a time box: this epoch's save resumes
+            raise stopping.stop(reason, f"{recipe.name} after epoch {epoch + 1}", recipe.out)
     return recipe.finish(history)

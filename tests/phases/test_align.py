@@ -9,6 +9,7 @@ import torch
 from conftest import interrupt_on_call
 
 import alad.phases.align as align_mod
+from alad import stopping
 from alad.checkpoint import CheckpointError, load_checkpoint
 from alad.data.corpus import EmptyCorpus
 from alad.models.tokens import TokenMismatch
@@ -73,6 +74,19 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(
     assert load_checkpoint(tmp_path / "resumed").manifest["epoch"] == 1
     monkeypatch.setattr(align_mod, "_train_epoch", real)
     resumed = run_alignment(s, "phase1", out=tmp_path / "resumed", progress=False)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    for k, v in _weights(straight.checkpoint).items():
+        torch.testing.assert_close(_weights(resumed.checkpoint)[k], v)
+
+
+def test_a_time_box_stops_phase1_after_its_epoch_and_the_rerun_finishes_it(tiny_settings, tmp_path):
+    s = _with(tiny_settings, phase1={"epochs": 3})
+    straight = run_alignment(s, "phase1", out=tmp_path / "straight", progress=False)
+    with stopping.deadline(0), pytest.raises(stopping.Stopped) as stopped:
+        run_alignment(s, "phase1", out=tmp_path / "boxed", progress=False)
+    assert stopped.value.reason == "the time box" and "after epoch 1" in str(stopped.value)
+    assert load_checkpoint(tmp_path / "boxed").manifest["epoch"] == 1
+    resumed = run_alignment(s, "phase1", out=tmp_path / "boxed", progress=False)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     for k, v in _weights(straight.checkpoint).items():
         torch.testing.assert_close(_weights(resumed.checkpoint)[k], v)

@@ -3,12 +3,16 @@ one does (as phases 1-2 do), because the RNG state that dropout draws from is sa
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 import torch
 from conftest import finetune_settings as _settings
 from conftest import interrupt_on_call
 
 import alad.phases.finetune as ft_mod
+from alad import stopping
 from alad.checkpoint import load_trainer_state
 from alad.model import load_model
 from alad.phases.finetune import finetune
@@ -73,6 +77,48 @@ def test_a_run_stopped_inside_an_epoch_resumes_from_its_last_batch(
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
     assert resumed.dev == straight.dev
     assert resumed.earlier_seconds > 0  # the seconds before the stop are counted
+    expected = _weights(straight.model_dir)
+    for key, value in _weights(resumed.model_dir).items():
+        assert torch.equal(value, expected[key]), key
+
+
+def test_a_sigterm_stops_phase3_after_its_batch_and_the_rerun_ends_bitwise_as_one_run(
+    tiny_settings, tmp_path, monkeypatch
+):
+    # A SIGTERM (a preemption, `timeout`) arrives in batch 5 of epoch 2: the run saves its state
+    # after that batch (no periodic save is due) and raises Stopped; the rerun trains the rest.
+    s = _settings(tiny_settings, tmp_path, n_train=30, mode="alad-joint", epochs=3, batch_size=4)
+    real = ft_mod.optimizer_step
+    counted = interrupt_on_call(real, 10**9)
+    monkeypatch.setattr(ft_mod, "optimizer_step", counted)
+    straight = finetune(s, out=tmp_path / "straight", progress=False)
+    per_epoch = len(counted.calls) // 3
+
+    def sigterm_in_call(n):
+        calls = []
+
+        def wrapper(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == n:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(ft_mod, "optimizer_step", sigterm_in_call(per_epoch + 5))
+    with stopping.handle_sigterm(), pytest.raises(stopping.Stopped) as stopped:
+        finetune(s, out=tmp_path / "resumed", progress=False)
+    assert stopped.value.reason == "SIGTERM" and stopped.value.exit_code == 143
+    assert "epoch 2 after batch 5" in str(stopped.value)
+    state = load_trainer_state(tmp_path / "resumed" / "state")
+    assert (state["epoch"], state["partial"]["step"]) == (1, 5)
+
+    torch.manual_seed(12345)
+    counted.calls.clear()
+    monkeypatch.setattr(ft_mod, "optimizer_step", counted)
+    resumed = finetune(s, out=tmp_path / "resumed", progress=False)
+    assert len(counted.calls) == 3 * per_epoch - (per_epoch + 5)
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
     expected = _weights(straight.model_dir)
     for key, value in _weights(resumed.model_dir).items():
         assert torch.equal(value, expected[key]), key

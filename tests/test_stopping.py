@@ -1,0 +1,62 @@
+"""Stopping on request (alad/stopping.py): a time box and a SIGTERM are requests that a run
+honours at its next save point; the CLI exits 143 after a SIGTERM with its state saved."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import yaml
+
+from alad import stopping
+
+
+def test_a_deadline_is_a_request_inside_its_block_only():
+    assert stopping.requested() is None
+    with stopping.deadline(None):
+        assert stopping.requested() is None
+    with stopping.deadline(60):
+        assert stopping.requested() is None  # an hour left
+        with stopping.deadline(0):
+            assert stopping.requested() == "the time box"
+        assert stopping.requested() is None  # the outer box again
+    assert stopping.requested() is None
+
+
+def test_sigterm_is_a_request_and_a_second_one_kills():
+    before = signal.getsignal(signal.SIGTERM)
+    with stopping.handle_sigterm():
+        assert stopping.requested() is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stopping.requested() == "SIGTERM"
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the next one kills
+    assert stopping.requested() is None
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_sigterm_stops_the_cli_with_its_phase3_state_saved(tiny_grid, tmp_path):
+    """Black box: `alad sweep run` on a cell long enough to be caught training; a SIGTERM ends
+    it after the batch it is in, with the resume state written and exit code 143."""
+    grid = yaml.safe_load(tiny_grid.read_text())
+    grid["set"]["phase3.epochs"] = 100  # 2,400 batches: still training when the signal comes
+    grid["set"]["phase3.batch_size"] = 1
+    grid["seeds"] = [1]
+    tiny_grid.write_text(yaml.safe_dump(grid))
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "alad.cli", "sweep", "run", str(tiny_grid), "-q"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    lines = []
+    for line in proc.stderr:  # the log: phase 3's set-up line comes just before its training
+        lines.append(line)
+        if "phase 3: pos/" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, "".join(lines) + rest
+    assert "stopped by SIGTERM" in rest and "rerun the same command to resume" in rest, rest
+    assert "Traceback" not in rest, rest
+    states = list((tmp_path / "runs").rglob("state/state.pt"))
+    assert len(states) == 1
+    assert not list((tmp_path / "results").rglob("*.json"))  # the cell is not finished
