@@ -23,6 +23,16 @@ def _weights(model_dir):
     return model.state_dict()
 
 
+def _straight_counting_steps(s, tmp_path, monkeypatch):
+    """An uninterrupted 3-epoch run with its optimizer steps counted: (the real step, the
+    counting wrapper, the run's result, steps per epoch)."""
+    real = ft_mod.optimizer_step
+    counted = interrupt_on_call(real, 10**9)
+    monkeypatch.setattr(ft_mod, "optimizer_step", counted)
+    straight = finetune(s, out=tmp_path / "straight", progress=False)
+    return real, counted, straight, len(counted.calls) // 3
+
+
 def test_resumed_phase3_is_identical_to_an_uninterrupted_run(tiny_settings, tmp_path, monkeypatch):
     # alad-joint trains M_C with dropout on: without the saved RNG state, epoch 2 of the
     # resumed run draws other dropout masks (max weight difference ~5e-3 before the fix).
@@ -54,11 +64,7 @@ def test_a_run_stopped_inside_an_epoch_resumes_from_its_last_batch(
     # not yet done and ends bitwise where an uninterrupted run ends.
     s = _settings(tiny_settings, tmp_path, n_train=30, mode="alad-joint", epochs=3, batch_size=4)
     s = s.model_copy(update={"runtime": s.runtime.model_copy(update={"save_every_minutes": 1e-9})})
-    real = ft_mod.optimizer_step
-    counted = interrupt_on_call(real, 10**9)
-    monkeypatch.setattr(ft_mod, "optimizer_step", counted)
-    straight = finetune(s, out=tmp_path / "straight", progress=False)
-    per_epoch = len(counted.calls) // 3
+    real, counted, straight, per_epoch = _straight_counting_steps(s, tmp_path, monkeypatch)
     assert per_epoch >= 6
 
     steps = interrupt_on_call(real, per_epoch + 5)
@@ -88,11 +94,7 @@ def test_a_sigterm_stops_phase3_after_its_batch_and_the_rerun_ends_bitwise_as_on
     # A SIGTERM (a preemption, `timeout`) arrives in batch 5 of epoch 2: the run saves its state
     # after that batch (no periodic save is due) and raises Stopped; the rerun trains the rest.
     s = _settings(tiny_settings, tmp_path, n_train=30, mode="alad-joint", epochs=3, batch_size=4)
-    real = ft_mod.optimizer_step
-    counted = interrupt_on_call(real, 10**9)
-    monkeypatch.setattr(ft_mod, "optimizer_step", counted)
-    straight = finetune(s, out=tmp_path / "straight", progress=False)
-    per_epoch = len(counted.calls) // 3
+    real, counted, straight, per_epoch = _straight_counting_steps(s, tmp_path, monkeypatch)
 
     def sigterm_in_call(n):
         calls = []
