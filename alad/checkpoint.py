@@ -282,17 +282,32 @@ def load_torch(path: Path) -> Any:
         raise CheckpointError(f"{path}: damaged or not a PyTorch file ({first})") from None
 
 
-def save_trainer_state(folder: Path, state: dict[str, Any]) -> Path:
+def save_trainer_state(
+    folder: Path, state: dict[str, Any], progress: dict[str, Any] | None = None
+) -> Path:
     """`folder`/state.pt (tensors and plain data) + manifest.json with its checksum, swapped
-    into place atomically: what phase 3 needs to resume."""
+    into place atomically: what phase 3 needs to resume. `progress` (how far the run is: see
+    `saved_progress`) goes into the manifest, readable without loading the state."""
     tmp = tmp_dir(folder)
     try:
         torch.save(state, tmp / "state.pt")
-        write_json({"files": checksums(tmp)}, tmp / "manifest.json")
+        extra = {"progress": progress} if progress else {}
+        write_json({"files": checksums(tmp), **extra}, tmp / "manifest.json")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return replace_dir(tmp, folder)
+
+
+def saved_progress(folder: Path) -> dict[str, Any] | None:
+    """How far the run whose resume state is in `folder` got, from its manifest alone (the
+    state may be gigabytes): {"epoch": epochs done, "epochs", "step": batches done in the next
+    epoch, "steps": batches per epoch, "seconds": spent so far}; None without one."""
+    try:
+        progress = read_json(folder / "manifest.json").get("progress")
+    except (OSError, DataFormatError, AttributeError):
+        return None
+    return progress if isinstance(progress, dict) else None
 
 
 def load_trainer_state(folder: Path) -> dict[str, Any] | None:

@@ -258,7 +258,9 @@ def cmd_sweep_list(args: argparse.Namespace) -> None:
         have = sum((p / "manifest.json").is_file() for p in stored)
         print(f"  phase 1: {have} of {len(stored)} adapters stored in {next(iter(stored)).parent}")
     for c in every:
+        part = 0.0 if c.done else c.fraction_done()
         expect = "" if c.done else f"  ~{prog.predict(c) / 60:.0f} min"
+        expect += f" (resumes {100 * part:.0f} % done)" if part else ""
         print(f"  {'done' if c.done else 'todo'}  {c.key}  cost {c.cost:7.2f}  {c.name}{expect}")
 
 

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from alad import stopping
 from alad.atomic import write_json
+from alad.checkpoint import saved_progress
 from alad.config import ConfigError, Settings, load_settings, registered
 from alad.phases.modes import MODES
 
@@ -226,6 +227,15 @@ class Cell:
     @property
     def done(self) -> bool:
         return self.result_path.is_file()
+
+    def fraction_done(self) -> float:
+        """The share of this unfinished cell's phase 3 that a saved state already holds (a cell
+        stopped inside a long epoch resumes there): 0 without one."""
+        p = saved_progress(self.out / "state")
+        try:
+            return min(1.0, (p["epoch"] + p["step"] / p["steps"]) / p["epochs"]) if p else 0.0
+        except (KeyError, TypeError, ZeroDivisionError):
+            return 0.0
 
     @property
     def cost(self) -> float:
@@ -460,13 +470,15 @@ class Progress:
         return self.total - len(self.todo)
 
     def predict(self, cell: Cell) -> float:
-        """Seconds `cell` is expected to take."""
+        """Seconds `cell` is expected to take (still to take, when a saved state holds part of
+        it: the share of phase 3 done comes off)."""
+        left = 1.0 - cell.fraction_done()
         siblings = [s for c, s in self.measured if c.group == cell.group]
         if siblings:
-            return min(siblings)
+            return min(siblings) * left
         rates = [s / max(c.cost, 1e-9) for c, s in self.measured if c.task == cell.task]
         rates = rates or [s / max(c.cost, 1e-9) for c, s in self.measured]
-        return cell.cost * (statistics.median(rates) if rates else 60.0)
+        return cell.cost * (statistics.median(rates) if rates else 60.0) * left
 
     def finished(self, cell: Cell, seconds: float) -> str:
         self.todo = [c for c in self.todo if c.key != cell.key]

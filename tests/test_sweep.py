@@ -11,7 +11,15 @@ import yaml
 from alad.atomic import write_json
 from alad.config import ConfigError
 from alad.errors import ResultError
-from alad.sweep import cells, load_grid, load_results, register_best, run_cell, run_sweep
+from alad.sweep import (
+    cells,
+    load_grid,
+    load_results,
+    plan,
+    register_best,
+    run_cell,
+    run_sweep,
+)
 from alad.tracking import Tracker
 
 
@@ -130,6 +138,10 @@ def test_a_time_box_ends_the_sweep_inside_a_cell_and_the_next_run_resumes_it(tin
     assert list(run_sweep(grid, max_minutes=0.02, run=late)) == []  # ends quietly
     assert not grid.results.exists()  # nothing finished ...
     assert len(list(grid.runs.rglob("state/state.pt"))) == 1  # ... one cell saved its state
+    todo, prog = plan(grid)
+    stopped = next(c for c in todo if (c.out / "state").is_dir())
+    assert 0 < stopped.fraction_done() < 1  # its ETA counts only what is left
+    assert all(c.fraction_done() == 0 for c in todo if c is not stopped)
     lines = [line for _, _, line in run_sweep(load_grid(tiny_grid))]
     assert lines[-1].startswith("6/6 cells done")
     assert not list(grid.runs.rglob("state/state.pt"))  # finished: no state is left behind

@@ -255,7 +255,8 @@ class FinetuneRecipe(Recipe):
         and continues with the same weights, optimizer, schedule, loss sum and dropout stream."""
         seconds = time.perf_counter() - self._t0
         partial = {"step": step, "loss_total": total, "count": count, "seconds": seconds}
-        save_trainer_state(self.out / "state", resume_state(self, epoch, partial=partial))
+        state = resume_state(self, epoch, partial=partial)
+        save_trainer_state(self.out / "state", state, self._progress(epoch, step, seconds))
         log.info("phase 3: saved the state inside epoch %d after batch %d", epoch + 1, step)
 
     def validate(self, epoch: int) -> dict[str, float]:
@@ -286,7 +287,20 @@ class FinetuneRecipe(Recipe):
         if self.improved:
             best = {**self.manifest, **self.tuned, "dev": self.dev, "best_epoch": state["epoch"]}
             save_model(self.model, self.tok, best, self.out / "model")
-        save_trainer_state(self.out / "state", state)
+        save_trainer_state(self.out / "state", state, self._progress(state["epoch"], 0, 0.0))
+
+    def _progress(self, epoch: int, step: int, seconds: float) -> dict[str, Any]:
+        """How far the run is, for the state's manifest (`saved_progress`): `epoch` epochs and
+        `step` batches of the next done, `seconds` into that epoch."""
+        earlier = sum(h.get("seconds", 0.0) for h in self.history)
+        steps = math.ceil(self.task.num_rows(self.train_feats) / self.cfg.batch_size)
+        return {
+            "epoch": epoch,
+            "epochs": self.epochs,
+            "step": step,
+            "steps": steps,
+            "seconds": round(earlier + seconds, 1),
+        }
 
     def finish(self, history: list[dict[str, Any]]) -> FinetuneResult:
         dev_best = json.loads((self.out / "model" / "manifest.json").read_text())["dev"]

@@ -13,7 +13,7 @@ from conftest import interrupt_on_call
 
 import alad.phases.finetune as ft_mod
 from alad import stopping
-from alad.checkpoint import load_trainer_state
+from alad.checkpoint import load_trainer_state, saved_progress
 from alad.model import load_model
 from alad.phases.finetune import finetune
 
@@ -114,6 +114,11 @@ def test_a_sigterm_stops_phase3_after_its_batch_and_the_rerun_ends_bitwise_as_on
     assert "epoch 2 after batch 5" in str(stopped.value)
     state = load_trainer_state(tmp_path / "resumed" / "state")
     assert (state["epoch"], state["partial"]["step"]) == (1, 5)
+    progress = saved_progress(tmp_path / "resumed" / "state")  # from the manifest alone
+    assert {k: progress[k] for k in ("epoch", "epochs", "step", "steps")} == {
+        "epoch": 1, "epochs": 3, "step": 5, "steps": per_epoch,
+    }  # fmt: skip
+    assert progress["seconds"] > 0
 
     torch.manual_seed(12345)
     counted.calls.clear()
