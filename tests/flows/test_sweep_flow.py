@@ -78,3 +78,29 @@ def test_sweep_flow_on_a_two_worker_dask_cluster_runs_each_cell_once(
     ] + [n for n in sorted(names) if n.startswith("align/phase2/")]
     assert sum(n.startswith("align/phase1/") for n in names) == 1
     assert sum(n.startswith("align/phase2/") for n in names) == 1
+
+
+def test_a_time_box_ends_the_flow_inside_a_cell_without_a_retry(prefect_server, tiny_grid):
+    import anyio
+    import yaml
+    from prefect.client.orchestration import get_client
+    from sweep import alad_sweep
+
+    from alad.sweep import load_grid
+
+    data = yaml.safe_load(tiny_grid.read_text())
+    data["set"].update({"phase3.epochs": 100, "phase3.batch_size": 1})  # 2,400 batches a cell
+    tiny_grid.write_text(yaml.safe_dump(data))
+    grid = load_grid(tiny_grid)
+    state = alad_sweep(grid=str(tiny_grid), max_minutes=0.2, return_state=True)
+    assert state.is_completed()  # the box is not a failure ...
+    assert state.result()["ran"] == [] and state.result()["progress"].startswith("0/6")
+    assert len(list(grid.runs.rglob("state/state.pt"))) == 1  # ... and the cell saved its state
+
+    async def cell_runs():
+        async with get_client() as client:
+            runs = await client.read_task_runs()
+            return [r for r in runs if r.flow_run_id == state.state_details.flow_run_id]
+
+    runs = anyio.run(cell_runs)
+    assert len(runs) == 1 and runs[0].run_count == 1  # stopped on request: not retried
