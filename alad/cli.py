@@ -242,7 +242,7 @@ def cmd_bench_latency(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from alad.report import write_report
 
-    paths = write_report(args.results, args.latency, args.out)
+    paths = write_report(args.results, args.latency, args.out, args.grid)
     for path in paths.values():
         print(f"wrote {path}")
 
@@ -485,6 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="`alad bench latency` output for the speed-up column (optional)",
     )
     p.add_argument("--out", type=Path, default=Path("reports"), help="table1.md, pareto.png here")
+    p.add_argument(
+        "--grid",
+        type=Path,
+        default=Path("sweeps/table1.yaml"),
+        help="the sweep file whose cells without a result are listed at the end (if present)",
+    )
     p.set_defaults(func=cmd_report)
 
     sweep = sub.add_parser(

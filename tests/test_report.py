@@ -281,3 +281,21 @@ def test_alignment_cosines_and_dev_curves_explain_the_rows(tmp_path):
     compressed = _line(curves, "minilm-l6", "compressed")
     assert compressed == "| minilm-l6 | compressed | – | – | 50.0 | – |"
     assert paths["curves"].read_bytes().startswith(PNG)
+
+
+def test_the_cells_still_to_run_close_the_report(tiny_grid, tmp_path):
+    from alad.sweep import cells, load_grid
+
+    grid = load_grid(tiny_grid)
+    every = cells(grid)
+    done = next(c for c in every if c.mode == "compressed")
+    write_result(grid.results, "pos", done.compressed, "compressed", None, done.seed,
+                 pos(0.5, 30.0), key=done.key)  # fmt: skip
+    md = write_report(grid.results, None, tmp_path / "reports", tiny_grid)["table"].read_text()
+    missing = md.split("## Still to run", 1)[1]
+    assert f"5 of the 6 cells of `{tiny_grid}` have no result yet" in missing
+    others = [c for c in every if c.group == done.group and c.key != done.key]
+    assert f"- `{done.group}`: seed {others[0].seed} (~" in missing  # its other seed only
+    assert "(listed at the end)" in md
+    md = write_report(grid.results, None, tmp_path / "plain")["table"].read_text()
+    assert "Still to run" not in md and "(listed at the end)" not in md
