@@ -26,6 +26,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.futures import PrefectFuture, as_completed
+from prefect.states import Completed, State
 
 from alad import stopping
 from alad.sweep import Cell, align_cell, cells, load_grid, plan, run_cell, run_sweep
@@ -60,18 +61,22 @@ def run_cell_task(
     threads: int | None = None,
     deadline: float | None = None,
 ) -> dict[str, Any]:
-    """One cell (phases 1-2 first when it has an adapter; they resume from checkpoints)."""
+    """One cell (phases 1-2 first when it has an adapter; they resume from checkpoints).
+
+    A cell the time box stops saves its state and ends as a Completed-type state named
+    "Stopped" (not Failed: it did what the box asked, and the next run resumes it)."""
     if deadline is not None and time.time() > deadline:  # the time box: start nothing new
         return {"key": key, "skipped": True}
     _threads(threads)
-    try:  # on a cluster each cell keeps the box itself: at its end it saves and stops
+    try:  # on a cluster each cell keeps the box itself; in one process run_sweep sets it
         with stopping.deadline(None if deadline is None else (deadline - time.time()) / 60):
             record = run_cell(_cell(grid, key))
     except stopping.Stopped as exc:
-        if deadline is None or exc.reason != "the time box":
-            raise  # one process (run_sweep keeps the box) or a SIGTERM
+        if exc.reason != "the time box":
+            raise  # a SIGTERM stops the flow run too
         get_run_logger().info("%s: %s", name, exc)
-        return {"key": key, "skipped": True}
+        summary = {"key": key, "skipped": True, "stopped": str(exc)}
+        return Completed(data=summary, name="Stopped", message=str(exc))
     get_run_logger().info(
         "%s: dev %.4f, test %.4f (%.0f s)",
         name,
@@ -85,6 +90,14 @@ def run_cell_task(
         "seconds": record["seconds"],
         "pid": os.getpid(),
     }
+
+
+def _stopped_again(state: State) -> dict[str, Any]:
+    """In one process the box belongs to run_sweep: a cell it stopped ends the loop there."""
+    summary = state.result()  # a failed cell raises here, as a direct call would
+    if "stopped" in summary:
+        raise stopping.Stopped(summary["stopped"], "the time box")
+    return summary
 
 
 def dask_runner(workers: int, address: str | None):
@@ -174,7 +187,9 @@ def alad_sweep(
             tasks,
             max_cells,
             max_minutes,
-            run=lambda cell: run_cell_task(grid, cell.key, cell.name, threads),
+            run=lambda cell: _stopped_again(
+                run_cell_task(grid, cell.key, cell.name, threads, return_state=True)
+            ),
         ):
             ran.append(summary)
             logger.info("%s", line)

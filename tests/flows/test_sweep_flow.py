@@ -112,3 +112,4 @@ def test_a_time_box_ends_the_flow_inside_a_cell_without_a_retry(
 
     runs = anyio.run(cell_runs)
     assert len(runs) == 1 and runs[0].run_count == 1  # stopped on request: not retried
+    assert runs[0].state.is_completed() and runs[0].state.name == "Stopped"  # not Failed
