@@ -13,7 +13,8 @@ Layout: <root>/<model fingerprint>-<texts hash>-L<max_length>-S<shard_texts>-<to
 {shard-00000.safetensors, ..., manifest.json}. Each shard is renamed into place when complete;
 manifest.json (the full key, shard sizes) is written last and is what marks the cache complete.
 An interrupted extraction resumes at the first missing shard, but only if `building.json` shows
-it was the same configuration; shards of another one are deleted, never mixed in.
+it was the same configuration; shards of another one are deleted, never mixed in. A stop request
+(SIGTERM, a time box: alad/stopping.py) takes effect after the shard in progress.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
+from alad import stopping
 from alad.atomic import write_json
 from alad.errors import AladError
 from alad.models.catalog import Encoder
@@ -253,6 +255,11 @@ def _extract_shards(
         leave=False,
     )
     for k, (start, name) in enumerate(zip(starts, names, strict=True)):
+        if k and (reason := stopping.requested()):  # every rank asks at every shard: in step
+            bar.close()
+            raise stopping.stop(
+                reason, f"feature extraction after shard {k} of {len(names)}", folder
+            )
         chunk = texts[start : start + shard_texts]
         if mine(k) and _finished_shard(folder / name, len(chunk)) is None:
             hidden, lengths = extract_shard(encoder, chunk, max_length, batch_size)

@@ -54,6 +54,33 @@ def test_rebuild_after_interruption_reuses_finished_shards(encoders, tmp_path, m
     assert cache.num_texts == 40 and (folder / MANIFEST).is_file()
 
 
+def test_a_stop_request_ends_extraction_after_a_shard_and_the_rerun_resumes(
+    encoders, tmp_path, monkeypatch
+):
+    from alad import stopping
+
+    enc, _ = encoders
+    texts = tiny_sentences(30, seed=5)
+    whole = build_cache(enc, texts, 32, tmp_path / "whole", shard_texts=10, progress=False)
+    monkeypatch.setattr(stopping, "requested", lambda: "SIGTERM")  # arrives during shard 0
+    with pytest.raises(stopping.Stopped, match="after shard 1 of 3 stopped by SIGTERM"):
+        build_cache(enc, texts, 32, tmp_path / "stopped", shard_texts=10, progress=False)
+    (folder,) = [p for p in (tmp_path / "stopped").iterdir() if p.is_dir()]
+    assert sorted(p.name for p in folder.glob("shard-*")) == ["shard-00000.safetensors"]
+    assert not (folder / MANIFEST).exists()
+    monkeypatch.setattr(stopping, "requested", lambda: None)
+    calls = []
+    real = cache_mod.extract_shard
+    monkeypatch.setattr(
+        cache_mod, "extract_shard", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    resumed = build_cache(enc, texts, 32, tmp_path / "stopped", shard_texts=10, progress=False)
+    assert len(calls) == 2  # shard 0 was kept
+    for i in range(3):
+        for a, b in zip(whole.shard(i), resumed.shard(i), strict=True):
+            assert torch.equal(a, b)
+
+
 def test_paired_batches_cover_every_text_once_in_a_seeded_order(encoders, tmp_path):
     c, lg = encoders
     texts = tiny_sentences(30, seed=5)
