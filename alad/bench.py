@@ -256,7 +256,7 @@ def bench_latency(
     runtime: Runtime = CPU,
 ) -> dict[str, Any]:
     """Time every candidate in this process, print the table, write `out` (atomically)."""
-    from alad.tracking import git_commit
+    from alad.provenance import git_commit
 
     load_before = os.getloadavg()
     models = candidates(load_encoder(large), [load_encoder(c) for c in compressed], windows, hidden)

@@ -210,8 +210,8 @@ def _register_adapter(
     """The adapter as a registered version with its lineage; champion of its (phase, task)
     only when its held-out MSE is lower than the champion's."""
     from alad.checkpoint import load_checkpoint
+    from alad.provenance import git_commit
     from alad.registry import Registry, adapter_scope
-    from alad.tracking import git_commit
 
     manifest = load_checkpoint(result.checkpoint).manifest
     task = s.phase3.task if phase == "phase2" else None
@@ -330,8 +330,9 @@ def stage_register(settings: Settings, layout: Layout, parent_run_id: str | None
         result = {"registered": False, "reason": "tracking or registration disabled"}
         write_json(result, layout.registry)
         return result
+    from alad.provenance import git_commit
     from alad.registry import Registry
-    from alad.tracking import git_commit, params_hash
+    from alad.tracking import params_hash
 
     tracker, parent = _tracker(s), _parent(s, layout, parent_run_id)
     model_dir = layout.phase("phase3") / "model"

@@ -22,8 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
-import socket
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +31,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
@@ -326,18 +323,6 @@ def cells(grid: Grid, tasks: list[str] | None = None, only: list[str] | None = N
     return sorted(out, key=lambda c: (c.cost, c.task, c.group, c.seed))
 
 
-def _machine(load_start: float) -> dict[str, Any]:
-    return {
-        "host": socket.gethostname(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "load1_start": round(load_start, 2),
-        "load1_end": round(os.getloadavg()[0], 2),
-    }
-
-
 def file_sha256(path: str | None) -> str | None:
     if not path or not Path(path).is_file():
         return None
@@ -397,7 +382,8 @@ def run_cell(cell: Cell, progress: bool = False) -> dict[str, Any]:
     """Fine-tune and test one cell (phases 1-2 first when it has an adapter); write its result."""
     from alad.phases.evaluate import evaluate_model
     from alad.phases.finetune import finetune
-    from alad.tracking import git_commit
+    from alad.provenance import git_commit, machine
+    from alad.runtime import resolve_device
 
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
     settings, alignment = cell.settings, None
@@ -434,7 +420,7 @@ def run_cell(cell: Cell, progress: bool = False) -> dict[str, Any]:
         "config": cell.settings.model_dump(mode="json", exclude=_NOT_IN_KEY),
         # phase 3's seconds in earlier processes (a resumed cell) count; the wall clock misses them
         "seconds": round(time.perf_counter() - t0 + result.earlier_seconds, 1),
-        "machine": _machine(load0),
+        "machine": machine(resolve_device(settings.runtime.device), load0),
         "git_commit": git_commit(),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "model_dir": str(result.model_dir),
@@ -551,8 +537,8 @@ def register_best(grid: Grid, tracker: Any, tasks: list[str] | None = None) -> l
     `alad-<task>-<M_C>`, tagged with the cell and its seeds' test mean) and goes through the
     promotion gate. A cell registered before (tag `alad.sweep_cell`) or whose best model folder
     is not on this machine is skipped; the results stay the record either way."""
+    from alad.provenance import git_commit
     from alad.registry import Registry, model_name
-    from alad.tracking import git_commit
 
     registry = Registry(tracker)
 

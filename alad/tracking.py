@@ -18,7 +18,6 @@ import json
 import numbers
 import os
 import re
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -33,6 +32,7 @@ from mlflow.tracking import MlflowClient
 
 from alad.config import Settings
 from alad.errors import RegistryError, ServicesDown
+from alad.provenance import git_commit
 
 LOCAL_STORE = Path("mlflow")
 LOCK_TIMEOUT_S = 600  # promotion takes well under a second; a holder that long is stuck
@@ -101,16 +101,6 @@ def slug(text: str) -> str:
 
 def params_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
