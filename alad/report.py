@@ -239,7 +239,18 @@ def gap_recovered(row: Row, rows: list[Row]) -> str:
         return DASH
     if m <= c:
         return "n/a"
+    if m - c <= 2 * _diff_se(large, base):
+        return "n/a (gap in noise)"
     return f"{100 * (a - c) / (m - c):.0f}%"
+
+
+def _diff_se(a: Row, b: Row) -> float:
+    """Standard error of the difference of two rows' seed means; 0 while either has one seed
+    (no noise estimate: the share is shown, and the table's "(1)" says how little it rests on)."""
+    va, vb = a.values("main"), b.values("main")
+    if len(va) < 2 or len(vb) < 2:
+        return 0.0
+    return (statistics.variance(va) / len(va) + statistics.variance(vb) / len(vb)) ** 0.5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,8 +348,9 @@ def task_notes(task: str, rows: list[Row]) -> str:
     machines: dict[str, int] = {}
     for r in results:
         m = r.record.get("machine") or {}
+        gpu = f"{m['gpu']}, " if m.get("gpu") else ""
         desc = (
-            f"{m.get('host', '?')} ({m.get('cpus', '?')} CPUs, "
+            f"{m.get('host', '?')} ({gpu}{m.get('cpus', '?')} CPUs, "
             f"{m.get('torch_threads', '?')} torch threads)"
         )
         machines[desc] = machines.get(desc, 0) + 1
@@ -359,7 +371,9 @@ def task_notes(task: str, rows: list[Row]) -> str:
         + f"; 1-min load average {_range([x for x in loads if _number(x)])} during the cells.",
         f"- Code: git {', '.join(commits)}.",
         "- Gap recovered: (AlAd − compressed) / (M_L − compressed) on "
-        f"{TASKS[task].main_name} (seed means, same M_C); n/a where M_L does not beat M_C.",
+        f"{TASKS[task].main_name} (seed means, same M_C); n/a where M_L does not beat M_C, "
+        "n/a (gap in noise) where M_L − M_C is within twice the standard error of that "
+        "difference (so the share would be noise over noise).",
         f"- Commands: `alad sweep run sweeps/table1.yaml --task {task}` (the cells), "
         "`alad bench latency` (speed-up), `alad report` (this file).",
     ]

@@ -143,6 +143,26 @@ def test_mean_std_format():
     assert mean_std([]) == "–"
 
 
+def test_a_gap_within_its_noise_gets_no_share_and_gpu_cells_name_their_gpu(tmp_path):
+    root = tmp_path / "results" / "table1"
+    gpu = {"host": "vm", "gpu": "NVIDIA H200", "cpus": 16, "torch_threads": 16}
+    rows = {
+        (LARGE, "large", None): [0.80, 0.82, 0.84],  # 2 points above M_C, std 2: noise
+        ("minilm-l6", "compressed", None): [0.79, 0.80, 0.81],
+        ("minilm-l6", "alad-joint", 5): [0.81, 0.82, 0.83],
+    }
+    for (compressed, mode, window), scores in rows.items():
+        for seed, score in zip(SEEDS, scores, strict=True):
+            extra = {"machine": gpu} if mode == "large" else {}
+            write_result(root, "pos", compressed, mode, window, seed, pos(score, 20.7), **extra)
+    md = write_report(root, None, tmp_path / "reports")["table"].read_text()
+    assert _line(_section(md, "POS tagging"), "minilm-l6", "alad-joint n=5").endswith(
+        "| n/a (gap in noise) |"
+    )
+    assert "vm (NVIDIA H200, 16 CPUs, 16 torch threads) × 3 cells" in md
+    assert "box (2 CPUs, 2 torch threads) × 6 cells" in md
+
+
 def test_table1_means_gaps_speedups_and_plot(results, latency, tmp_path):
     paths = write_report(results, latency, tmp_path / "reports")
     md = paths["table"].read_text()
