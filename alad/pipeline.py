@@ -24,6 +24,7 @@ from alad.config import Settings
 from alad.data.corpus import load_corpus, sample_split
 from alad.phases.align import run_alignment
 from alad.phases.modes import MODES
+from alad.runtime import Runtime
 from alad.tasks import TASKS, load_splits
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,9 @@ def finetune_and_test(
     cfg = settings.phase3
     result = finetune(settings, out=out, progress=progress, encoders=encoders)
     test = cfg.test or load_splits(cfg, settings.seed).test
-    report = evaluate_model(result.model_dir, test, encoders=encoders)
+    report = evaluate_model(
+        result.model_dir, test, encoders=encoders, runtime=Runtime.from_config(settings.runtime)
+    )
     from alad.runtime import is_main
 
     if is_main():  # under torchrun every rank scores the same model; rank 0 writes
@@ -307,7 +310,9 @@ def stage_evaluate(settings: Settings, layout: Layout, parent_run_id: str | None
     s = prepared(settings, layout)
     tracker, parent = _tracker(s), _parent(s, layout, parent_run_id)
     with tracker.phase_run(parent, "evaluate", {}) as run_id:
-        report = evaluate_model(layout.phase("phase3") / "model", s.phase3.test)
+        report = evaluate_model(
+            layout.phase("phase3") / "model", s.phase3.test, runtime=Runtime.from_config(s.runtime)
+        )
         table = f"{table_header(s.phase3.task)}\n{report['table_row']}\n"
         write_text(table, layout.eval / "table.md")
         scalars = {k: v for k, v in report.items() if isinstance(v, int | float)}

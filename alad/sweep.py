@@ -383,7 +383,7 @@ def run_cell(cell: Cell, progress: bool = False) -> dict[str, Any]:
     from alad.phases.evaluate import evaluate_model
     from alad.phases.finetune import finetune
     from alad.provenance import git_commit, machine
-    from alad.runtime import resolve_device
+    from alad.runtime import Runtime, resolve_device
 
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
     settings, alignment = cell.settings, None
@@ -392,7 +392,9 @@ def run_cell(cell: Cell, progress: bool = False) -> dict[str, Any]:
         p3 = settings.phase3.model_copy(update={"init": str(cell.align_dir("phase2"))})
         settings = settings.model_copy(update={"phase3": p3})
     result = finetune(settings, out=cell.out, progress=progress)
-    test = evaluate_model(result.model_dir, settings.phase3.test)
+    test = evaluate_model(
+        result.model_dir, settings.phase3.test, runtime=Runtime.from_config(settings.runtime)
+    )
     manifest = json.loads((result.model_dir / "manifest.json").read_text())
     record = {
         "key": cell.key,
