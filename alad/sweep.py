@@ -39,6 +39,7 @@ from alad.atomic import write_json
 from alad.checkpoint import saved_progress
 from alad.config import ConfigError, Settings, load_settings, registered
 from alad.phases.modes import MODES
+from alad.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +384,7 @@ def run_cell(cell: Cell, progress: bool = False) -> dict[str, Any]:
     from alad.phases.evaluate import evaluate_model
     from alad.phases.finetune import finetune
     from alad.provenance import git_commit, machine
-    from alad.runtime import Runtime, resolve_device
+    from alad.runtime import Runtime
 
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
     settings, alignment = cell.settings, None
@@ -447,10 +448,15 @@ class Progress:
     measured: list[tuple[Cell, float]] = field(default_factory=list)  # (cell, seconds)
 
     @classmethod
-    def of(cls, every: list[Cell]) -> Progress:
+    def of(cls, every: list[Cell], device: str | None = None) -> Progress:
         """The progress of these cells. The committed cells' timings (another machine's, maybe)
-        are measurements too: a resumed grid starts with a measured ETA instead of the prior."""
-        measured = [(c, s) for c in every if c.done and (s := _seconds(c)) is not None]
+        are measurements too: a resumed grid starts with a measured ETA instead of the prior.
+        Only timings from this kind of device count (`device`: cpu | cuda | mps, default this
+        machine's), while there are any: a GPU cell runs ~40x faster than a CPU one here."""
+        kind = device or resolve_device("auto").type
+        timed = [(c, t) for c in every if c.done and (t := _timing(c)) is not None]
+        same = [(c, seconds) for c, (seconds, k) in timed if k == kind]
+        measured = same or [(c, seconds) for c, (seconds, _) in timed]
         return cls(len(every), [c for c in every if not c.done], measured)
 
     @property
@@ -485,11 +491,14 @@ def plan(
     return list(prog.todo), prog
 
 
-def _seconds(cell: Cell) -> float | None:
-    """The seconds a finished cell took (None: its result has no timing)."""
+def _timing(cell: Cell) -> tuple[float, str] | None:
+    """The seconds a finished cell took and the kind of device it took them on (results from
+    before the machine named its device ran on a CPU); None: its result has no timing."""
     try:
-        return float(json.loads(cell.result_path.read_text())["seconds"])
-    except (OSError, ValueError, KeyError, TypeError):
+        record = json.loads(cell.result_path.read_text())
+        device = str((record.get("machine") or {}).get("device", "cpu"))
+        return float(record["seconds"]), device.split(":")[0]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 

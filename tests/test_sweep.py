@@ -310,3 +310,18 @@ def test_eta_starts_from_the_committed_cells_timings(tiny_grid):
     assert len(todo) == 4 and prog.predict(todo[-1]) == pytest.approx(50.0 * todo[-1].cost)
     remaining = sum(x.cost for x in todo)
     assert prog.line() == f"2/6 cells done, ETA {50.0 * remaining / 3600:.1f} h"
+
+
+def test_eta_counts_timings_from_this_kind_of_device(tiny_grid):
+    from alad.sweep import Progress, cells
+
+    grid = load_grid(tiny_grid)
+    every = cells(grid)
+    group = every[0].group
+    a, b, c = [x for x in every if x.group == group][:2] + [every[-1]]
+    write_json({"seconds": 900.0, "machine": {"device": "cpu"}}, a.result_path)
+    write_json({"seconds": 20.0, "machine": {"device": "cuda:0"}}, b.result_path)
+    assert Progress.of(every, "cpu").predict(c) == pytest.approx(900.0 / a.cost * c.cost)
+    assert Progress.of(every, "cuda").predict(c) == pytest.approx(20.0 / b.cost * c.cost)
+    # no timing from this kind yet: every timing counts
+    assert Progress.of(every, "mps").measured == [(a, 900.0), (b, 20.0)]
