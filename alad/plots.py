@@ -89,13 +89,17 @@ def plot_histories(layout: Any, out: Path) -> list[Path]:
 
 
 def plot_pareto(
-    points: list[dict[str, Any]], tasks: list[tuple[str, str]], target: Path | IO[bytes]
+    points: list[dict[str, Any]],
+    tasks: list[tuple[str, str]],
+    target: Path | IO[bytes],
+    baselines: dict[str, tuple[float, str]] | None = None,
 ) -> None:
     """One column per task: quality (`y` ± `yerr`) against `size_pct` (top) and `ms` (bottom).
 
     `points`: dicts with task, series (the colour: one per model), mode (the marker), y, yerr,
     size_pct and ms (None: not measured, the point is left out of that panel).
-    `tasks`: (task, title) per column."""
+    `tasks`: (task, title) per column. `baselines`: task -> (score, label), a dashed line across
+    both of its panels (QA's always-no-answer, without which its panel cannot be read)."""
     from matplotlib.lines import Line2D
 
     fig = _figure(4.2 * max(1, len(tasks)), 7.4)
@@ -117,6 +121,18 @@ def plot_pareto(
                     color=colours[p["series"]],
                     markersize=9 if p["mode"] == "large" else 6,
                     capsize=3,
+                )
+            if task in (baselines or {}):
+                score, label = (baselines or {})[task]
+                ax.axhline(score, color="0.4", ls="--", lw=1)
+                ax.annotate(
+                    label,
+                    (0.01, score),
+                    xycoords=("axes fraction", "data"),
+                    xytext=(0, 3),
+                    textcoords="offset points",
+                    fontsize=8,
+                    color="0.3",
                 )
             if not shown:
                 why = "no latency.json" if x == "ms" else "no sizes in the results"

@@ -592,6 +592,12 @@ def pareto_points(rows: dict[str, list[Row]], latency: dict[str, Any] | None) ->
     return points
 
 
+def pareto_baselines(rows: dict[str, list[Row]]) -> dict[str, tuple[float, str]]:
+    """Trivial scores to draw across a task's panels: QA's always-no-answer F1 (in %)."""
+    share = _trivial_qa(rows["qa"])[0] if "qa" in rows else None
+    return {"qa": (share, "always no-answer")} if share is not None else {}
+
+
 def write_report(
     results_dir: Path = Path("results/table1"),
     latency_path: Path | None = Path("results/latency.json"),
@@ -606,7 +612,7 @@ def write_report(
     latency = load_latency(latency_path)
     md, png, curves = Path(out) / "table1.md", Path(out) / "pareto.png", Path(out) / "curves.png"
     titles = [(t, f"{TASKS[t].title} ({TASKS[t].main_name})") for t in rows]
-    plot_pareto(pareto_points(rows, latency), titles, png)
+    plot_pareto(pareto_points(rows, latency), titles, png, pareto_baselines(rows))
     series = [
         {"task": t, "label": f"{r.large if r.mode == 'large' else r.compressed} {r.label}",
          "mode": r.mode, "y": dev_curve(r)}

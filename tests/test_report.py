@@ -319,3 +319,11 @@ def test_the_cells_still_to_run_close_the_report(tiny_grid, tmp_path):
     assert "(listed at the end)" in md
     md = write_report(grid.results, None, tmp_path / "plain")["table"].read_text()
     assert "Still to run" not in md and "(listed at the end)" not in md
+
+
+def test_the_qa_panels_carry_the_always_no_answer_line(results):
+    from alad.report import group_rows, load_results, pareto_baselines
+
+    rows = group_rows(load_results(results))
+    assert pareto_baselines(rows) == {"qa": (pytest.approx(40.0), "always no-answer")}
+    assert pareto_baselines({"pos": rows["pos"]}) == {}
