@@ -154,30 +154,40 @@ def plot_curves(
     series: list[dict[str, Any]], tasks: list[tuple[str, str]], target: Path | IO[bytes]
 ) -> None:
     """One panel per task: each row's dev score per epoch (`y`, a list; empty: left out),
-    coloured by `label`, marked by `mode`."""
-    from matplotlib.ticker import MaxNLocator
+    coloured by `model`, marked by `mode`, dashed for M_L and dotted / dash-dotted for the
+    windows n = 1 / 3 (the ablation); one legend for all panels, below them."""
+    from matplotlib.lines import Line2D
 
-    fig = _figure(4.6 * max(1, len(tasks)), 4.2)
+    fig = _figure(4.6 * max(1, len(tasks)), 4.8)
+    models = sorted({s["model"] for s in series})
+    colours = {m: f"C{i % 10}" for i, m in enumerate(models)}
+    styles = {1: ":", 3: "-."}
     axes = fig.subplots(1, max(1, len(tasks)), squeeze=False)[0]
     for ax, (task, title) in zip(axes, tasks, strict=False):
         shown = [s for s in series if s["task"] == task and s["y"]]
-        for i, s in enumerate(shown):
+        for s in shown:
             ax.plot(
                 range(1, len(s["y"]) + 1),
                 s["y"],
                 marker=MODES[s["mode"]].marker if s["mode"] in MODES else "x",
-                color=f"C{i % 10}",
-                ls="--" if s["mode"] == "large" else "-",
-                label=s["label"],
+                color=colours[s["model"]],
+                ls="--" if s["mode"] == "large" else styles.get(s.get("window"), "-"),
             )
         if not shown:
             ax.text(0.5, 0.5, "no dev history", ha="center", va="center", transform=ax.transAxes)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        else:
+            epochs = max(len(s["y"]) for s in shown)
+            ax.set_xlim(0.5, epochs + 0.5)
+            ax.set_xticks(range(1, epochs + 1, max(1, epochs // 10)))
         ax.set_xlabel("epoch")
         ax.set_ylabel("dev score × 100 (mean over seeds)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-        if shown:
-            ax.legend(fontsize=6)
-    fig.tight_layout()
+    handles = [Line2D([], [], color=colours[m], marker="o", ls="", label=m) for m in models]
+    modes = [m for m in MODES if any(s["mode"] == m for s in series)]
+    handles += [Line2D([], [], color="0.3", marker=MODES[m].marker, ls="", label=m) for m in modes]
+    windows = sorted({s.get("window") for s in series} & set(styles))
+    handles += [Line2D([], [], color="0.3", ls=styles[n], label=f"n = {n}") for n in windows]
+    fig.legend(handles=handles, loc="lower center", ncol=min(8, len(handles)), fontsize=8)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     _save(fig, target)

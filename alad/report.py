@@ -615,7 +615,8 @@ def write_report(
     plot_pareto(pareto_points(rows, latency), titles, png, pareto_baselines(rows))
     series = [
         {"task": t, "label": f"{r.large if r.mode == 'large' else r.compressed} {r.label}",
-         "mode": r.mode, "y": dev_curve(r)}
+         "model": r.large if r.mode == "large" else r.compressed, "mode": r.mode,
+         "window": r.window, "y": dev_curve(r)}
         for t, task_rows in rows.items() for r in task_rows
     ]  # fmt: skip
     plot_curves(series, titles, curves)
