@@ -19,7 +19,6 @@ Writes results/latency.json (what `alad report` joins into Table 1) with the mac
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 import time
 from collections.abc import Sequence
@@ -256,7 +255,7 @@ def bench_latency(
     runtime: Runtime = CPU,
 ) -> dict[str, Any]:
     """Time every candidate in this process, print the table, write `out` (atomically)."""
-    from alad.provenance import git_commit
+    from alad.provenance import git_commit, machine
 
     load_before = os.getloadavg()
     models = candidates(load_encoder(large), [load_encoder(c) for c in compressed], windows, hidden)
@@ -277,11 +276,7 @@ def bench_latency(
         "k": k,
         "rows": rows,
         "machine": {
-            "host": socket.gethostname(),
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "device": str(runtime.device),
+            **machine(runtime.device),
             "precision": runtime.precision,
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in load_after],
