@@ -102,6 +102,7 @@ def plot_pareto(
     both of its panels (QA's always-no-answer, without which its panel cannot be read)."""
     from matplotlib.lines import Line2D
 
+    baselines = baselines or {}
     fig = _figure(4.2 * max(1, len(tasks)), 7.4)
     series = sorted({p["series"] for p in points})
     colours = {s: f"C{i % 10}" for i, s in enumerate(series)}
@@ -122,8 +123,8 @@ def plot_pareto(
                     markersize=9 if p["mode"] == "large" else 6,
                     capsize=3,
                 )
-            if task in (baselines or {}):
-                score, label = (baselines or {})[task]
+            if task in baselines:
+                score, label = baselines[task]
                 ax.axhline(score, color="0.4", ls="--", lw=1)
                 ax.annotate(
                     label,

@@ -19,12 +19,12 @@ def git_commit() -> str:
     """`git rev-parse HEAD`; in a copy without its .git (a device machine, an image),
     `$ALAD_GIT_COMMIT` as the caller names it; else "unknown"."""
     try:
-        out = subprocess.run(
+        commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        )
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return os.environ.get("ALAD_GIT_COMMIT", "unknown")
-    return out.stdout.strip() or os.environ.get("ALAD_GIT_COMMIT", "unknown")
+        commit = ""
+    return commit or os.environ.get("ALAD_GIT_COMMIT", "unknown")
 
 
 def machine(device: torch.device | str = "cpu", load_start: float | None = None) -> dict[str, Any]:

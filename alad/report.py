@@ -582,7 +582,6 @@ def pareto_points(rows: dict[str, list[Row]], latency: dict[str, Any] | None) ->
                     "task": task,
                     "series": f"{row.large} (M_L)" if row.mode == "large" else row.compressed,
                     "mode": row.mode,
-                    "label": row.label,
                     "y": y,
                     "yerr": row.std("main", 100.0),
                     "size_pct": row.mean("size_pct"),
@@ -614,8 +613,7 @@ def write_report(
     titles = [(t, f"{TASKS[t].title} ({TASKS[t].main_name})") for t in rows]
     plot_pareto(pareto_points(rows, latency), titles, png, pareto_baselines(rows))
     series = [
-        {"task": t, "label": f"{r.large if r.mode == 'large' else r.compressed} {r.label}",
-         "model": r.large if r.mode == "large" else r.compressed, "mode": r.mode,
+        {"task": t, "model": r.large if r.mode == "large" else r.compressed, "mode": r.mode,
          "window": r.window, "y": dev_curve(r)}
         for t, task_rows in rows.items() for r in task_rows
     ]  # fmt: skip

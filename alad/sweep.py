@@ -393,9 +393,8 @@ def run_cell(cell: Cell, progress: bool = False) -> dict[str, Any]:
         p3 = settings.phase3.model_copy(update={"init": str(cell.align_dir("phase2"))})
         settings = settings.model_copy(update={"phase3": p3})
     result = finetune(settings, out=cell.out, progress=progress)
-    test = evaluate_model(
-        result.model_dir, settings.phase3.test, runtime=Runtime.from_config(settings.runtime)
-    )
+    runtime = Runtime.from_config(settings.runtime)
+    test = evaluate_model(result.model_dir, settings.phase3.test, runtime=runtime)
     manifest = json.loads((result.model_dir / "manifest.json").read_text())
     record = {
         "key": cell.key,
@@ -423,7 +422,7 @@ def run_cell(cell: Cell, progress: bool = False) -> dict[str, Any]:
         "config": cell.settings.model_dump(mode="json", exclude=_NOT_IN_KEY),
         # phase 3's seconds in earlier processes (a resumed cell) count; the wall clock misses them
         "seconds": round(time.perf_counter() - t0 + result.earlier_seconds, 1),
-        "machine": machine(resolve_device(settings.runtime.device), load0),
+        "machine": machine(runtime.device, load0),
         "git_commit": git_commit(),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "model_dir": str(result.model_dir),
