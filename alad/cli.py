@@ -22,7 +22,9 @@ import sys
 from pathlib import Path
 
 from alad.atomic import write_json
-from alad.config import PROFILES, ConfigError, Settings, load_settings, registered
+from alad.config import PROFILES, ConfigError, Settings, load_settings
+from alad.modes import MODES
+from alad.tasks import TASKS
 
 log = logging.getLogger("alad")
 
@@ -126,16 +128,16 @@ def cmd_align_phase2(args: argparse.Namespace) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from alad.pipeline import finetune_and_test
+    from alad.jobs import finetune_job
 
-    result = finetune_and_test(_settings(args), out=args.out, progress=not args.quiet)
+    result = finetune_job(_settings(args), out=args.out, progress=not args.quiet)
     print(result.test["table_row"])
     print(result.summary())
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from alad.metrics import table_header
-    from alad.phases.evaluate import evaluate_model
+    from alad.tasks import table_header
+    from alad.evaluation import evaluate_model
     from alad.runtime import Runtime
 
     runtime = Runtime.from_config(_settings(args).runtime)
@@ -162,7 +164,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_stage(args: argparse.Namespace) -> None:
-    from alad.pipeline import STAGES, Layout
+    from alad.stages import STAGES, Layout
 
     settings = _settings(args)
     root = args.root or settings.runs_dir
@@ -172,7 +174,7 @@ def cmd_stage(args: argparse.Namespace) -> None:
 def cmd_pipeline_run(args: argparse.Namespace) -> None:
     import time
 
-    from alad.pipeline import Layout, run_pipeline
+    from alad.stages import Layout, run_pipeline
 
     settings = _settings(args)
     t0 = time.perf_counter()
@@ -359,8 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="phase 3: fine-tune a task head in one of the modes, keep the best",
     )
-    p.add_argument("--task", choices=sorted(registered("task")))
-    p.add_argument("--mode", choices=list(registered("mode")))
+    p.add_argument("--task", choices=sorted(TASKS))
+    p.add_argument("--mode", choices=list(MODES))
     p.add_argument("--compressed", help="compressed model spec (models.compressed)")
     p.add_argument("--large", help="large model spec (models.large)")
     p.add_argument("--window", type=int, help="AlAd window n (adapter.window)")

@@ -35,6 +35,8 @@ from pydantic_settings import (
 
 from alad.atomic import read_text
 from alad.errors import AladError, DataFormatError
+from alad.modes import MODES
+from alad.tasks import TASKS
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -106,21 +108,8 @@ class Phase2Config(AlignPhaseConfig):
     lr: float = Field(1e-4, gt=0, le=1.0, description="AdamW learning rate.")
 
 
-def registered(kind: str) -> dict[str, Any]:
-    """The registry of `kind` ("task": alad.tasks.TASKS, "mode": alad.phases.modes.MODES): the
-    one list of names the config, the CLI, the sweep and the tests take their choices from.
-    Imported on use: those modules import this one."""
-    if kind == "task":
-        from alad.tasks import TASKS
-
-        return TASKS
-    from alad.phases.modes import MODES
-
-    return MODES
-
-
 def _check_registered(kind: str, value: str) -> str:
-    names = registered(kind)
+    names = {"task": TASKS, "mode": MODES}[kind]
     if value not in names:
         raise ValueError(f"unknown {kind} {value!r}; choose one of {sorted(names)}")
     return value
@@ -164,7 +153,7 @@ class Phase3Config(_Section):
         None, ge=1, le=100, description="None: the paper's 4 (POS, NER) or 3 (QA)."
     )
     lr: float | None = Field(
-        None, gt=0, le=1.0, description="None: the mode's default (see alad/phases/modes.py)."
+        None, gt=0, le=1.0, description="None: the mode's default (see alad/modes.py)."
     )
     batch_size: int = Field(16, ge=1, le=1024, description="Sentences (windows for QA) per step.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Linear warm-up share of steps.")
@@ -217,30 +206,11 @@ class Phase3Config(_Section):
 
     @property
     def window_tokens(self) -> int:
-        return self.max_length or registered("task")[self.task].max_length
+        return self.max_length or TASKS[self.task].max_length
 
     @model_validator(mode="after")
-    def _hub_only_for_token_tasks(self) -> Phase3Config:
-        hub = [n for n in ("train", "dev", "test") if str(getattr(self, n)).startswith("hub:")]
-        if not hub:  # (and the registry cannot be read yet while the defaults are built)
-            return self
-        tasks = registered("task")
-        if tasks[self.task].head_kind != "token":
-            token_tasks = ", ".join(sorted(n for n, t in tasks.items() if t.head_kind == "token"))
-            raise ValueError(
-                f"phase3.{hub[0]}={getattr(self, hub[0])!r}: hub: datasets are read for the "
-                f"token tasks ({token_tasks}); {self.task} reads its own file format "
-                "(README 'Task data')"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _qa_windows(self) -> Phase3Config:
-        if self.task == "qa" and self.stride >= self.window_tokens // 2:
-            raise ValueError(
-                f"phase3.stride={self.stride} must be < phase3.max_length/2 "
-                f"({self.window_tokens // 2}) so QA windows advance"
-            )
+    def _task_rules(self) -> Phase3Config:
+        TASKS[self.task].check_config(self)  # e.g. QA's windows must advance
         return self
 
 

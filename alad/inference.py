@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from alad.heads import build_head
-from alad.model import AlignedModel, phase3_config
+from alad.aligned_model import AlignedModel, phase3_config
 from alad.models.catalog import Encoder
 from alad.runtime import Runtime
 from alad.tasks import TASKS, Task

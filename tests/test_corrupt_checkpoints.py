@@ -22,7 +22,7 @@ from alad.adapter import AlignmentAdapter
 from alad.atomic import checksums, recover_all, recover_dir
 from alad.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from alad.config import Settings, load_settings
-from alad.model import ModelFolderError, verify_model_folder
+from alad.aligned_model import ModelFolderError, verify_model_folder
 from alad.phases.align import AlignData, prepare_data, run_alignment
 
 

@@ -24,7 +24,7 @@ import yaml
 from conftest import tiny_sentences, write_bio
 
 from alad.config import Settings, load_settings
-from alad.pipeline import STAGES
+from alad.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,14 +11,14 @@ from alad.config import load_settings
 from alad.data.readers import TaggedSentence
 from alad.heads import build_head
 from alad.inference import predict_outputs
-from alad.model import AlignedModel
+from alad.aligned_model import AlignedModel
 from alad.models.catalog import load_encoder
 from alad.tasks import TASKS
 
 
 def test_serving_a_model_does_not_import_the_training_code():
     code = (
-        "import sys, alad.serving, alad.predict, alad.inference, alad.model\n"
+        "import sys, alad.pyfunc, alad.predict, alad.inference, alad.aligned_model\n"
         "loaded = sorted(m for m in sys.modules if m.startswith('alad.phases'))\n"
         "assert not loaded, loaded\n"
     )

@@ -1,5 +1,5 @@
 """alad.metrics against hand-computed numbers: per-word POS scores, entity-level NER (seqeval),
-the official SQuAD 2.0 evaluation, size/speed-up and the Table 1 row."""
+the official SQuAD 2.0 evaluation, size/speed-up."""
 
 from __future__ import annotations
 
@@ -11,13 +11,11 @@ import pytest
 from alad.metrics import (
     exact_match,
     f1_token,
-    format_table_row,
     ner_metrics,
     normalize_answer,
     pos_metrics,
     size_and_speed,
     squad_v2_metrics,
-    table_header,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -227,27 +225,3 @@ def test_size_and_speed():
 def test_size_and_speed_rejects_non_positive(args):
     with pytest.raises(ValueError, match="must be positive"):
         size_and_speed(*args)
-
-
-def test_format_table_row_pos_ner_qa():
-    pos = {**pos_metrics(POS_GOLD, POS_PRED), **size_and_speed(11, 110, 0.5, 1.2)}
-    # accuracy 4/6 -> 66.7, macro 7/12 -> 58.3, size 10.0, speed-up 2.40
-    row = format_table_row("Tiny + AlAd", pos, "pos")
-    assert row == "| Tiny + AlAd | 66.7 | 58.3 | 10.0 | 2.40 |"
-    # NER: micro 0.5 -> 50.0, macro 1/3 -> 33.3, no size/speed -> "–"
-    ner = ner_metrics(NER_GOLD, NER_PRED)
-    assert format_table_row("m|x", ner, "ner") == "| m\\|x | 50.0 | 33.3 | – | – |"
-    # QA already in percent: 33.33 / 44.44 -> "33.3 / 44.4"
-    qa = squad_v2_metrics(SQUAD_GOLD, SQUAD_PRED)
-    assert format_table_row("m", qa, "qa") == "| m | 33.3 / 44.4 | – | – |"
-    # every row has as many cells as its header
-    for task, metrics in (("pos", pos), ("ner", ner), ("qa", qa)):
-        header = table_header(task).splitlines()[0]
-        assert format_table_row("m", metrics, task).count(" | ") == header.count(" | ")
-
-
-def test_format_table_row_errors():
-    with pytest.raises(ValueError, match="unknown task"):
-        format_table_row("m", {}, "parsing")
-    with pytest.raises(ValueError, match="f1_macro"):
-        format_table_row("m", {"accuracy": 0.9}, "pos")

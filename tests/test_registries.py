@@ -8,7 +8,7 @@ import pytest
 
 from alad.cli import build_parser
 from alad.config import ConfigError, load_settings
-from alad.phases.modes import MODES, ModeSpec
+from alad.modes import MODES, ModeSpec
 from alad.tasks import TASKS, PosTask
 
 
@@ -51,7 +51,7 @@ def test_a_registered_mode_and_task_reach_config_and_cli(toy_mode, toy_task, cap
 def test_a_registered_mode_trains(toy_mode, tiny_settings, tmp_path):
     from conftest import write_conllu
 
-    from alad.pipeline import finetune_and_test
+    from alad.jobs import finetune_job
 
     p3 = tiny_settings.phase3.model_copy(
         update={
@@ -63,7 +63,7 @@ def test_a_registered_mode_trains(toy_mode, tiny_settings, tmp_path):
             "epochs": 1,
         }
     )
-    result = finetune_and_test(
+    result = finetune_job(
         tiny_settings.model_copy(update={"phase3": p3}), out=tmp_path / "m", progress=False
     )
     assert (result.model_dir / "adapter.safetensors").is_file()  # the spec said: an adapter

@@ -11,10 +11,10 @@ import yaml
 from alad.atomic import write_json
 from alad.config import ConfigError
 from alad.errors import ResultError
+from alad.report import load_results
 from alad.sweep import (
     cells,
     load_grid,
-    load_results,
     plan,
     register_best,
     run_cell,
@@ -92,7 +92,7 @@ def test_sweep_skips_finished_cells_after_an_interruption(tiny_grid, tmp_path):
     with pytest.raises(Interrupted):
         for _ in run_sweep(grid, run=run_then_stop):
             pass
-    results = load_results(grid.results)
+    results = [r.record for r in load_results(grid.results)]
     assert sorted(r["key"] for r in results) == sorted(ran)
     first = {r["key"]: r["finished"] for r in results}
 
@@ -105,7 +105,7 @@ def test_sweep_skips_finished_cells_after_an_interruption(tiny_grid, tmp_path):
     lines = [line for _, _, line in run_sweep(load_grid(tiny_grid), run=count)]
     assert len(rerun) == 3 and not set(rerun) & set(ran)  # only the missing cells ran
     assert lines[-1].startswith("6/6 cells done")
-    results = {r["key"]: r for r in load_results(grid.results)}
+    results = {r.record["key"]: r.record for r in load_results(grid.results)}
     assert len(results) == 6
     assert all(results[k]["finished"] == t for k, t in first.items())  # untouched
     frozen = next(r for r in results.values() if r["cell"]["mode"] == "alad-frozen")

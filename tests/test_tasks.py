@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from alad.data.tagging import IGNORE
-from alad.tasks import TASKS
+from test_metrics import NER_GOLD, NER_PRED, POS_GOLD, POS_PRED, SQUAD_GOLD, SQUAD_PRED
+
+from alad.metrics import ner_metrics, pos_metrics, size_and_speed, squad_v2_metrics
+from alad.tasks import TASKS, table_header, table_row
 
 
 def test_token_loss_sum_over_count_is_the_mean_and_splits_across_ranks():
@@ -51,3 +54,27 @@ def test_every_task_brings_what_the_rest_of_alad_reads(name):
     assert task.table_header.startswith("| model |") and task.columns and task.required
     assert task.main_name in [c[0] for c in task.columns]
     assert task.max_length > 0 and task.epochs > 0 and task.cost > 0 and task.input_example
+
+
+def test_table_row_pos_ner_qa():
+    pos = {**pos_metrics(POS_GOLD, POS_PRED), **size_and_speed(11, 110, 0.5, 1.2)}
+    # accuracy 4/6 -> 66.7, macro 7/12 -> 58.3, size 10.0, speed-up 2.40
+    row = table_row("Tiny + AlAd", pos, "pos")
+    assert row == "| Tiny + AlAd | 66.7 | 58.3 | 10.0 | 2.40 |"
+    # NER: micro 0.5 -> 50.0, macro 1/3 -> 33.3, no size/speed -> "–"
+    ner = ner_metrics(NER_GOLD, NER_PRED)
+    assert table_row("m|x", ner, "ner") == "| m\\|x | 50.0 | 33.3 | – | – |"
+    # QA already in percent: 33.33 / 44.44 -> "33.3 / 44.4"
+    qa = squad_v2_metrics(SQUAD_GOLD, SQUAD_PRED)
+    assert table_row("m", qa, "qa") == "| m | 33.3 / 44.4 | – | – |"
+    # every row has as many cells as its header
+    for task, metrics in (("pos", pos), ("ner", ner), ("qa", qa)):
+        header = table_header(task).splitlines()[0]
+        assert table_row("m", metrics, task).count(" | ") == header.count(" | ")
+
+
+def test_table_row_errors():
+    with pytest.raises(ValueError, match="unknown task"):
+        table_row("m", {}, "parsing")
+    with pytest.raises(ValueError, match="f1_macro"):
+        table_row("m", {"accuracy": 0.9}, "pos")

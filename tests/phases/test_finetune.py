@@ -18,19 +18,19 @@ import alad.phases.finetune as ft_mod
 from alad.checkpoint import CheckpointError
 from alad.config import ConfigError
 from alad.data.readers import DataFormatError
-from alad.model import load_model
+from alad.aligned_model import load_model
 from alad.models.catalog import load_encoder
 from alad.phases.align import phase2_task_align
 from alad.phases.finetune import finetune
-from alad.phases.modes import MODES
-from alad.pipeline import finetune_and_test
+from alad.modes import MODES
+from alad.jobs import finetune_job
 from alad.predict import Predictor
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_each_mode_trains_saves_and_reloads_identically(mode, tiny_settings, tmp_path):
     s = finetune_settings(tiny_settings, tmp_path, mode=mode)
-    result = finetune_and_test(s, out=tmp_path / mode, progress=False)
+    result = finetune_job(s, out=tmp_path / mode, progress=False)
     manifest = json.loads((result.model_dir / "manifest.json").read_text())
     assert manifest["mode"] == mode and manifest["labels"][0] == "O"
     assert (result.model_dir / "adapter.safetensors").exists() == ("alad" in mode)
@@ -116,7 +116,7 @@ def test_pos_task_scores_per_word(tiny_settings, tmp_path):
         "lr": 3e-3,
     }
     s = finetune_settings(tiny_settings, tmp_path, **p3)
-    result = finetune_and_test(s, out=tmp_path / "pos", progress=False)
+    result = finetune_job(s, out=tmp_path / "pos", progress=False)
     assert result.test["accuracy"] > 0.5
     assert f"{100 * result.test['accuracy']:.1f}" in result.test["table_row"]
 
@@ -143,7 +143,7 @@ def test_qa_task_trains_evaluates_and_answers(tiny_settings, tmp_path):
         "stride": 8,
     }
     s = finetune_settings(tiny_settings, tmp_path, **p3)
-    result = finetune_and_test(s, out=tmp_path / "qa", progress=False)
+    result = finetune_job(s, out=tmp_path / "qa", progress=False)
     for key in ("exact", "f1", "HasAns_total", "NoAns_total"):
         assert key in result.test
     assert result.test["HasAns_total"] == 5 and result.test["NoAns_total"] == 5
@@ -225,7 +225,7 @@ def test_evaluate_writes_predictions_the_official_scorers_read(tiny_settings, tm
 
     from alad.data.readers import read_conllu, read_squad
     from alad.metrics import squad_v2_metrics
-    from alad.phases.evaluate import evaluate_model
+    from alad.evaluation import evaluate_model
 
     # NER: conlleval's `word gold predicted` lines score the same F1 as the report
     s = finetune_settings(tiny_settings, tmp_path, mode="compressed")

@@ -14,7 +14,7 @@ from conftest import interrupt_on_call
 import alad.phases.finetune as ft_mod
 from alad import stopping
 from alad.checkpoint import load_trainer_state, saved_progress
-from alad.model import load_model
+from alad.aligned_model import load_model
 from alad.phases.finetune import finetune
 
 

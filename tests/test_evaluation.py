@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from conftest import write_conllu
 
-import alad.phases.evaluate as ev
+import alad.evaluation as ev
 from alad.models.catalog import load_encoder
-from alad.phases.evaluate import evaluate_model
+from alad.evaluation import evaluate_model
 from alad.phases.finetune import finetune
 
 

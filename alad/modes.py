@@ -28,6 +28,10 @@ class ModeSpec:
     cost: float = 1.0
     marker: str = "x"  # matplotlib marker in reports/pareto.png
 
+    def model(self, compressed: str, large: str) -> str:
+        """The encoder this mode fine-tunes and ships, of a (compressed, large) pair."""
+        return large if self.encoder == "large" else compressed
+
 
 # The registry: config choices, the CLI, the sweep, plots and the tests read the names from here.
 MODES: dict[str, ModeSpec] = {

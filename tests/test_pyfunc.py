@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from conftest import train_tiny_model
 
-from alad.serving import as_frame, predict_frame
+from alad.pyfunc import as_frame, predict_frame
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def tracker(tmp_path):
 def test_registered_champion_tags_raw_sentences(tracker, tiny_models, tmp_path, monkeypatch):
     import mlflow.pyfunc
 
-    from alad.model import read_manifest
+    from alad.aligned_model import read_manifest
 
     model_dir = train_tiny_model(tmp_path, tiny_models)
     parent = tracker.start_phase(None, "pipeline")

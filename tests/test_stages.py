@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import write_bio
 
-from alad.pipeline import STAGES, Layout, run_pipeline
+from alad.stages import STAGES, Layout, run_pipeline
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_prepared_data_is_deterministic(pipeline_settings, tmp_path):
 def test_adapters_are_registered_with_lineage_and_phase3_starts_from_the_registry(
     pipeline_settings, tmp_path, monkeypatch
 ):
-    from alad.pipeline import finetune_and_test
+    from alad.jobs import finetune_job
     from alad.registry import Registry, adapter_name, registry_table, resolve_adapter
     from alad.tracking import Tracker
 
@@ -115,7 +115,7 @@ def test_adapters_are_registered_with_lineage_and_phase3_starts_from_the_registr
     ).read_bytes()
     off = s.tracking.model_copy(update={"enabled": False})
     p3 = s.phase3.model_copy(update={"init": uri})
-    from_registry = finetune_and_test(
+    from_registry = finetune_job(
         s.model_copy(update={"phase3": p3, "tracking": off}), out=tmp_path / "p3", progress=False
     )
     manifest = json.loads((from_registry.model_dir / "manifest.json").read_text())

@@ -1,6 +1,6 @@
 """The deployment runner: serves the `alad-pipeline` deployments to the Prefect server.
 
-    python flows/serve.py          # started in the background by `make up`
+    python flows/deployments.py          # started in the background by `make up`
 
 `demo` runs the demo profile on the packaged offline models and data; `experiment` is the same
 flow for any parameters (`prefect deployment run 'alad-pipeline/experiment' --param ...`);

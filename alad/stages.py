@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alad.atomic import write_json, write_text
+from alad.atomic import read_json, write_json, write_text
 from alad.config import Settings
 from alad.data.corpus import load_corpus, sample_split
+from alad.errors import AladError
+from alad.jobs import finetune_job, with_resolved_init
+from alad.modes import MODES
 from alad.phases.align import run_alignment
-from alad.phases.modes import MODES
-from alad.runtime import Runtime
-from alad.tasks import TASKS, load_splits
+from alad.tasks import TASKS, load_splits, table_header
 
 log = logging.getLogger(__name__)
 
@@ -97,46 +98,6 @@ def _parent(settings: Settings, layout: Layout, parent_run_id: str | None) -> st
 def _write_texts(texts: list[str], path: Path) -> None:
     # One text per line: the .txt corpus format; newlines inside a text would split it.
     path.write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n", encoding="utf-8")
-
-
-def with_resolved_init(settings: Settings) -> Settings:
-    """`phase3.init` as a local folder (a registry URI is downloaded; see resolve_adapter)."""
-    init = settings.phase3.init
-    if init is None or not init.startswith(("models:/", "runs:/")):
-        return settings
-    from alad.registry import resolve_adapter
-
-    local = str(resolve_adapter(init))
-    log.info("phase3.init %s -> %s", init, local)
-    return settings.model_copy(
-        update={"phase3": settings.phase3.model_copy(update={"init": local})}
-    )
-
-
-def finetune_and_test(
-    settings: Settings, out: Path | None = None, progress: bool = True, encoders: Any = None
-):
-    """Phase 3, then evaluation of its best epoch's model on the test split (the carved one
-    when no test file is given); the scores also go into the run's metrics.json as `test`.
-    What `alad finetune` runs; the pipeline and the sweep run the two as separate steps."""
-    from dataclasses import replace
-
-    from alad.atomic import read_json
-    from alad.phases.evaluate import evaluate_model
-    from alad.phases.finetune import finetune
-
-    settings = with_resolved_init(settings)
-    cfg = settings.phase3
-    result = finetune(settings, out=out, progress=progress, encoders=encoders)
-    test = cfg.test or load_splits(cfg, settings.seed).test
-    report = evaluate_model(
-        result.model_dir, test, encoders=encoders, runtime=Runtime.from_config(settings.runtime)
-    )
-    from alad.runtime import is_main
-
-    if is_main():  # under torchrun every rank scores the same model; rank 0 writes
-        write_json({**read_json(result.metrics_path), "test": report}, result.metrics_path)
-    return replace(result, test=report)
 
 
 def stage_prepare(settings: Settings, layout: Layout, parent_run_id: str | None = None) -> dict:
@@ -214,7 +175,7 @@ def _register_adapter(
     only when its held-out MSE is lower than the champion's."""
     from alad.checkpoint import load_checkpoint
     from alad.provenance import git_commit
-    from alad.registry import Registry, adapter_scope
+    from alad.registry import Gate, Registry, adapter_scope
 
     manifest = load_checkpoint(result.checkpoint).manifest
     task = s.phase3.task if phase == "phase2" else None
@@ -240,25 +201,14 @@ def _register_adapter(
         "init": f"{init['name']}/{init['version']}" if init else "-",
     }
     metrics = {"mse": result.after["mse"], "cosine": result.after["cosine"]}
-    registry = Registry(tracker)
-    info = registry.register_adapter(run_id, result.checkpoint, metrics, lineage)
-    scope = adapter_scope(phase, task)
-    decision = registry.promote(
-        info.name, info.version, "mse", 0.0, higher_is_better=False, scope=scope
-    )
-    log.info(
-        "registered %s v%s: %s (%s)",
-        info.name,
-        info.version,
-        f"@champion{scope}" if decision.promoted else "not promoted",
-        decision.reason,
-    )
+    gate = Gate("mse", higher_is_better=False, scope=adapter_scope(phase, task))
+    done = Registry(tracker).publish(result.checkpoint, metrics, lineage, gate, run_id)
     return {
-        "name": info.name,
-        "version": info.version,
-        "alias": f"champion{scope}",
-        "promoted": decision.promoted,
-        "reason": decision.reason,
+        "name": done.name,
+        "version": done.version,
+        "alias": done.alias,
+        "promoted": done.promoted,
+        "reason": done.reason,
     }
 
 
@@ -271,8 +221,7 @@ def stage_phase2(settings: Settings, layout: Layout, parent_run_id: str | None =
 
 
 def stage_phase3(settings: Settings, layout: Layout, parent_run_id: str | None = None) -> dict:
-    from alad.phases.finetune import finetune
-
+    """Fine-tune, test and record (alad.jobs.finetune_job) in the phase-3 MLflow run."""
     s = prepared(settings, layout)
     if MODES[s.phase3.mode].adapter and s.phase3.init is None:  # phase 2's adapter, unless
         s = s.model_copy(  # phase3.init names one (a folder or a registry URI)
@@ -281,38 +230,32 @@ def stage_phase3(settings: Settings, layout: Layout, parent_run_id: str | None =
     s = with_resolved_init(s)
     tracker, parent = _tracker(s), _parent(s, layout, parent_run_id)
     with tracker.phase_run(parent, "phase3", s.phase3.model_dump()) as run_id:
-        result = finetune(s, out=layout.phase("phase3"), progress=False)
-        summary = {
-            "run_id": run_id,
-            "dev": result.dev,
-            "history": result.history,
-            "model_dir": str(result.model_dir),
-        }
-        tracker.log_history(run_id, result.history)
-        tracker.log_metrics(run_id, {"dev": result.dev})
-        tracker.log_loss_curve(
-            run_id,
-            result.history,
-            ["train_loss", "dev_main"],
-            "phase 3: loss and validation score",
+        result = finetune_job(
+            s, out=layout.phase("phase3"), progress=False, tracker=tracker, run_id=run_id
         )
-        tracker.log_artifacts(run_id, result.model_dir / "manifest.json", "model")
-    return summary
+    return {
+        "run_id": run_id,
+        "dev": result.dev,
+        "history": result.history,
+        "model_dir": str(result.model_dir),
+    }
 
 
 def stage_evaluate(settings: Settings, layout: Layout, parent_run_id: str | None = None) -> dict:
-    """Test scores, size %; the Table-1 row; loss-curve plots of every phase (no timing:
+    """The Table-1 row of phase 3's test scores (phase 3 tested its saved model), the test
+    metrics, loss-curve plots of every phase; logged in the evaluate run (no timing:
     speed-ups come from `alad bench latency` or `alad evaluate --speed`)."""
-    from alad.metrics import table_header
-    from alad.phases.evaluate import evaluate_model
     from alad.plots import plot_histories
 
     s = prepared(settings, layout)
     tracker, parent = _tracker(s), _parent(s, layout, parent_run_id)
     with tracker.phase_run(parent, "evaluate", {}) as run_id:
-        report = evaluate_model(
-            layout.phase("phase3") / "model", s.phase3.test, runtime=Runtime.from_config(s.runtime)
-        )
+        report = read_json(layout.phase("phase3") / "metrics.json").get("test")
+        if not isinstance(report, dict) or "table_row" not in report:
+            raise AladError(
+                f"{layout.phase('phase3') / 'metrics.json'}: no test scores; "
+                "run the phase3 stage first (`alad stage phase3`)"
+            )
         table = f"{table_header(s.phase3.task)}\n{report['table_row']}\n"
         write_text(table, layout.eval / "table.md")
         scalars = {k: v for k, v in report.items() if isinstance(v, int | float)}
@@ -336,7 +279,7 @@ def stage_register(settings: Settings, layout: Layout, parent_run_id: str | None
         write_json(result, layout.registry)
         return result
     from alad.provenance import git_commit
-    from alad.registry import Registry
+    from alad.registry import Gate, Registry
     from alad.tracking import params_hash
 
     tracker, parent = _tracker(s), _parent(s, layout, parent_run_id)
@@ -353,31 +296,26 @@ def stage_register(settings: Settings, layout: Layout, parent_run_id: str | None
         adapter = json.loads(phase2.read_text()).get("registered")
         if adapter:
             tags["adapter"] = f"{adapter['name']}/{adapter['version']}"
-    registry = Registry(tracker)
-    info = registry.register(
-        parent,
-        model_dir,
-        s.phase3.task,
-        s.models.compressed,
-        {k: v for k, v in dev.items() if isinstance(v, int | float)},
-        tags,
+    metrics = {k: v for k, v in dev.items() if isinstance(v, int | float)}
+    gate = Gate("main", s.tracking.promotion_margin)
+    done = Registry(tracker).publish(
+        model_dir, metrics, tags, gate, parent, task=s.phase3.task, compressed=s.models.compressed
     )
-    decision = registry.promote(info.name, info.version, "main", s.tracking.promotion_margin)
     result = {
         "registered": True,
-        "name": info.name,
-        "version": info.version,
-        "promoted": decision.promoted,
-        "reason": decision.reason,
-        "previous": decision.previous,
+        "name": done.name,
+        "version": done.version,
+        "promoted": done.promoted,
+        "reason": done.reason,
+        "previous": done.previous,
         "parent_run_id": parent,
     }
     write_json(result, layout.registry)
     if parent:
         tracker.end(parent)
     print(
-        f"registered {info.name} v{info.version}: "
-        f"{'promoted to @champion' if decision.promoted else 'not promoted'} ({decision.reason})"
+        f"registered {done.name} v{done.version}: "
+        f"{'promoted to @champion' if done.promoted else 'not promoted'} ({done.reason})"
     )
     return result
 
@@ -403,4 +341,4 @@ def run_pipeline(settings: Settings, layout: Layout) -> dict[str, dict]:
     return results
 
 
-__all__ = ["STAGES", "TASKS", "Layout", "prepared", "run_pipeline"]
+__all__ = ["STAGES", "Layout", "prepared", "run_pipeline"]

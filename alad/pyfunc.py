@@ -7,7 +7,7 @@
 POS/NER models take a column `text` (one raw sentence per row) and return, per row, a list of
 {"word", "tag"}; QA models take `question` and `context` and return one answer per row, "" for
 no answer. An empty (or missing) text gets an empty tag list; a malformed request is an
-MlflowException (served: HTTP 400 with the message). The saved model folder (alad/model.py)
+MlflowException (served: HTTP 400 with the message). The saved model folder (alad/aligned_model.py)
 travels as the artifact "model" and the alad package as code, so loading needs neither the
 training run nor alad installed. Loading a pyfunc unpickles it and runs that code: by MLflow's
 design, a registered model is trusted code (README, "Reliability and trust model").
@@ -130,13 +130,13 @@ def pip_requirements() -> list[str]:
 def log_pyfunc(
     client: Any, experiment_id: str, run_id: str, model_dir: Path, task: str
 ) -> LoggedModel:
-    """Save `model_dir` as an alad.serving.AladPyfunc, log it as a LoggedModel of the run."""
+    """Save `model_dir` as an alad.pyfunc.AladPyfunc, log it as a LoggedModel of the run."""
     import mlflow.pyfunc
     import pandas as pd
     from mlflow.models import Model
 
     import alad
-    from alad.model import read_manifest
+    from alad.aligned_model import read_manifest
     from alad.tasks import TASKS
 
     read_manifest(model_dir)  # fail before logging anything if it is not a model folder

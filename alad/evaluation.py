@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from alad.inference import measure_speed, predict_outputs
-from alad.metrics import format_table_row, size_and_speed, size_pct
-from alad.model import load_model, phase3_config
+from alad.metrics import size_and_speed, size_pct
+from alad.aligned_model import load_model, phase3_config
 from alad.models.catalog import Encoder, count_parameters, load_encoder
 from alad.runtime import CPU, Runtime
-from alad.tasks import TASKS
+from alad.tasks import TASKS, table_row
 
 
 def evaluate_model(
@@ -75,5 +75,5 @@ def evaluate_model(
     name = f"{manifest['encoder_name']} {manifest['mode']}"
     if manifest.get("adapter"):
         name += f" (n={manifest['adapter']['window']})"
-    scores["table_row"] = format_table_row(name, scores, manifest["task"])
+    scores["table_row"] = table_row(name, scores, manifest["task"])
     return scores

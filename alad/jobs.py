@@ -1,0 +1,78 @@
+"""Workflows written once; every door calls these rather than composing the steps itself.
+
+    alad finetune ...              # finetune_job
+    alad stage phase3              # finetune_job inside the pipeline's phase-3 MLflow run
+    alad sweep run GRID            # finetune_job per cell (alad/sweep.py adds the cell record)
+
+The other shared workflow, "register a version with its lineage and run the promotion gate",
+is `Registry.publish` (alad/registry.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from alad.atomic import read_json, write_json
+from alad.config import Settings
+from alad.evaluation import evaluate_model
+from alad.models.catalog import Encoder
+from alad.phases.finetune import FinetuneResult, finetune
+from alad.runtime import Runtime, is_main
+from alad.tasks import load_splits
+
+log = logging.getLogger(__name__)
+
+
+def with_resolved_init(settings: Settings) -> Settings:
+    """`phase3.init` as a local folder (a registry URI is downloaded; see resolve_adapter)."""
+    init = settings.phase3.init
+    if init is None or not init.startswith(("models:/", "runs:/")):
+        return settings
+    from alad.registry import resolve_adapter  # MLflow loads only for a registry URI
+
+    local = str(resolve_adapter(init))
+    log.info("phase3.init %s -> %s", init, local)
+    return settings.model_copy(
+        update={"phase3": settings.phase3.model_copy(update={"init": local})}
+    )
+
+
+def finetune_job(
+    settings: Settings,
+    out: Path | None = None,
+    progress: bool = True,
+    encoders: tuple[Encoder, Encoder] | None = None,
+    tracker: Any = None,
+    run_id: str | None = None,
+) -> FinetuneResult:
+    """Fine-tune (phase 3), test, record.
+
+    The test scores the saved model folder, the artifact that is registered and shipped (the
+    best epoch, LoRA merged, an int8 encoder re-created), not the last epoch's weights still
+    in memory; on the test split file, or the carved one when there is none. Recorded: `test`
+    in the run's metrics.json, and, with a `tracker` and its `run_id`, the history, the dev
+    metrics, the loss curve and the model's manifest in that MLflow run (the pipeline's
+    evaluate stage logs the test scores in its own run)."""
+    settings = with_resolved_init(settings)
+    cfg = settings.phase3
+    result = finetune(settings, out=out, progress=progress, encoders=encoders)
+    test = cfg.test or load_splits(cfg, settings.seed).test
+    runtime = Runtime.from_config(settings.runtime)
+    report = evaluate_model(result.model_dir, test, encoders=encoders, runtime=runtime)
+    if is_main():  # under torchrun every rank scores the same model; rank 0 writes
+        write_json({**read_json(result.metrics_path), "test": report}, result.metrics_path)
+    result = replace(result, test=report)
+    if tracker is not None and run_id is not None:
+        tracker.log_history(run_id, result.history)
+        tracker.log_metrics(run_id, {"dev": result.dev})
+        tracker.log_loss_curve(
+            run_id, result.history, ["train_loss", "dev_main"], "phase 3: loss and validation score"
+        )
+        tracker.log_artifacts(run_id, result.model_dir / "manifest.json", "model")
+    return result
+
+
+__all__ = ["finetune_job", "with_resolved_init"]
