@@ -30,12 +30,12 @@ from typing import Any
 import torch
 
 from alad.adapter import AlignmentAdapter
+from alad.aligned_model import AlignedModel
 from alad.atomic import write_json
 from alad.cache import build_cache, length_sorted_batches
 from alad.config import Settings
 from alad.data.corpus import load_corpus, sample_split
 from alad.heads import TokenClassificationHead
-from alad.aligned_model import AlignedModel
 from alad.models.catalog import Encoder, load_encoder
 from alad.phases.align import AlignData, run_alignment
 from alad.runtime import CPU, Runtime

@@ -136,9 +136,9 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from alad.tasks import table_header
     from alad.evaluation import evaluate_model
     from alad.runtime import Runtime
+    from alad.tasks import table_header
 
     runtime = Runtime.from_config(_settings(args).runtime)
     report = evaluate_model(

@@ -16,9 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from alad.aligned_model import load_model, phase3_config
 from alad.inference import measure_speed, predict_outputs
 from alad.metrics import size_and_speed, size_pct
-from alad.aligned_model import load_model, phase3_config
 from alad.models.catalog import Encoder, count_parameters, load_encoder
 from alad.runtime import CPU, Runtime
 from alad.tasks import TASKS, table_row

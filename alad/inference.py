@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from alad.heads import build_head
 from alad.aligned_model import AlignedModel, phase3_config
+from alad.heads import build_head
 from alad.models.catalog import Encoder
 from alad.runtime import Runtime
 from alad.tasks import TASKS, Task

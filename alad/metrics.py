@@ -22,7 +22,6 @@ import re
 import string
 from collections import Counter
 
-
 log = logging.getLogger(__name__)
 
 

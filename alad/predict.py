@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from alad.aligned_model import load_model, phase3_config
 from alad.data.readers import QAExample, TaggedSentence
 from alad.errors import UsageError
 from alad.inference import predict_outputs
-from alad.aligned_model import load_model, phase3_config
 from alad.runtime import CPU, Runtime
 from alad.tasks import TASKS
 

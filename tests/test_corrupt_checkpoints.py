@@ -19,10 +19,10 @@ from conftest import tiny_sentences
 
 import alad.phases.align as align_mod
 from alad.adapter import AlignmentAdapter
+from alad.aligned_model import ModelFolderError, verify_model_folder
 from alad.atomic import checksums, recover_all, recover_dir
 from alad.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from alad.config import Settings, load_settings
-from alad.aligned_model import ModelFolderError, verify_model_folder
 from alad.phases.align import AlignData, prepare_data, run_alignment
 
 

@@ -7,8 +7,8 @@ import pytest
 from conftest import write_conllu
 
 import alad.evaluation as ev
-from alad.models.catalog import load_encoder
 from alad.evaluation import evaluate_model
+from alad.models.catalog import load_encoder
 from alad.phases.finetune import finetune
 
 

@@ -7,11 +7,11 @@ import sys
 
 import torch
 
+from alad.aligned_model import AlignedModel
 from alad.config import load_settings
 from alad.data.readers import TaggedSentence
 from alad.heads import build_head
 from alad.inference import predict_outputs
-from alad.aligned_model import AlignedModel
 from alad.models.catalog import load_encoder
 from alad.tasks import TASKS
 

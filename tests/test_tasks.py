@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from alad.data.tagging import IGNORE
 from test_metrics import NER_GOLD, NER_PRED, POS_GOLD, POS_PRED, SQUAD_GOLD, SQUAD_PRED
 
+from alad.data.tagging import IGNORE
 from alad.metrics import ner_metrics, pos_metrics, size_and_speed, squad_v2_metrics
 from alad.tasks import TASKS, table_header, table_row
 

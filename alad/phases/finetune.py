@@ -27,13 +27,13 @@ from transformers import get_linear_schedule_with_warmup
 
 from alad import stopping
 from alad.adapter import AlignmentAdapter
+from alad.aligned_model import AlignedModel, save_model
 from alad.atomic import read_json, write_json
 from alad.cache import FrozenOutputs, feature_root, grouped_batches
 from alad.checkpoint import check_fits, load_checkpoint, load_trainer_state, save_trainer_state
 from alad.config import ConfigError, Phase3Config, Settings
 from alad.heads import build_head
 from alad.inference import predict_outputs
-from alad.aligned_model import AlignedModel, save_model
 from alad.models.catalog import Encoder, load_encoder
 from alad.models.compress import split_spec
 from alad.modes import MODES, ModeSpec

@@ -15,15 +15,15 @@ from conftest import (
 )
 
 import alad.phases.finetune as ft_mod
+from alad.aligned_model import load_model
 from alad.checkpoint import CheckpointError
 from alad.config import ConfigError
 from alad.data.readers import DataFormatError
-from alad.aligned_model import load_model
+from alad.jobs import finetune_job
 from alad.models.catalog import load_encoder
+from alad.modes import MODES
 from alad.phases.align import phase2_task_align
 from alad.phases.finetune import finetune
-from alad.modes import MODES
-from alad.jobs import finetune_job
 from alad.predict import Predictor
 
 
@@ -224,8 +224,8 @@ def test_evaluate_writes_predictions_the_official_scorers_read(tiny_settings, tm
     from seqeval.metrics import f1_score
 
     from alad.data.readers import read_conllu, read_squad
-    from alad.metrics import squad_v2_metrics
     from alad.evaluation import evaluate_model
+    from alad.metrics import squad_v2_metrics
 
     # NER: conlleval's `word gold predicted` lines score the same F1 as the report
     s = finetune_settings(tiny_settings, tmp_path, mode="compressed")
