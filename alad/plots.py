@@ -26,7 +26,8 @@ CURVES = {
 DPI = 110
 
 
-def _figure(width: float, height: float) -> Any:
+def figure(width: float, height: float) -> Any:
+    """An empty Figure (inches, at DPI) on its own Agg canvas: no pyplot state, nothing to close."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -35,7 +36,7 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
-def _save(fig: Any, target: Path | IO[bytes]) -> None:
+def save_figure(fig: Any, target: Path | IO[bytes]) -> None:
     """PNG to a file object, or atomically to a path."""
     if isinstance(target, Path):
         buffer = io.BytesIO()
@@ -54,7 +55,7 @@ def plot_history(history: list[dict[str, Any]], keys: list[str], title: str, pat
             f"loss curve {title!r}: no numeric {missing} in the history; "
             f"its keys are {sorted({k for row in history for k in row})}"
         )
-    fig = _figure(5, 3.2)
+    fig = figure(5, 3.2)
     ax = fig.add_subplot()
     for key in keys:
         points = [
@@ -68,7 +69,7 @@ def plot_history(history: list[dict[str, Any]], keys: list[str], title: str, pat
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
@@ -103,7 +104,7 @@ def plot_pareto(
     from matplotlib.lines import Line2D
 
     baselines = baselines or {}
-    fig = _figure(4.2 * max(1, len(tasks)), 7.4)
+    fig = figure(4.2 * max(1, len(tasks)), 7.4)
     series = sorted({p["series"] for p in points})
     colours = {s: f"C{i % 10}" for i, s in enumerate(series)}
     axes = fig.subplots(2, max(1, len(tasks)), squeeze=False)
@@ -148,7 +149,7 @@ def plot_pareto(
     handles += [Line2D([], [], color="0.3", marker=MODES[m].marker, ls="", label=m) for m in modes]
     fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    _save(fig, target)
+    save_figure(fig, target)
 
 
 def plot_curves(
@@ -159,7 +160,7 @@ def plot_curves(
     windows n = 1 / 3 (the ablation); one legend for all panels, below them."""
     from matplotlib.lines import Line2D
 
-    fig = _figure(4.6 * max(1, len(tasks)), 4.8)
+    fig = figure(4.6 * max(1, len(tasks)), 4.8)
     models = sorted({s["model"] for s in series})
     colours = {m: f"C{i % 10}" for i, m in enumerate(models)}
     styles = {1: ":", 3: "-."}
@@ -191,4 +192,4 @@ def plot_curves(
     handles += [Line2D([], [], color="0.3", ls=styles[n], label=f"n = {n}") for n in windows]
     fig.legend(handles=handles, loc="lower center", ncol=min(8, len(handles)), fontsize=8)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
-    _save(fig, target)
+    save_figure(fig, target)

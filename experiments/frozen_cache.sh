@@ -2,7 +2,8 @@
 # Frozen-mode epoch time with and without the frozen-output cache (issue 7, item 3): the same
 # alad-frozen POS fine-tuning (minilm-l6, all 719 train sentences, 3 epochs, seed 13) twice, the
 # cache in a fresh temporary folder so epoch 1 includes the one extraction. Prints per-epoch
-# seconds (training + dev scoring) and writes results/bench/frozen_cache.json. Run on an idle machine.
+# seconds (training + dev scoring) and writes experiments/results/bench/frozen_cache.json. Run on
+# an idle machine.
 #
 #   experiments/frozen_cache.sh
 set -euo pipefail
@@ -19,7 +20,7 @@ for cached in false true; do
     --set seed=13 --set phase3.cache_frozen=$cached --set cache.dir="$WORK/cache" \
     --out "$WORK/run-$cached" >/dev/null
 done
-mkdir -p results/bench
+mkdir -p experiments/results/bench
 .venv/bin/python - "$WORK" "$load0" <<'PY'
 import json, os, sys
 work, load0 = sys.argv[1], float(sys.argv[2])
@@ -32,7 +33,8 @@ rec = {"command": "experiments/frozen_cache.sh", "task": "pos (719 train, 80 dev
        "speedup_after_first": round(later(secs["false"]) / later(secs["true"]), 2),
        "dev_uncached": runs["false"]["dev"]["main"], "dev_cached": runs["true"]["dev"]["main"],
        "load1_start": load0, "load1_end": os.getloadavg()[0], "cpus": os.cpu_count()}
-tmp = "results/bench/frozen_cache.json.tmp"
-json.dump(rec, open(tmp, "w"), indent=1); os.replace(tmp, "results/bench/frozen_cache.json")
+out = "experiments/results/bench/frozen_cache.json"
+tmp = out + ".tmp"
+json.dump(rec, open(tmp, "w"), indent=1); os.replace(tmp, out)
 print(json.dumps(rec, indent=1))
 PY

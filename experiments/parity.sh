@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Harness parity (issue 7, item 1): alad finetune vs the peer HF Trainer recipe on UD German POS,
 # same models, data, lr, epochs, batch and seeds. One JSON per (harness, model, seed) in
-# results/parity/; a run whose JSON exists is skipped, so the script resumes after a stop.
+# experiments/results/parity/; a run whose JSON exists is skipped, so the script resumes after a
+# stop.
 #
 #   experiments/parity.sh                 # seeds 13 14 15, minilm-l6 then mpnet-base
 #   SEEDS="13 14" MODELS=minilm-l6 experiments/parity.sh
@@ -14,9 +15,9 @@ D=${DATA:-../shared/data/pos_de}
 REF=${REF:-../shared/reference/hf_tokcls.py}
 SEEDS=${SEEDS:-13 14 15}
 MODELS=${MODELS:-minilm-l6 mpnet-base}
-LABEL=${LABEL:-alad}                 # an alad variant's name in results/parity/
+LABEL=${LABEL:-alad}                 # an alad variant's name in experiments/results/parity/
 HARNESSES=${HARNESSES:-alad reference}
-OUT=results/parity
+OUT=experiments/results/parity
 WORK=${WORK:-runs/parity}
 mkdir -p "$OUT" "$WORK"
 PY=.venv/bin/python

@@ -1,4 +1,5 @@
-"""Mean ± std (sample std, n-1) of results/parity/*.json per (model, harness), test accuracy in %.
+"""Mean ± std (sample std, n-1) of experiments/results/parity/*.json per (model, harness), test
+accuracy in %.
 
     .venv/bin/python experiments/parity_summary.py
 
@@ -15,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 runs: dict[tuple[str, str], list[dict]] = defaultdict(list)
-for f in sorted(Path("results/parity").glob("*.json")):
+for f in sorted(Path("experiments/results/parity").glob("*.json")):
     r = json.loads(f.read_text())
     runs[r["model"], r["harness"]].append(r)
 SWEEP = {("mpnet-base", "large"), ("minilm-l6", "compressed")}

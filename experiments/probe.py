@@ -9,8 +9,8 @@ first sub-token of every word (the token phase 3's head reads), standardised fea
 penalty (no search, test never used for a choice). Trained on POS train (719 sentences), scored
 on dev (80) and test (977).
 
-    .venv/bin/python experiments/probe.py            # -> results/probe/pos.json + printed table
-    .venv/bin/python experiments/probe.py --plot     # results/probe/pos.json -> reports/probe.png
+    .venv/bin/python experiments/probe.py         # -> experiments/results/probe/pos.json, a table
+    .venv/bin/python experiments/probe.py --plot  # that JSON -> reports/probe.png
 """
 
 import json
@@ -33,7 +33,7 @@ DATA = Path("../shared/data/pos_de")
 MODELS = ("mpnet-base", "mpnet-base:prune4", "minilm-l6", "minilm-l3")
 # Stored phase-1 adapters (results/align): the probe on M_C -> AlAd outputs.
 ADAPTERS = {"minilm-l6": "phase1-65e7edffa89c", "minilm-l3": "phase1-b83364178189"}
-OUT = Path("results/probe/pos.json")
+OUT = Path("experiments/results/probe/pos.json")
 L2 = 1e-3  # fixed, not searched
 
 
@@ -94,9 +94,9 @@ def probe(x_train, y_train, evals, classes):
 def plot(record: dict, path: Path) -> None:
     """Test accuracy per layer (relative depth 0..1), one line per model; the AlAd probe as a
     star at depth 1 (it reads the last layer through the phase-1 adapter)."""
-    from alad.plots import _figure, _save
+    from alad.plots import figure, save_figure
 
-    fig = _figure(7, 4.2)
+    fig = figure(7, 4.2)
     ax = fig.add_subplot(1, 1, 1)
     for name in MODELS:
         rows = [r for r in record["rows"] if r["model"] == name]
@@ -124,7 +124,7 @@ def plot(record: dict, path: Path) -> None:
     ax.set_xlim(-0.03, 1.25)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower center")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """QA training budget (issue 7, item 7), chosen on dev only: the Table-1 grid's QA cell
 (sweeps/table1.yaml, minilm-l6 `compressed`, seed 13) with some phase-3 values changed, trained
 and scored on the dev article; the test split is not read. One JSON per try in
-results/qa_budget/<label>.json (committed): dev EM/F1, HasAns/NoAns F1, the tuned no-answer
-threshold, per-epoch history, seconds, load.
+experiments/results/qa_budget/<label>.json (committed): dev EM/F1, HasAns/NoAns F1, the tuned
+no-answer threshold, per-epoch history, seconds, load.
 
     .venv/bin/python experiments/qa_budget.py all-1ep-lr1e-4 phase3.max_train_examples=null \
         phase3.epochs=1 phase3.lr=1e-4
@@ -43,5 +43,5 @@ record = {
     "seconds": round(time.perf_counter() - t0, 1),
     "load1": [round(load0, 2), round(os.getloadavg()[0], 2)],
 }
-write_json(record, Path("results/qa_budget") / f"{label}.json")
+write_json(record, Path("experiments/results/qa_budget") / f"{label}.json")
 print(json.dumps(record["dev"]), record["seconds"])

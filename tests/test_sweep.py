@@ -183,7 +183,7 @@ def test_the_table1_grid_and_its_dvc_stages_agree():
 # fails, a new config field entered the key: list it in alad.sweep.KEY_OMITTED_AT_DEFAULT if its
 # default reproduces the earlier runs, else accept that the grid is rerun and update the pins.
 PINNED = {
-    # phase3.head_lr entered the POS/NER cells (results/table1-v1 holds the grid before it)
+    # phase3.head_lr entered the POS/NER cells (the grid before it: results/table1-v1 at b58efae)
     "pos/minilm-l3/alad-frozen-n5/s13": ("69978c71f91a", "b83364178189", "76c5220fb4e1"),
     "pos/minilm-l6/alad-joint-n1/s13": ("3b03cd539f2d", "5e06f3f22be6", "853e3c3330e1"),
     "ner/mpnet-base:prune4/lora-alad-n5/s15": ("202233d82b21", "98006e99d488", "273985996d26"),
