@@ -121,7 +121,7 @@ def plot_pareto(
                     yerr=p["yerr"] or None,
                     fmt=MODES[p["mode"]].marker if p["mode"] in MODES else "x",
                     color=colours[p["series"]],
-                    markersize=9 if p["mode"] == "large" else 6,
+                    markersize=9 if MODES[p["mode"]].encoder == "large" else 6,
                     capsize=3,
                 )
             if task in baselines:
@@ -173,7 +173,9 @@ def plot_curves(
                 s["y"],
                 marker=MODES[s["mode"]].marker if s["mode"] in MODES else "x",
                 color=colours[s["model"]],
-                ls="--" if s["mode"] == "large" else styles.get(s.get("window"), "-"),
+                ls="--"
+                if MODES[s["mode"]].encoder == "large"
+                else styles.get(s.get("window"), "-"),
             )
         if not shown:
             ax.text(0.5, 0.5, "no dev history", ha="center", va="center", transform=ax.transAxes)

@@ -52,8 +52,8 @@ class Result:
     def row_key(self) -> tuple[str, str, str, int | None]:
         """The Table-1 row this seed belongs to: (task, M_C, mode, n); M_L's row for `large`."""
         c = self.cell
-        if c["mode"] == "large":
-            return c["task"], c["large"], "large", None
+        if MODES[c["mode"]].encoder == "large":
+            return c["task"], c["large"], c["mode"], None
         return c["task"], c["compressed"], c["mode"], c.get("window")
 
 
@@ -148,6 +148,21 @@ class Row:
         return self.results[0].cell["large"]
 
     @property
+    def is_large(self) -> bool:
+        """M_L's own row (the reference), not a compressed model's."""
+        return MODES[self.mode].encoder == "large"
+
+    @property
+    def model(self) -> str:
+        """The encoder this row fine-tunes and ships."""
+        return MODES[self.mode].model(self.compressed, self.large)
+
+    @property
+    def series(self) -> str:
+        """How plots and tables name the row's model."""
+        return f"{self.large} (M_L)" if self.is_large else self.compressed
+
+    @property
     def seeds(self) -> list[int]:
         return [r.cell["seed"] for r in self.results]
 
@@ -187,11 +202,11 @@ def group_rows(results: Iterable[Result]) -> dict[str, list[Row]]:
         size = {}
         for row in task_rows:
             s = row.mean("size_pct")
-            if s is not None and row.mode != "large":
+            if s is not None and not row.is_large:
                 size[row.compressed] = max(size.get(row.compressed, 0.0), s)
         task_rows.sort(
             key=lambda r: (
-                r.mode != "large",
+                not r.is_large,
                 -size.get(r.compressed, 0.0),
                 r.compressed,
                 modes.index(r.mode),
@@ -206,7 +221,7 @@ def _latency_row(row: Row, latency: dict[str, Any] | None) -> dict[str, Any] | N
     same M_L). LoRA is merged into M_C's weights when saved: a LoRA row runs as its M_C."""
     if latency is None or latency.get("large") != row.large:
         return None
-    encoder = row.large if row.mode == "large" else row.compressed
+    encoder = row.model
     window = row.window if MODES[row.mode].adapter else None
     for r in latency["rows"]:
         if (r["model"], r.get("window"), r["batch"]) == (encoder, window, LATENCY_BATCH):
@@ -228,7 +243,7 @@ def gap_recovered(row: Row, rows: list[Row]) -> str:
     """(AlAd − compressed) / (large − compressed) on the main metric, from seed means."""
     if not MODES[row.mode].adapter:
         return ""
-    large = next((r for r in rows if r.mode == "large"), None)
+    large = next((r for r in rows if r.is_large), None)
     base = next(
         (r for r in rows if r.mode == "compressed" and r.compressed == row.compressed), None
     )
@@ -270,27 +285,9 @@ def _md_row(cells: Iterable[Any]) -> str:
     return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
 
-def _trivial_qa(rows: list[Row]) -> tuple[float | None, str]:
-    """Test-set share of unanswerable questions (%): what always answering "no answer" scores
-    (EM = F1, HasAns F1 = 0, NoAns F1 = 100). From NoAns_total/total, else a "trivial" field."""
-    shares = set()
-    for row in rows:
-        for r in row.results:
-            t = r.test
-            if (
-                _number(t.get("total"))
-                and t["total"] > 0
-                and (_number(t.get("NoAns_total")) or _number(t.get("HasAns_total")))
-            ):
-                no_ans = t.get("NoAns_total", t["total"] - t.get("HasAns_total", 0))
-                shares.add(round(100.0 * no_ans / t["total"], 6))
-            elif _number(r.record.get("trivial")):
-                shares.add(round(float(r.record["trivial"]), 6))
-    if len(shares) == 1:
-        return shares.pop(), ""
-    if not shares:
-        return None, "the results hold neither NoAns_total/total nor a `trivial` field"
-    return None, f"the cells' test sets differ ({len(shares)} different no-answer shares)"
+def trivial(task: str, rows: list[Row]) -> tuple[str, dict | None, str]:
+    """The task's model-free baseline (QA: always no-answer) from the rows' results."""
+    return TASKS[task].trivial_baseline([r.record for row in rows for r in row.results])
 
 
 def task_table(task: str, rows: list[Row], latency: dict[str, Any] | None) -> str:
@@ -300,11 +297,10 @@ def task_table(task: str, rows: list[Row], latency: dict[str, Any] | None) -> st
     for row in rows:
         s = speedup(row, latency)
         size = row.mean("size_pct")
-        name = f"{row.large} (M_L)" if row.mode == "large" else row.compressed
         lines.append(
             _md_row(
                 [
-                    name,
+                    row.series,
                     row.label,
                     *(mean_std(row.values(key, scale)) for _, key, scale in cols),
                     f"{size:.1f}" if size is not None else DASH,
@@ -313,14 +309,13 @@ def task_table(task: str, rows: list[Row], latency: dict[str, Any] | None) -> st
                 ]
             )
         )
-    if task == "qa":
-        share, why = _trivial_qa(rows)
-        if share is not None:
-            trivial = [f"{share:.1f}", f"{share:.1f}", "0.0", "100.0"]
-            lines.append(_md_row(["always no-answer", "trivial", *trivial, DASH, DASH, ""]))
-        else:
-            lines.append("")
-            lines.append(f"(The always-no-answer baseline is omitted: {why}.)")
+    name, scores, why = trivial(task, rows)
+    if scores is not None:
+        values = [f"{scores[key] * scale:.1f}" for _, key, scale in cols]
+        lines.append(_md_row([name, "trivial", *values, DASH, DASH, ""]))
+    elif name:
+        lines.append("")
+        lines.append(f"(The {name} baseline is omitted: {why}.)")
     return "\n".join(lines)
 
 
@@ -454,7 +449,7 @@ def curves_table(rows: list[Row]) -> str:
         lines.append(
             _md_row(
                 [
-                    row.large if row.mode == "large" else row.compressed,
+                    row.model,
                     row.label,
                     _cosine(_phase_record(row, "phase1")),
                     _cosine(_phase_record(row, "phase2")),
@@ -580,7 +575,7 @@ def pareto_points(rows: dict[str, list[Row]], latency: dict[str, Any] | None) ->
             points.append(
                 {
                     "task": task,
-                    "series": f"{row.large} (M_L)" if row.mode == "large" else row.compressed,
+                    "series": row.series,
                     "mode": row.mode,
                     "y": y,
                     "yerr": row.std("main", 100.0),
@@ -592,9 +587,13 @@ def pareto_points(rows: dict[str, list[Row]], latency: dict[str, Any] | None) ->
 
 
 def pareto_baselines(rows: dict[str, list[Row]]) -> dict[str, tuple[float, str]]:
-    """Trivial scores to draw across a task's panels: QA's always-no-answer F1 (in %)."""
-    share = _trivial_qa(rows["qa"])[0] if "qa" in rows else None
-    return {"qa": (share, "always no-answer")} if share is not None else {}
+    """Model-free baselines to draw across a task's panels (main x100): QA's always no-answer."""
+    out = {}
+    for task, task_rows in rows.items():
+        name, scores, _ = trivial(task, task_rows)
+        if scores is not None:
+            out[task] = (100.0 * scores["main"], name)
+    return out
 
 
 def write_report(
@@ -613,7 +612,7 @@ def write_report(
     titles = [(t, f"{TASKS[t].title} ({TASKS[t].main_name})") for t in rows]
     plot_pareto(pareto_points(rows, latency), titles, png, pareto_baselines(rows))
     series = [
-        {"task": t, "model": r.large if r.mode == "large" else r.compressed, "mode": r.mode,
+        {"task": t, "model": r.model, "mode": r.mode,
          "window": r.window, "y": dev_curve(r)}
         for t, task_rows in rows.items() for r in task_rows
     ]  # fmt: skip

@@ -74,6 +74,11 @@ class Task(Protocol):
         """The task's own rules for phase 3's config (ValueError naming the field)."""
         ...
 
+    def trivial_baseline(self, records: Sequence[dict]) -> tuple[str, dict | None, str]:
+        """A baseline that needs no model, for the report: (its name, its test scores in the
+        `columns`' keys and scales plus `main`, or None and why not). Name "": none."""
+        ...
+
     def read(self, spec: str) -> list[Any]: ...
     def labels(self, train: Sequence[Any]) -> list[str]: ...
     def check(self, examples: Sequence[Any], labels: Sequence[str], source: str) -> None: ...
@@ -133,6 +138,9 @@ class _TokenTask:
 
     def check_config(self, cfg: Phase3Config) -> None:
         return None
+
+    def trivial_baseline(self, records):
+        return "", None, ""
 
     def read(self, spec: str) -> list[TaggedSentence]:
         if spec.startswith("hub:"):
@@ -309,6 +317,33 @@ class QaTask:
     def read(self, spec: str) -> list[QAExample]:
         return read_squad(Path(spec).expanduser())
 
+    def trivial_baseline(self, records):
+        """Always answering "no answer": EM = F1 = the test set's share of unanswerable
+        questions, HasAns F1 0, NoAns F1 100. The share comes from each result's
+        NoAns_total/total (else a record's `trivial` field); all results must agree."""
+        name, shares = "always no-answer", set()
+        for record in records:
+            t = record["test"]
+            if (
+                _number(t.get("total"))
+                and t["total"] > 0
+                and (_number(t.get("NoAns_total")) or _number(t.get("HasAns_total")))
+            ):
+                no_ans = t.get("NoAns_total", t["total"] - t.get("HasAns_total", 0))
+                shares.add(round(100.0 * no_ans / t["total"], 6))
+            elif _number(record.get("trivial")):
+                shares.add(round(float(record["trivial"]), 6))
+        if len(shares) != 1:
+            why = (
+                "the results hold neither NoAns_total/total nor a `trivial` field"
+                if not shares
+                else f"the cells' test sets differ ({len(shares)} different no-answer shares)"
+            )
+            return name, None, why
+        share = shares.pop()
+        scores = {"exact": share, "f1": share, "HasAns_f1": 0.0, "NoAns_f1": 100.0}
+        return name, {**scores, "main": share / 100}, ""
+
     def labels(self, train):
         return []
 
@@ -421,6 +456,10 @@ def table_row(name: str, metrics: dict, task: str) -> str:
     speed = f"{metrics['speedup']:.2f}" if "speedup" in metrics else "–"
     cells = [name.replace("|", "\\|"), *scores, size, speed]  # a bare | would split the cell
     return "| " + " | ".join(cells) + " |"
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
 
 
 def _pct(metrics: dict, key: str, scale: float) -> str:

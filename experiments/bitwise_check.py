@@ -8,8 +8,9 @@ of everything they computed (sha256 of every weight file, every metric except ti
 Only the CLI is used (`python -m alad.cli` from the current directory), so the script runs
 unchanged on both sides of a refactor that renames modules. Tiny models come from
 tests/conftest.py (no downloads). Runs: the whole pipeline (phases 1-3, evaluation) for
-NER alad-joint and POS alad-frozen, `alad finetune` for every other mode on POS, QA compressed,
-and a 4-cell sweep (`alad sweep run`). About 2 minutes on 2 cores; the runs go to $TMPDIR/alad-bitwise-check.
+NER alad-joint and POS alad-frozen, `alad finetune` for every other mode on POS, and a 2-cell
+sweep (`alad sweep run`). About 2 minutes on 2 cores; the runs go to
+$TMPDIR/alad-bitwise-check.
 """
 
 from __future__ import annotations

@@ -400,17 +400,3 @@ def _out_of_budget(r: AlignRecipe, cfg: AlignPhaseConfig, seconds: float) -> boo
         r.stopped_by = "time budget"
         return True
     return False
-
-
-def phase1_pretrain(
-    settings: Settings, out: Path | None = None, progress: bool = True
-) -> AlignResult:
-    """Phase 1: task-independent alignment on general text (default: packaged Wikipedia)."""
-    return run_alignment(settings, "phase1", out=out, progress=progress)
-
-
-def phase2_task_align(
-    settings: Settings, init: Path | None = None, out: Path | None = None, progress: bool = True
-) -> AlignResult:
-    """Phase 2: the same objective on the task's training text, starting from phase 1."""
-    return run_alignment(settings, "phase2", out=out, init=init, progress=progress)

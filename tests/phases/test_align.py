@@ -13,7 +13,7 @@ from alad import stopping
 from alad.checkpoint import CheckpointError, load_checkpoint
 from alad.data.corpus import EmptyCorpus
 from alad.models.tokens import TokenMismatch
-from alad.phases.align import phase1_pretrain, phase2_task_align, run_alignment
+from alad.phases.align import run_alignment
 from alad.phases.recipe import NonFiniteLoss
 
 
@@ -31,7 +31,7 @@ def _weights(path):
 
 def test_phase1_lowers_heldout_mse_and_writes_a_complete_checkpoint(tiny_settings):
     s = _with(tiny_settings, phase1={"epochs": 4, "lr": 3e-3})
-    result = phase1_pretrain(s, progress=False)
+    result = run_alignment(s, "phase1", progress=False)
     assert result.after["mse"] < 0.8 * result.before["mse"]
     assert result.after["cosine"] > result.before["cosine"]
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
@@ -44,7 +44,7 @@ def test_phase1_lowers_heldout_mse_and_writes_a_complete_checkpoint(tiny_setting
 
 def test_pinned_loss_catches_silent_regressions(tiny_settings):
     """Fixed seed, fixed tiny models: the numbers only move if the computation changes."""
-    result = phase1_pretrain(tiny_settings, progress=False)
+    result = run_alignment(tiny_settings, "phase1", progress=False)
     assert result.history[-1]["train_mse"] == pytest.approx(PINNED_TRAIN_MSE, rel=1e-3)
     assert result.after["mse"] == pytest.approx(PINNED_HELDOUT_MSE, rel=1e-3)
 
@@ -93,15 +93,15 @@ def test_a_time_box_stops_phase1_after_its_epoch_and_the_rerun_finishes_it(tiny_
 
 
 def test_rerun_of_a_finished_phase_trains_nothing(tiny_settings, monkeypatch):
-    first = phase1_pretrain(tiny_settings, progress=False)
+    first = run_alignment(tiny_settings, "phase1", progress=False)
     monkeypatch.setattr(align_mod, "_train_epoch", lambda *a, **k: pytest.fail("retrained"))
-    again = phase1_pretrain(tiny_settings, progress=False)
+    again = run_alignment(tiny_settings, "phase1", progress=False)
     assert again.checkpoint == first.checkpoint and again.history == first.history
 
 
 def test_token_budget_stops_early(tiny_settings):
     s = _with(tiny_settings, phase1={"epochs": 50, "budget_tokens": 300})
-    result = phase1_pretrain(s, progress=False)
+    result = run_alignment(s, "phase1", progress=False)
     assert result.stopped_by == "token budget"
     assert len(result.history) == 1 and 300 <= result.history[-1]["tokens_seen"] < 1000
 
@@ -111,26 +111,26 @@ def test_nan_loss_raises_and_keeps_no_checkpoint_from_the_diverged_epoch(
 ):
     monkeypatch.setattr(align_mod, "_share_of_mse", lambda p, *a: (p * float("nan")).sum())
     with pytest.raises(NonFiniteLoss, match="Lower the learning rate"):
-        phase1_pretrain(tiny_settings, progress=False)
+        run_alignment(tiny_settings, "phase1", progress=False)
     assert not (tiny_settings.runs_dir / "phase1" / "LATEST").exists()
 
 
 def test_phase2_starts_from_phase1_and_checks_the_fit(tiny_settings):
-    p1 = phase1_pretrain(tiny_settings, progress=False)
+    p1 = run_alignment(tiny_settings, "phase1", progress=False)
     same_texts = _with(tiny_settings, phase2={"max_texts": tiny_settings.phase1.max_texts})
-    p2 = phase2_task_align(same_texts, init=p1.checkpoint, progress=False)
+    p2 = run_alignment(same_texts, "phase2", init=p1.checkpoint, progress=False)
     assert p2.before["mse"] == pytest.approx(p1.after["mse"], rel=1e-6)  # started from phase 1
     assert p2.after["mse"] < p2.before["mse"]
     wrong = _with(tiny_settings, adapter={"window": 5})
     with pytest.raises(CheckpointError, match="window: checkpoint 3 vs requested 5"):
-        phase2_task_align(wrong, init=p1.checkpoint, progress=False)
+        run_alignment(wrong, "phase2", init=p1.checkpoint, progress=False)
 
 
 def test_empty_corpus_is_an_error(tiny_settings, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     with pytest.raises(EmptyCorpus, match="no text"):
-        phase1_pretrain(_with(tiny_settings, phase1={"corpus": str(empty)}), progress=False)
+        run_alignment(_with(tiny_settings, phase1={"corpus": str(empty)}), "phase1", progress=False)
 
 
 def test_mismatched_tokenizers_fail_before_any_extraction(tiny_settings, tmp_path):
@@ -143,5 +143,5 @@ def test_mismatched_tokenizers_fail_before_any_extraction(tiny_settings, tmp_pat
     corpus.write_text("The City was Founded .\nthe city .\n")
     s = _with(tiny_settings, models={"compressed": str(other)}, phase1={"corpus": str(corpus)})
     with pytest.raises(TokenMismatch, match="disagree"):
-        phase1_pretrain(s, progress=False)
+        run_alignment(s, "phase1", progress=False)
     assert not s.cache.dir.exists()
