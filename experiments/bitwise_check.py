@@ -25,10 +25,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
 import yaml
 
 ROOT = Path.cwd()
-TIMING = {"seconds", "earlier_seconds", "finished", "machine", "git_commit", "wall_seconds"}
+TIMING = {"seconds", "earlier_seconds", "finished", "machine", "git_commit", "wall_seconds",
+          "train_seconds"}  # fmt: skip
 # Paths and timestamps differ between two runs in two folders; they are not computed results.
 VOLATILE = TIMING | {"model_dir", "checkpoint", "init", "run_id", "parent_run_id", "created"}
 
@@ -49,17 +51,34 @@ def _clean(value):
     return value
 
 
+def _hashed(value):
+    if isinstance(value, torch.Tensor):
+        return hashlib.sha256(value.contiguous().cpu().numpy().tobytes()).hexdigest()
+    if isinstance(value, dict):
+        return {str(k): _hashed(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_hashed(v) for v in value]
+    if isinstance(value, bytes):
+        return hashlib.sha256(value).hexdigest()
+    return value if isinstance(value, str | int | float | bool | type(None)) else repr(value)
+
+
 def _digest(folder: Path) -> dict[str, object]:
     out: dict[str, object] = {}
     for path in sorted(folder.rglob("*")):
         rel = str(path.relative_to(folder))
         if not path.is_file() or "state" in path.parts or path.suffix in {".png", ".log"}:
             continue
-        if path.suffix in {".safetensors", ".bin", ".pt"}:
+        if path.suffix == ".pt":  # a resume state: tensors hashed, timings left out
+            out[rel] = _clean(_hashed(torch.load(path, weights_only=False)))
+        elif path.suffix in {".safetensors", ".bin"}:
             out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
         elif path.suffix == ".json" and path.name not in {"building.json"}:
             try:
-                out[rel] = _clean(json.loads(path.read_text()))
+                data = json.loads(path.read_text())
+                if isinstance(data.get("files"), dict):  # trainer.pt's hash covers its timings
+                    data["files"].pop("trainer.pt", None)
+                out[rel] = _clean(data)
             except ValueError:
                 out[rel] = "unreadable"
         elif path.suffix in {".md", ".txt", ".tsv", ".conllu"}:
