@@ -293,7 +293,8 @@ def cmd_config_show(args: argparse.Namespace) -> None:
     print(json.dumps(_settings(args).model_dump(mode="json"), indent=2))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _common_options() -> argparse.ArgumentParser:
+    """The options every command takes (a parent parser, so they go after the command)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--params",
@@ -315,15 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return common
 
-    parser = argparse.ArgumentParser(
-        prog="alad",
-        description="Alignment Adapter (AlAd) for compressed language models.",
-        epilog="Config precedence: params.yaml < --profile < ALAD_* env < --set. "
-        "Options go after the command: `alad align phase1 --set phase1.epochs=2`.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+def _add_models(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     models = sub.add_parser("models", help="list, prepare and inspect models").add_subparsers(
         dest="models_command", required=True, metavar="ACTION"
     )
@@ -339,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="large model to report size %% against")
     p.set_defaults(func=cmd_models_info)
 
+
+def _add_align(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     align = sub.add_parser("align", help="alignment phases 1-2").add_subparsers(
         dest="align_command", required=True, metavar="PHASE"
     )
@@ -356,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="checkpoint folder (default: <runs_dir>/phase2)")
     p.set_defaults(func=cmd_align_phase2)
 
+
+def _add_finetune(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    # Every option but --out is a SHORTCUTS key: _settings turns it into a --set of that key.
     p = sub.add_parser(
         "finetune",
         parents=[common],
@@ -377,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output folder (default <runs_dir>/<task>-<mode>)")
     p.set_defaults(func=cmd_finetune)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "evaluate", parents=[common], help="score a saved model; prints a Table-1 style row"
     )
@@ -399,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_predict(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "predict", parents=[common], help="tag raw sentences, or answer a question about a context"
     )
@@ -408,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", help="QA: the context passage")
     p.set_defaults(func=cmd_predict)
 
+
+def _add_stage(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "stage", parents=[common], help="run one pipeline stage (what dvc.yaml calls)"
     )
@@ -417,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, help="output root (default: runs_dir)")
     p.set_defaults(func=cmd_stage)
 
+
+def _add_pipeline(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     pipe = sub.add_parser("pipeline", help="the whole pipeline in this process").add_subparsers(
         dest="pipeline_command", required=True, metavar="ACTION"
     )
@@ -428,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, help="output root (default: runs_dir)")
     p.set_defaults(func=cmd_pipeline_run)
 
+
+def _add_registry(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     reg = sub.add_parser("registry", help="MLflow model registry").add_subparsers(
         dest="registry_command", required=True, metavar="ACTION"
     )
@@ -441,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_registry_list)
 
+
+def _add_bench(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     bench = sub.add_parser("bench", help="benchmarks that print figures").add_subparsers(
         dest="bench_command", required=True, metavar="WHAT"
     )
@@ -472,6 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_bench_latency)
 
+
+def _add_report(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "report",
         parents=[common],
@@ -495,6 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_report)
 
+
+def _add_sweep(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     sweep = sub.add_parser(
         "sweep", help="the Table-1 grid: cells run once, results committed"
     ).add_subparsers(dest="sweep_command", required=True, metavar="ACTION")
@@ -524,11 +541,40 @@ def build_parser() -> argparse.ArgumentParser:
                 "and stops (the next run resumes it)",
             )
 
+
+def _add_config(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     cfg = sub.add_parser("config", help="show the resolved config").add_subparsers(
         dest="config_command", required=True, metavar="ACTION"
     )
     p = cfg.add_parser("show", parents=[common], help="print the validated config as JSON")
     p.set_defaults(func=cmd_config_show)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = argparse.ArgumentParser(
+        prog="alad",
+        description="Alignment Adapter (AlAd) for compressed language models.",
+        epilog="Config precedence: params.yaml < --profile < ALAD_* env < --set. "
+        "Options go after the command: `alad align phase1 --set phase1.epochs=2`.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # The order of these calls is the order of the commands in `alad --help`.
+    for add in (
+        _add_models,
+        _add_align,
+        _add_finetune,
+        _add_evaluate,
+        _add_predict,
+        _add_stage,
+        _add_pipeline,
+        _add_registry,
+        _add_bench,
+        _add_report,
+        _add_sweep,
+        _add_config,
+    ):
+        add(sub, common)
     return parser
 
 

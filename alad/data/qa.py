@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,82 +92,31 @@ def prepare_qa_features(
     answer, CLS (0) where the example is unanswerable or the answer is not wholly inside the
     window. A question that leaves no more than `stride` context tokens per window (too long for
     `max_length` on its own) is a DataFormatError naming the example."""
-    if not getattr(tokenizer, "is_fast", False):
-        raise TypeError(
-            f"{type(tokenizer).__name__} is not a fast tokenizer; QA features need offset "
-            "mappings and sequence ids (use a tokenizers-backed tokenizer)"
-        )
-    if stride < 0 or max_length <= 0:
-        raise ValueError(f"need max_length > 0 and stride >= 0, got {max_length=}, {stride=}")
+    _check_tokenizer_and_sizes(tokenizer, max_length, stride)
     examples = list(examples)
     # As utils_qa: leading whitespace in questions only wastes tokens (and breaks some BPEs).
     questions = [ex.question.lstrip() for ex in examples]
-    n_special = tokenizer.num_special_tokens_to_add(pair=True)
 
     feats = QAFeatures([], [], [], [], example_ids=[])
     if train:
         feats.start_positions, feats.end_positions = [], []
-    windows_per_example = [0] * len(examples)
     has_token_types = True
 
     for lo in range(0, len(examples), _BATCH):
+        batch = examples[lo : lo + _BATCH]
         batch_q = questions[lo : lo + _BATCH]
-        q_lens = tokenizer(batch_q, add_special_tokens=False)["input_ids"]
-        for k, q_ids in enumerate(q_lens):
-            room = max_length - n_special - len(q_ids)
-            if room <= stride:
-                ex = examples[lo + k]
-                raise DataFormatError(
-                    f"QA example {ex.id!r}: question alone is too long for max_length="
-                    f"{max_length}: its {len(q_ids)} tokens + {n_special} special tokens leave "
-                    f"{max(room, 0)} context tokens per window, need more than stride={stride} "
-                    f"(raise phase3.max_length, lower phase3.stride, or drop the example)"
-                )
-        enc = tokenizer(
-            batch_q,
-            [ex.context for ex in examples[lo : lo + _BATCH]],
-            truncation="only_second",
-            max_length=max_length,
-            stride=stride,
-            return_overflowing_tokens=True,
-            return_offsets_mapping=True,
-            padding=False,
-        )
-        sample_map = enc["overflow_to_sample_mapping"]
-        if "token_type_ids" not in enc:
-            has_token_types = False
-        for f, sample in enumerate(sample_map):
+        _check_question_room(tokenizer, batch, batch_q, max_length, stride)
+        enc = _encode_windows(tokenizer, batch, batch_q, max_length, stride)
+        # Every feature has token types or none does, so one batch without them drops them all.
+        has_token_types = has_token_types and "token_type_ids" in enc
+        for f, sample in enumerate(enc["overflow_to_sample_mapping"]):
             ex_i = lo + sample
-            ex = examples[ex_i]
-            ids = enc["input_ids"][f]
-            seq_ids = enc.sequence_ids(f)
-            if seq_ids[CLS_INDEX] is not None:
-                raise ValueError(
-                    f"{type(tokenizer).__name__} does not start a pair with a special (CLS) "
-                    f"token (first token {ids[0]}); the no-answer position must be index 0"
-                )
-            offsets = [
-                (int(o[0]), int(o[1])) if s == _CONTEXT else None
-                for o, s in zip(enc["offset_mapping"][f], seq_ids, strict=True)
-            ]
-            windows_per_example[ex_i] += 1
-            feats.input_ids.append(list(ids))
-            feats.attention_mask.append(list(enc["attention_mask"][f]))
-            if has_token_types:
-                if feats.token_type_ids is None:
-                    feats.token_type_ids = []
-                feats.token_type_ids.append(list(enc["token_type_ids"][f]))
-            feats.example_index.append(ex_i)
-            feats.example_ids.append(ex.id)
-            feats.offset_mapping.append(offsets)
-            if train:
-                s, e = _window_labels(ex, offsets)
-                feats.start_positions.append(s)  # type: ignore[union-attr]
-                feats.end_positions.append(e)  # type: ignore[union-attr]
+            offsets = _window_offsets(tokenizer, enc, f)
+            _append_window(feats, enc, f, ex_i, examples[ex_i], offsets, has_token_types, train)
     if not has_token_types:
         feats.token_type_ids = None
 
-    feats.n_split_examples = sum(1 for n in windows_per_example if n > 1)
+    feats.n_split_examples = sum(1 for n in Counter(feats.example_index).values() if n > 1)
     if examples:
         log.info(
             "QA features: %d examples -> %d windows; %d examples split into more than one "
@@ -178,6 +128,91 @@ def prepare_qa_features(
             stride,
         )
     return feats
+
+
+def _check_tokenizer_and_sizes(tokenizer, max_length: int, stride: int) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise TypeError(
+            f"{type(tokenizer).__name__} is not a fast tokenizer; QA features need offset "
+            "mappings and sequence ids (use a tokenizers-backed tokenizer)"
+        )
+    if stride < 0 or max_length <= 0:
+        raise ValueError(f"need max_length > 0 and stride >= 0, got {max_length=}, {stride=}")
+
+
+def _check_question_room(
+    tokenizer, batch: list[QAExample], questions: list[str], max_length: int, stride: int
+) -> None:
+    """A DataFormatError naming the first example whose question leaves no more than `stride`
+    context tokens per window: the data's fault, so the user must learn which example it is."""
+    n_special = tokenizer.num_special_tokens_to_add(pair=True)
+    q_lens = tokenizer(questions, add_special_tokens=False)["input_ids"]
+    for ex, q_ids in zip(batch, q_lens, strict=True):
+        room = max_length - n_special - len(q_ids)
+        if room <= stride:
+            raise DataFormatError(
+                f"QA example {ex.id!r}: question alone is too long for max_length="
+                f"{max_length}: its {len(q_ids)} tokens + {n_special} special tokens leave "
+                f"{max(room, 0)} context tokens per window, need more than stride={stride} "
+                f"(raise phase3.max_length, lower phase3.stride, or drop the example)"
+            )
+
+
+def _encode_windows(
+    tokenizer, batch: list[QAExample], questions: list[str], max_length: int, stride: int
+):
+    """The tokenizer's BatchEncoding of every window of every (question, context) pair."""
+    return tokenizer(
+        questions,
+        [ex.context for ex in batch],
+        truncation="only_second",
+        max_length=max_length,
+        stride=stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        padding=False,
+    )
+
+
+def _window_offsets(tokenizer, enc, f: int) -> list[tuple[int, int] | None]:
+    """Character offsets of window f's context tokens, None for question/special tokens."""
+    seq_ids = enc.sequence_ids(f)
+    if seq_ids[CLS_INDEX] is not None:
+        first = enc["input_ids"][f][0]
+        raise ValueError(
+            f"{type(tokenizer).__name__} does not start a pair with a special (CLS) "
+            f"token (first token {first}); the no-answer position must be index 0"
+        )
+    return [
+        (int(o[0]), int(o[1])) if s == _CONTEXT else None
+        for o, s in zip(enc["offset_mapping"][f], seq_ids, strict=True)
+    ]
+
+
+def _append_window(
+    feats: QAFeatures,
+    enc,
+    f: int,
+    ex_i: int,
+    ex: QAExample,
+    offsets: list[tuple[int, int] | None],
+    with_token_types: bool,
+    train: bool,
+) -> None:
+    """Window f of the encoding (example `ex_i`) as the next feature of `feats`."""
+    feats.input_ids.append(list(enc["input_ids"][f]))
+    feats.attention_mask.append(list(enc["attention_mask"][f]))
+    if with_token_types:
+        if feats.token_type_ids is None:
+            feats.token_type_ids = []
+        feats.token_type_ids.append(list(enc["token_type_ids"][f]))
+    feats.example_index.append(ex_i)
+    feats.example_ids.append(ex.id)
+    feats.offset_mapping.append(offsets)
+    if train:
+        s, e = _window_labels(ex, offsets)
+        feats.start_positions.append(s)  # type: ignore[union-attr]
+        feats.end_positions.append(e)  # type: ignore[union-attr]
 
 
 def _window_labels(ex: QAExample, offsets: list[tuple[int, int] | None]) -> tuple[int, int]:
@@ -242,11 +277,7 @@ def postprocess_qa(
     n_feat = len(features)
     starts = _to_rows(start_logits, n_feat, "start_logits")
     ends = _to_rows(end_logits, n_feat, "end_logits")
-    by_example: list[list[int]] = [[] for _ in examples]
-    for f, ex_i in enumerate(features.example_index):
-        if not 0 <= ex_i < len(examples):
-            raise ValueError(f"feature {f} points at example {ex_i}; only {len(examples)} given")
-        by_example[ex_i].append(f)
+    by_example = _features_by_example(features, len(examples))
 
     predictions: dict[str, str] = {}
     details: dict[str, dict[str, Any]] = {}
@@ -266,19 +297,9 @@ def postprocess_qa(
                 )
             s_log, e_log = starts[f][:n_tok], ends[f][:n_tok]
             null_score = min(null_score, float(s_log[CLS_INDEX] + e_log[CLS_INDEX]))
-            top_s = np.argsort(-s_log, kind="stable")[:n_best]
-            top_e = np.argsort(-e_log, kind="stable")[:n_best]
-            for si in top_s.tolist():
-                so = offsets[si]
-                if so is None:
-                    continue
-                for ei in top_e.tolist():
-                    eo = offsets[ei]
-                    if eo is None or ei < si or ei - si + 1 > max_answer_length:
-                        continue
-                    score = float(s_log[si] + e_log[ei])
-                    if score > best_score:
-                        best_score, best_span = score, (so[0], eo[1])
+            score, span = _best_window_span(s_log, e_log, offsets, n_best, max_answer_length)
+            if score > best_score:  # strict: on a tie the earlier window keeps the answer
+                best_score, best_span = score, span
         best_text = ex.context[best_span[0] : best_span[1]] if best_span is not None else ""
         diff = null_score - best_score
         prediction = "" if diff > null_threshold else best_text
@@ -292,6 +313,43 @@ def postprocess_qa(
             "prediction": prediction,
         }
     return predictions, details
+
+
+def _features_by_example(features: QAFeatures, n_examples: int) -> list[list[int]]:
+    """The feature indices of each example, in feature order."""
+    by_example: list[list[int]] = [[] for _ in range(n_examples)]
+    for f, ex_i in enumerate(features.example_index):
+        if not 0 <= ex_i < n_examples:
+            raise ValueError(f"feature {f} points at example {ex_i}; only {n_examples} given")
+        by_example[ex_i].append(f)
+    return by_example
+
+
+def _best_window_span(
+    s_log: np.ndarray,
+    e_log: np.ndarray,
+    offsets: list[tuple[int, int] | None],
+    n_best: int,
+    max_answer_length: int,
+) -> tuple[float, tuple[int, int] | None]:
+    """(score, (char start, char end)) of the best valid span among the top-`n_best` starts and
+    ends of one window, or (-inf, None) when none is valid."""
+    best_score = -math.inf
+    best_span: tuple[int, int] | None = None
+    top_s = np.argsort(-s_log, kind="stable")[:n_best]
+    top_e = np.argsort(-e_log, kind="stable")[:n_best]
+    for si in top_s.tolist():
+        so = offsets[si]
+        if so is None:
+            continue
+        for ei in top_e.tolist():
+            eo = offsets[ei]
+            if eo is None or ei < si or ei - si + 1 > max_answer_length:
+                continue
+            score = float(s_log[si] + e_log[ei])
+            if score > best_score:
+                best_score, best_span = score, (so[0], eo[1])
+    return best_score, best_span
 
 
 def exact_match(prediction: str, gold: Sequence[str]) -> bool:
