@@ -1,5 +1,5 @@
 """File I/O that fails safely: write-then-rename, folder swaps that survive a kill, checksums,
-and UTF-8 reads whose errors name the file.
+UTF-8 reads whose errors name the file, and output places checked before any work.
 
 A reader never sees a half-written file or folder under its final name. A folder is built as
 `.<name>.tmp-<pid>` and swapped in by `replace_dir` (two renames: the old folder aside to
@@ -16,12 +16,13 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from alad.errors import DataFormatError
+from alad.errors import AladError, DataFormatError
 
 log = logging.getLogger(__name__)
 
@@ -198,3 +199,53 @@ def recover_all(folder: Path) -> None:
     }
     for name in sorted(names):
         recover_dir(folder / name)
+
+
+# -- output places, checked before any work ----------------------------------------------------
+
+
+class OutputError(AladError):
+    """A place a command would write to cannot be written; found before any work is done."""
+
+
+def _dir_problem(path: Path) -> str | None:
+    """Why `path` cannot be a folder this process writes in, else None. A missing folder is
+    fine if the nearest existing one above it takes new entries (the first write creates it;
+    a command that fails for another reason leaves no empty folders behind). Tried for real,
+    with a probe file: os.access says yes to root on a read-only folder and knows nothing of
+    read-only mounts."""
+    here = next((p for p in (path, *path.parents) if p.exists() or p.is_symlink()), Path("."))
+    if not here.is_dir():
+        return f"{here} is {'a file' if here.is_file() else 'not a folder'}"
+    probe = here / f".alad-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        probe.unlink()
+    except OSError as exc:
+        return f"{exc.strerror or exc} in {here}"
+    return None
+
+
+def ensure_writable_dir(path: Path, what: str, fix: str) -> Path:
+    """`path` as a folder this process can write files in (or create: see `_dir_problem`);
+    otherwise an OutputError naming the path, the reason and `fix` (what to do). Every command
+    calls it for every place it will write before it trains anything: a place found unusable
+    only at the first save loses the work done until then."""
+    path = Path(path).expanduser()
+    if problem := _dir_problem(path):
+        raise OutputError(f"{path}: cannot write the {what} there ({problem}); {fix}")
+    return path
+
+
+def ensure_writable_file(path: Path, what: str, fix: str) -> Path:
+    """`ensure_writable_dir` for a file: `path` must not be a folder or a device (write_bytes
+    would rename a regular file over it) and its folder must take new files."""
+    path = Path(path).expanduser()
+    problem = None
+    if path.is_dir():
+        problem = "it is a folder"
+    elif path.exists() and not path.is_file():
+        problem = "it is not a regular file"
+    if problem := problem or _dir_problem(path.parent):
+        raise OutputError(f"{path}: cannot write the {what} there ({problem}); {fix}")
+    return path

@@ -35,7 +35,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from alad import stopping
-from alad.atomic import write_json
+from alad.atomic import ensure_writable_dir, write_json
+from alad.cache import feature_root
 from alad.checkpoint import saved_progress
 from alad.config import ConfigError, Settings, load_settings
 from alad.models.catalog import training_cost
@@ -327,6 +328,23 @@ def file_sha256(path: str | None) -> str | None:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
+def check_outputs(grid: Grid, todo: list[Cell]) -> None:
+    """Every place the cells `todo` write, checked before the first one runs (a place found
+    unusable at a cell's end lost that cell's training)."""
+    where = f"in {grid._source}"
+    places = {grid.runs: ("sweep's run folder", f"set `runs:` {where} to a folder you can write")}
+    if grid.alignments is not None:
+        fix = f"set `alignments:` {where} to a folder you can write"
+        places[grid.alignments] = ("store of phase-1 adapters", fix)
+    for cell in todo:
+        fix = f"set `results:` {where} to a folder you can write"
+        places[cell.result_path.parent] = ("results folder", fix)
+        fix = f"set cache.dir in the `set:` {where} to a folder you can write"
+        places[feature_root(cell.settings.cache.dir)] = ("frozen-output cache", fix)
+    for folder, (what, fix) in places.items():
+        ensure_writable_dir(folder, what, fix)
+
+
 def align_cell(cell: Cell, upto: str = "phase2", progress: bool = False) -> dict[str, Any]:
     """Phases 1-2 (or phase 1 only) for the cell's (M_C, M_L, n[, task]): trained once, then
     only reloaded. The distributed flow runs each shared alignment as its own task first."""
@@ -512,6 +530,7 @@ def run_sweep(
     and the sweep ends; the next run resumes that cell where it stopped. A SIGTERM stops the
     same way and raises `Stopped`."""
     todo, prog = plan(grid, tasks, only)
+    check_outputs(grid, todo)
     log.info("%s; %d to run", prog.line(), len(todo))
     with stopping.deadline(max_minutes):
         for i, cell in enumerate(todo):
@@ -597,6 +616,7 @@ def register_best(grid: Grid, tracker: Any, tasks: list[str] | None = None) -> l
 __all__ = [
     "Cell",
     "Grid",
+    "check_outputs",
     "load_grid",
     "cells",
     "plan",

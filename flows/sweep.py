@@ -29,7 +29,16 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.states import Completed, State
 
 from alad import stopping
-from alad.sweep import Cell, align_cell, cells, load_grid, plan, run_cell, run_sweep
+from alad.sweep import (
+    Cell,
+    align_cell,
+    cells,
+    check_outputs,
+    load_grid,
+    plan,
+    run_cell,
+    run_sweep,
+)
 
 RETRIES = {"retries": 1, "retry_delay_seconds": 5, "retry_condition_fn": transient}
 
@@ -178,6 +187,7 @@ def alad_sweep(
             threads = max(1, (os.cpu_count() or 1) // workers)
         deadline = time.time() + 60 * max_minutes if max_minutes is not None else None
         keys = [c.key for c in todo[:max_cells]]
+        check_outputs(cells_grid, todo[:max_cells])  # before any cell runs (run_sweep's too)
         runner = dask_runner(workers, address)
         ran = sweep_cells.with_options(task_runner=runner)(grid, keys, threads, deadline)
         line = plan(cells_grid, tasks)[1].line()

@@ -251,6 +251,11 @@ class AlignRecipe(Recipe):
         )
         self.before = evaluate(self.adapter, self.data.heldout)
 
+    def outputs(self) -> dict[Path, tuple[str, str]]:
+        cache = feature_root(self.settings.cache.dir)
+        fix = "set cache.dir (or ALAD_CACHE_HOME) to a folder you can write"
+        return {**super().outputs(), cache: ("frozen-output cache", fix)}
+
     def _checkpoint(self) -> Checkpoint | None:
         """The newest intact checkpoint. A damaged newer one is skipped with a warning and, once
         every rank has read, moved aside by rank 0: kept as evidence, where the epoch trained

@@ -174,6 +174,13 @@ class FinetuneRecipe(Recipe):
         self.partial: dict[str, Any] | None = None  # where a resumed epoch continues
         self.earlier_seconds = 0.0
 
+    def outputs(self) -> dict[Path, tuple[str, str]]:
+        if self.mode.encoder_training != "frozen" or not self.cfg.cache_frozen:
+            return super().outputs()
+        cache = feature_root(self.settings.cache.dir)
+        fix = "set cache.dir (or ALAD_CACHE_HOME) to a folder you can write"
+        return {**super().outputs(), cache: ("frozen-output cache", fix)}
+
     def finished_result(self) -> FinetuneResult | None:
         if not self.metrics_path.is_file():
             return None
