@@ -1,5 +1,6 @@
 """File I/O that fails safely: write-then-rename, folder swaps that survive a kill, checksums,
-and UTF-8 reads whose errors name the file.
+UTF-8 reads whose errors name the file, output places checked before any work, and claims (one
+process at a time on a piece of work, on a shared filesystem too).
 
 A reader never sees a half-written file or folder under its final name. A folder is built as
 `.<name>.tmp-<pid>` and swapped in by `replace_dir` (two renames: the old folder aside to
@@ -16,12 +17,17 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
+import socket
+import threading
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from alad.errors import DataFormatError
+from alad.errors import AladError, DataFormatError
 
 log = logging.getLogger(__name__)
 
@@ -198,3 +204,160 @@ def recover_all(folder: Path) -> None:
     }
     for name in sorted(names):
         recover_dir(folder / name)
+
+
+# -- output places, checked before any work ----------------------------------------------------
+
+
+class OutputError(AladError):
+    """A place a command would write to cannot be written; found before any work is done."""
+
+
+def _dir_problem(path: Path) -> str | None:
+    """Why `path` cannot be a folder this process writes in, else None. A missing folder is
+    fine if the nearest existing one above it takes new entries (the first write creates it;
+    a command that fails for another reason leaves no empty folders behind). Tried for real,
+    with a probe file: os.access says yes to root on a read-only folder and knows nothing of
+    read-only mounts."""
+    here = next((p for p in (path, *path.parents) if p.exists() or p.is_symlink()), Path("."))
+    if not here.is_dir():
+        return f"{here} is {'a file' if here.is_file() else 'not a folder'}"
+    probe = here / f".alad-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        probe.unlink()
+    except OSError as exc:
+        return f"{exc.strerror or exc} in {here}"
+    return None
+
+
+def ensure_writable_dir(path: Path, what: str, fix: str) -> Path:
+    """`path` as a folder this process can write files in (or create: see `_dir_problem`);
+    otherwise an OutputError naming the path, the reason and `fix` (what to do). Every command
+    calls it for every place it will write before it trains anything: a place found unusable
+    only at the first save loses the work done until then."""
+    path = Path(path).expanduser()
+    if problem := _dir_problem(path):
+        raise OutputError(f"{path}: cannot write the {what} there ({problem}); {fix}")
+    return path
+
+
+def ensure_writable_file(path: Path, what: str, fix: str) -> Path:
+    """`ensure_writable_dir` for a file: `path` must not be a folder or a device (write_bytes
+    would rename a regular file over it) and its folder must take new files."""
+    path = Path(path).expanduser()
+    problem = None
+    if path.is_dir():
+        problem = "it is a folder"
+    elif path.exists() and not path.is_file():
+        problem = "it is not a regular file"
+    if problem := problem or _dir_problem(path.parent):
+        raise OutputError(f"{path}: cannot write the {what} there ({problem}); {fix}")
+    return path
+
+
+# -- claims: one process at a time on a piece of work -----------------------------------------
+
+CLAIM_BEAT_SECONDS = 60  # a live claim's file is touched this often
+CLAIM_STALE_SECONDS = 15 * 60  # untouched this long: its holder is gone (killed, machine lost)
+
+
+class Claim:
+    """A piece of work taken by this process: the file `path` (pid, host, time, nonce), created
+    with O_CREAT|O_EXCL so that one process of all those sharing the filesystem gets it, and
+    touched every CLAIM_BEAT_SECONDS while held. `release()` removes it (the `with` block ends
+    on return, exception or stop request); a claim whose holder was killed without releasing
+    it is stale (see `claim`) and taken over by the next process that wants the work."""
+
+    def __init__(self, path: Path, record: dict[str, Any]) -> None:
+        self.path, self.record = path, record
+        self._done = threading.Event()
+        self._beat = threading.Thread(target=self._touch, daemon=True, name=f"claim {path.name}")
+        self._beat.start()
+
+    def _touch(self) -> None:
+        while not self._done.wait(CLAIM_BEAT_SECONDS):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def release(self) -> None:
+        self._done.set()
+        if _claim_record(self.path) == self.record:  # still ours: never remove a successor's
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+    def __enter__(self) -> Claim:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _claim_record(path: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _stale(path: Path, record: dict[str, Any] | None) -> str | None:
+    """Why the claim at `path` is stale, else None (held by a live process)."""
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return None  # released meanwhile: not stale, just gone
+    pid = record.get("pid") if record else None
+    here = record is not None and record.get("host") == socket.gethostname()
+    if here and isinstance(pid, int) and not _pid_alive(pid):
+        return f"its process {pid} on this machine is gone"
+    if age > CLAIM_STALE_SECONDS:
+        return f"untouched for {age / 60:.0f} min (a live claim is touched every minute)"
+    if record is None and age > 60:  # a holder dies between creating and writing it
+        return "empty or unreadable, and a minute old"
+    return None
+
+
+def claim(path: Path) -> Claim | None:
+    """Take the claim `path` for this process, or None if a live process holds it. A stale
+    claim (its process gone from this machine, or untouched for CLAIM_STALE_SECONDS) is taken
+    over with a warning. Taking over renames the stale file aside first and checks that it
+    moved the file it judged, so two processes recovering the same claim do not both win."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "nonce": secrets.token_hex(8),
+        }
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            held = _claim_record(path)
+            why = _stale(path, held)
+            if why is None or not _take_over(path, held):
+                return None
+            log.warning("%s: a stale claim (%s; %s); taking it over", path, held, why)
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(record, f)
+        return Claim(path, record)
+    return None
+
+
+def _take_over(path: Path, judged: dict[str, Any] | None) -> bool:
+    """Remove the stale claim `path` whose content was `judged`; False if another process
+    took it over first (then the claim it moved aside is put back)."""
+    aside = path.with_name(f".{path.name}.stale-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return True  # another process removed it: try to create it afresh
+    if _claim_record(aside) == judged:
+        aside.unlink()
+        return True
+    with contextlib.suppress(OSError):  # a successor's live claim: back, unless a third won
+        os.link(aside, path)
+    aside.unlink()
+    return False

@@ -31,7 +31,7 @@ import torch
 
 from alad.adapter import AlignmentAdapter
 from alad.aligned_model import AlignedModel
-from alad.atomic import write_json
+from alad.atomic import ensure_writable_file, write_json
 from alad.cache import build_cache, length_sorted_batches
 from alad.config import Settings
 from alad.data.corpus import load_corpus, sample_split
@@ -257,6 +257,8 @@ def bench_latency(
     """Time every candidate in this process, print the table, write `out` (atomically)."""
     from alad.provenance import git_commit, machine
 
+    if out is not None:  # before the minutes of timing, not after them
+        ensure_writable_file(out, "latency results", "pass another --out")
     load_before = os.getloadavg()
     models = candidates(load_encoder(large), [load_encoder(c) for c in compressed], windows, hidden)
     print(

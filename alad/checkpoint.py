@@ -10,18 +10,22 @@ point leaves the previous checkpoint current.
 
 Loading verifies the checksums. Loading a run folder takes the checkpoint LATEST names; if it is
 missing or damaged, the newest intact epoch folder, with a warning (never a silent restart, and
-never pruning what is intact). `trainer.pt` is read with `weights_only=True`: tensors and plain
-data only, so a planted pickle cannot run code (it is refused with an error).
+never pruning what is intact); a run that resumes from there first renames each damaged folder
+to `epoch-NNNN.damaged-<UTC time>` and keeps it (`quarantine_dir`). `trainer.pt` is read with
+`weights_only=True`: tensors and plain data only, so a planted pickle cannot run code (it is
+refused with an error).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import re
 import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +71,7 @@ class Checkpoint:
     manifest: dict[str, Any]
     adapter: AlignmentAdapter
     trainer_state: dict[str, Any] | None
+    skipped: list[Path] = field(default_factory=list)  # damaged newer folders passed over
 
 
 def _write_folder(
@@ -141,9 +146,10 @@ def _prune(out: Path, keep: str) -> None:
 
 
 def clear_checkpoints(out: Path) -> None:
-    """Forget a run of another config: its epochs must not mix with the new run's."""
+    """Forget a run of another config: its epochs must not mix with the new run's (damaged
+    epochs kept aside by `quarantine_dir` stay)."""
     (out / LATEST).unlink(missing_ok=True)
-    for old in out.glob("epoch-*"):
+    for old in _epoch_dirs(out):
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -176,7 +182,8 @@ def latest(out: Path) -> Path | None:
 
 def load_checkpoint(path: Path, with_trainer_state: bool = False) -> Checkpoint:
     """The checkpoint at `path` (a checkpoint folder, or a run folder: see the module docstring).
-    Every problem is a CheckpointError naming the file."""
+    Every problem is a CheckpointError naming the file. The damaged newer folders skipped on
+    the way are in `.skipped` (a run resuming from this one moves them aside: `quarantine_dir`)."""
     if (path / "manifest.json").is_file() or _epoch(path.name) is not None:
         return _load_folder(path, with_trainer_state)
     recover_all(path)  # a checkpoint swap that a kill interrupted
@@ -186,22 +193,43 @@ def load_checkpoint(path: Path, with_trainer_state: bool = False) -> Checkpoint:
             f"{path}: no adapter checkpoint here (no manifest.json and no LATEST pointer); "
             "run `alad align phase1` first or check the path"
         )
-    problems = []
+    problems: list[tuple[Path, str]] = []
     for folder in candidates:
         try:
             ckpt = _load_folder(folder, with_trainer_state)
         except UnsafeCheckpoint:
             raise
         except CheckpointError as exc:
-            problems.append(str(exc))
+            problems.append((folder, str(exc)))
             continue
-        for problem in problems:
+        for _, problem in problems:
             log.warning("skipping a damaged checkpoint: %s; using %s instead", problem, folder)
+        ckpt.skipped = [damaged for damaged, _ in problems]
         return ckpt
     raise CheckpointError(
-        f"{path}: no intact checkpoint ({'; '.join(problems)}); nothing was deleted: move the "
-        f"folder aside (or delete it) to start this phase over"
+        f"{path}: no intact checkpoint ({'; '.join(p for _, p in problems)}); nothing was "
+        f"deleted: move the folder aside (or delete it) to start this phase over"
     )
+
+
+def quarantine_dir(folder: Path) -> Path | None:
+    """Rename the damaged `folder` to `<name>.damaged-<UTC time>` beside it and return the new
+    path; None if it is not there (e.g. LATEST named a missing folder). Renamed, it is no
+    longer an epoch folder: never loaded, pruned, cleared or overwritten, so the evidence of
+    the damage (a bad disk, a tampered copy) survives the run that trains the epoch again."""
+    if not folder.is_dir():
+        return None
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside = folder.with_name(f"{folder.name}.damaged-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = folder.with_name(f"{folder.name}.damaged-{stamp}-{n}")
+    try:
+        os.rename(folder, aside)
+    except FileNotFoundError:  # another process moved it first
+        return None
+    return aside
 
 
 def _load_folder(folder: Path, with_trainer_state: bool) -> Checkpoint:

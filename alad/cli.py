@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from alad.atomic import write_json
+from alad.atomic import ensure_writable_dir, ensure_writable_file, write_json
 from alad.config import PROFILES, ConfigError, Settings, load_settings
 from alad.modes import MODES
 from alad.tasks import TASKS
@@ -141,6 +141,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from alad.tasks import table_header
 
     runtime = Runtime.from_config(_settings(args).runtime)
+    if args.json:  # before the evaluation, not after it
+        ensure_writable_file(args.json, "evaluation report", "pass another --json")
     report = evaluate_model(
         args.model, args.test, speed=args.speed, predictions=args.predictions, runtime=runtime
     )
@@ -244,6 +246,7 @@ def cmd_bench_latency(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from alad.report import write_report
 
+    ensure_writable_dir(args.out, "report folder", "pass another --out")
     paths = write_report(args.results, args.latency, args.out, args.grid)
     for path in paths.values():
         print(f"wrote {path}")

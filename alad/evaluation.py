@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from alad.aligned_model import load_model, phase3_config
+from alad.atomic import ensure_writable_dir
 from alad.inference import measure_speed, predict_outputs
 from alad.metrics import size_and_speed, size_pct
 from alad.models.catalog import Encoder, count_parameters, load_encoder
@@ -37,6 +38,8 @@ def evaluate_model(
     """Scores on `test` (a file, or already-read examples) + size % + a table row; with
     `speed`, also the measured speed-up vs the large model. With `predictions`, the
     predictions are also written there in the task's own format. On `runtime`'s device."""
+    if predictions is not None:  # before the work, not after it
+        ensure_writable_dir(Path(predictions), "predictions folder", "pass another --predictions")
     model, tok, manifest = load_model(model_dir, runtime.device)
     task = TASKS[manifest["task"]]
     examples = task.read(test) if isinstance(test, str) else test

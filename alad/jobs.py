@@ -11,16 +11,14 @@ is `Registry.publish` (alad/registry.py).
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from alad.atomic import read_json, write_json
 from alad.config import Settings
 from alad.evaluation import evaluate_model
 from alad.models.catalog import Encoder
 from alad.phases.finetune import FinetuneResult, finetune
-from alad.runtime import Runtime, is_main
+from alad.runtime import Runtime
 from alad.tasks import load_splits
 
 log = logging.getLogger(__name__)
@@ -58,13 +56,15 @@ def finetune_job(
     evaluate stage logs the test scores in its own run)."""
     settings = with_resolved_init(settings)
     cfg = settings.phase3
-    result = finetune(settings, out=out, progress=progress, encoders=encoders)
-    test = cfg.test or load_splits(cfg, settings.seed).test
     runtime = Runtime.from_config(settings.runtime)
-    report = evaluate_model(result.model_dir, test, encoders=encoders, runtime=runtime)
-    if is_main():  # under torchrun every rank scores the same model; rank 0 writes
-        write_json({**read_json(result.metrics_path), "test": report}, result.metrics_path)
-    result = replace(result, test=report)
+
+    def test(model_dir: Path) -> dict[str, Any]:
+        split = cfg.test or load_splits(cfg, settings.seed).test
+        return evaluate_model(model_dir, split, encoders=encoders, runtime=runtime)
+
+    # The test is part of the run: a run whose test failed is not finished, and its rerun
+    # only tests (see FinetuneRecipe.finish). Under torchrun every rank scores; rank 0 writes.
+    result = finetune(settings, out=out, progress=progress, encoders=encoders, test=test)
     if tracker is not None and run_id is not None:
         tracker.log_history(run_id, result.history)
         tracker.log_metrics(run_id, {"dev": result.dev})

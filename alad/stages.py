@@ -11,6 +11,7 @@ files under the layout's root (what DVC tracks) and the explicit parent run id.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alad.atomic import read_json, write_json, write_text
+from alad.atomic import ensure_writable_dir, read_json, write_json, write_text
 from alad.config import Settings
 from alad.data.corpus import load_corpus, sample_split
 from alad.errors import AladError
@@ -321,13 +322,30 @@ def stage_register(settings: Settings, layout: Layout, parent_run_id: str | None
 
 
 Stage = Callable[[Settings, Layout, str | None], dict]
+
+
+def _root_checked(stage: Stage) -> Stage:
+    """`stage`, after a check that the layout's root takes files (every door runs stages from
+    STAGES: `alad stage`, the pipeline, the Prefect flow)."""
+
+    @functools.wraps(stage)
+    def checked(settings: Settings, layout: Layout, parent_run_id: str | None = None) -> dict:
+        ensure_writable_dir(layout.root, "pipeline root", "pass another --root or runs_dir")
+        return stage(settings, layout, parent_run_id)
+
+    return checked
+
+
 STAGES: dict[str, Stage] = {
-    "prepare": stage_prepare,
-    "phase1": stage_phase1,
-    "phase2": stage_phase2,
-    "phase3": stage_phase3,
-    "evaluate": stage_evaluate,
-    "register": stage_register,
+    name: _root_checked(stage)
+    for name, stage in {
+        "prepare": stage_prepare,
+        "phase1": stage_phase1,
+        "phase2": stage_phase2,
+        "phase3": stage_phase3,
+        "evaluate": stage_evaluate,
+        "register": stage_register,
+    }.items()
 }
 
 

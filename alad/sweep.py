@@ -9,14 +9,19 @@ phase-3 fine-tuning + test evaluation, resumable across machines through committ
 A cell's identity is the hash of its fully resolved config (`Cell.key`); its result is
 `<results>/<task>/<key>.json`, written atomically when the cell finishes and meant to be
 committed to git. A rerun skips every cell whose result exists, so a grid can be completed in
-several runs on different machines. Phase 1 is trained once per (M_C, M_L, n) and phase 2 once
-per (M_C, M_L, n, task), both with the grid's `align_seed`, under `<runs>/align/`; every AlAd
-cell of every seed starts from that phase-2 adapter (METHOD.md's phases 1-2 are not re-run per
-seed: the seeds measure phase 3's variance).
+several runs on different machines. Runners sharing a filesystem (two `alad sweep run`, Dask
+workers) run each cell once: a runner claims a cell before running it
+(`<runs>/cells/<task>/<key>.claim`, alad.atomic.claim) and the others skip it; a shared
+alignment is trained by the first runner that needs it while the others wait for it.
+Phase 1 is trained once per (M_C, M_L, n) and phase 2 once per (M_C, M_L, n, task), both with
+the grid's `align_seed`, under `<runs>/align/`; every AlAd cell of every seed starts from that
+phase-2 adapter (METHOD.md's phases 1-2 are not re-run per seed: the seeds measure phase 3's
+variance).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import json
@@ -35,7 +40,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from alad import stopping
-from alad.atomic import write_json
+from alad.atomic import claim, ensure_writable_dir, write_json
+from alad.cache import feature_root
 from alad.checkpoint import saved_progress
 from alad.config import ConfigError, Settings, load_settings
 from alad.models.catalog import training_cost
@@ -204,6 +210,11 @@ class Cell:
     def out(self) -> Path:
         return self.grid.runs / "cells" / self.task / self.key
 
+    @property
+    def claim_path(self) -> Path:
+        """The lock file of the runner running this cell, beside its run folder."""
+        return self.out.with_name(f"{self.key}.claim")
+
     def align_dir(self, phase: str) -> Path:
         assert self.align is not None
         a = key_config(self.align)
@@ -327,17 +338,57 @@ def file_sha256(path: str | None) -> str | None:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
+class CellTaken(Exception):
+    """Another runner holds this cell's claim, or finished the cell meanwhile: skip it."""
+
+
+def check_outputs(grid: Grid, todo: list[Cell]) -> None:
+    """Every place the cells `todo` write, checked before the first one runs (a place found
+    unusable at a cell's end lost that cell's training)."""
+    where = f"in {grid._source}"
+    places = {grid.runs: ("sweep's run folder", f"set `runs:` {where} to a folder you can write")}
+    if grid.alignments is not None:
+        fix = f"set `alignments:` {where} to a folder you can write"
+        places[grid.alignments] = ("store of phase-1 adapters", fix)
+    for cell in todo:
+        fix = f"set `results:` {where} to a folder you can write"
+        places[cell.result_path.parent] = ("results folder", fix)
+        fix = f"set cache.dir in the `set:` {where} to a folder you can write"
+        places[feature_root(cell.settings.cache.dir)] = ("frozen-output cache", fix)
+    for folder, (what, fix) in places.items():
+        ensure_writable_dir(folder, what, fix)
+
+
+@contextlib.contextmanager
+def _one_runner(folder: Path) -> Iterator[None]:
+    """The block runs in one runner at a time for `folder` (a shared alignment): the others
+    wait for it, then only reload what it trained. Waiting stops on a stop request."""
+    path = folder.with_name(f"{folder.name}.claim")
+    said = False
+    while (held := claim(path)) is None:
+        if not said:
+            log.info("%s: another runner trains it; waiting for it (%s)", folder, path)
+            said = True
+        if reason := stopping.requested():
+            raise stopping.stop(reason, f"waiting for {folder}", folder)
+        time.sleep(2)
+    with held:
+        yield
+
+
 def align_cell(cell: Cell, upto: str = "phase2", progress: bool = False) -> dict[str, Any]:
     """Phases 1-2 (or phase 1 only) for the cell's (M_C, M_L, n[, task]): trained once, then
     only reloaded. The distributed flow runs each shared alignment as its own task first."""
     from alad.phases.align import run_alignment
 
     assert cell.align is not None
-    out = {"phase1": _phase1(cell, progress)}
+    with _one_runner(cell.align_dir("phase1")):
+        out = {"phase1": _phase1(cell, progress)}
     if upto == "phase2":
         init = cell.stored_phase1 or cell.align_dir("phase1")
-        r = run_alignment(cell.align, "phase2", out=cell.align_dir("phase2"), init=init,
-                          progress=progress)  # fmt: skip
+        with _one_runner(cell.align_dir("phase2")):
+            r = run_alignment(cell.align, "phase2", out=cell.align_dir("phase2"), init=init,
+                              progress=progress)  # fmt: skip
         out["phase2"] = _alignment_record(cell, "phase2", r)
     return out
 
@@ -377,7 +428,18 @@ def _alignment_record(cell: Cell, phase: str, r: Any) -> dict[str, Any]:
 
 
 def run_cell(cell: Cell, progress: bool = False) -> dict[str, Any]:
-    """Fine-tune and test one cell (phases 1-2 first when it has an adapter); write its result."""
+    """Fine-tune and test one cell (phases 1-2 first when it has an adapter); write its result.
+    Under the cell's claim: CellTaken if another runner holds it or has finished the cell."""
+    held = claim(cell.claim_path)
+    if held is None:
+        raise CellTaken(f"{cell.name}: another runner is running it ({cell.claim_path})")
+    with held:
+        if cell.done:
+            raise CellTaken(f"{cell.name}: another runner finished it ({cell.result_path})")
+        return _run_cell(cell, progress)
+
+
+def _run_cell(cell: Cell, progress: bool) -> dict[str, Any]:
     from alad.jobs import finetune_job
     from alad.provenance import git_commit, machine
     from alad.runtime import Runtime
@@ -510,12 +572,15 @@ def run_sweep(
     Stops before starting a cell once `max_cells` ran. `max_minutes` is a time box (a
     session's): when it ends, the cell in progress saves its state and stops (alad/stopping.py)
     and the sweep ends; the next run resumes that cell where it stopped. A SIGTERM stops the
-    same way and raises `Stopped`."""
+    same way and raises `Stopped`. A cell another runner holds (or finishes meanwhile) is
+    skipped: see `run_cell`."""
     todo, prog = plan(grid, tasks, only)
+    check_outputs(grid, todo)
     log.info("%s; %d to run", prog.line(), len(todo))
+    ran = 0
     with stopping.deadline(max_minutes):
-        for i, cell in enumerate(todo):
-            if max_cells is not None and i >= max_cells:
+        for cell in todo:
+            if max_cells is not None and ran >= max_cells:
                 break
             if reason := stopping.requested():
                 if reason != "the time box":
@@ -526,11 +591,15 @@ def run_sweep(
             t0 = time.perf_counter()
             try:
                 record = (run or (lambda c: run_cell(c, progress)))(cell)
+            except CellTaken as exc:
+                log.info("%s; skipping it", exc)
+                continue
             except stopping.Stopped as exc:
                 if exc.reason != "the time box":
                     raise
                 log.info("the time box (%g min) ended: %s", max_minutes, exc)
                 break
+            ran += 1
             line = prog.finished(cell, time.perf_counter() - t0)
             log.info("%s finished (%.0f s); %s", cell.name, time.perf_counter() - t0, line)
             yield cell, record, line
@@ -596,7 +665,9 @@ def register_best(grid: Grid, tracker: Any, tasks: list[str] | None = None) -> l
 
 __all__ = [
     "Cell",
+    "CellTaken",
     "Grid",
+    "check_outputs",
     "load_grid",
     "cells",
     "plan",

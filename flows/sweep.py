@@ -29,7 +29,17 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.states import Completed, State
 
 from alad import stopping
-from alad.sweep import Cell, align_cell, cells, load_grid, plan, run_cell, run_sweep
+from alad.sweep import (
+    Cell,
+    CellTaken,
+    align_cell,
+    cells,
+    check_outputs,
+    load_grid,
+    plan,
+    run_cell,
+    run_sweep,
+)
 
 RETRIES = {"retries": 1, "retry_delay_seconds": 5, "retry_condition_fn": transient}
 
@@ -64,13 +74,18 @@ def run_cell_task(
     """One cell (phases 1-2 first when it has an adapter; they resume from checkpoints).
 
     A cell the time box stops saves its state and ends as a Completed-type state named
-    "Stopped" (not Failed: it did what the box asked, and the next run resumes it)."""
+    "Stopped" (not Failed: it did what the box asked, and the next run resumes it); a cell
+    another runner holds or finished (its claim, alad/sweep.py) as one named "Skipped"."""
     if deadline is not None and time.time() > deadline:  # the time box: start nothing new
         return {"key": key, "skipped": True}
     _threads(threads)
     try:  # on a cluster each cell keeps the box itself; in one process run_sweep sets it
         with stopping.deadline(None if deadline is None else (deadline - time.time()) / 60):
             record = run_cell(_cell(grid, key))
+    except CellTaken as exc:
+        get_run_logger().info("%s; skipping it", exc)
+        summary = {"key": key, "skipped": True, "taken": str(exc)}
+        return Completed(data=summary, name="Skipped", message=str(exc))
     except stopping.Stopped as exc:
         if exc.reason != "the time box":
             raise  # a SIGTERM stops the flow run too
@@ -97,6 +112,8 @@ def _stopped_again(state: State) -> dict[str, Any]:
     summary = state.result()  # a failed cell raises here, as a direct call would
     if "stopped" in summary:
         raise stopping.Stopped(summary["stopped"], "the time box")
+    if "taken" in summary:  # run_sweep skips it, as it does a direct call's
+        raise CellTaken(summary["taken"])
     return summary
 
 
@@ -178,6 +195,7 @@ def alad_sweep(
             threads = max(1, (os.cpu_count() or 1) // workers)
         deadline = time.time() + 60 * max_minutes if max_minutes is not None else None
         keys = [c.key for c in todo[:max_cells]]
+        check_outputs(cells_grid, todo[:max_cells])  # before any cell runs (run_sweep's too)
         runner = dask_runner(workers, address)
         ran = sweep_cells.with_options(task_runner=runner)(grid, keys, threads, deadline)
         line = plan(cells_grid, tasks)[1].line()

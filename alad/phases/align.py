@@ -26,6 +26,7 @@ from alad.checkpoint import (
     clear_checkpoints,
     has_checkpoints,
     load_checkpoint,
+    quarantine_dir,
     save_checkpoint,
 )
 from alad.config import AlignPhaseConfig, Settings
@@ -41,7 +42,7 @@ from alad.phases.recipe import (
     run,
     run_key,
 )
-from alad.runtime import Runtime, broadcast, rank_world
+from alad.runtime import Runtime, barrier, broadcast, is_main, rank_world
 
 log = logging.getLogger(__name__)
 Phase = Literal["phase1", "phase2"]
@@ -250,13 +251,23 @@ class AlignRecipe(Recipe):
         )
         self.before = evaluate(self.adapter, self.data.heldout)
 
+    def outputs(self) -> dict[Path, tuple[str, str]]:
+        cache = feature_root(self.settings.cache.dir)
+        fix = "set cache.dir (or ALAD_CACHE_HOME) to a folder you can write"
+        return {**super().outputs(), cache: ("frozen-output cache", fix)}
+
     def _checkpoint(self) -> Checkpoint | None:
-        # the newest intact checkpoint; a damaged one is skipped, with a warning
-        return (
-            load_checkpoint(self.out, with_trainer_state=True)
-            if has_checkpoints(self.out)
-            else None
-        )
+        """The newest intact checkpoint. A damaged newer one is skipped with a warning and, once
+        every rank has read, moved aside by rank 0: kept as evidence, where the epoch trained
+        again would have overwritten it."""
+        if not has_checkpoints(self.out):
+            return None
+        ckpt = load_checkpoint(self.out, with_trainer_state=True)
+        barrier()
+        for damaged in ckpt.skipped if is_main() else []:
+            if kept := quarantine_dir(damaged):
+                log.warning("%s: damaged; moved aside to %s and kept", damaged, kept)
+        return ckpt
 
     def finished_result(self) -> AlignResult | None:
         ckpt = self._ckpt = self._checkpoint()  # read (and checksummed) once per run

@@ -17,6 +17,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from alad.atomic import read_json, write_json
 from alad.cache import FrozenOutputs, feature_root, grouped_batches
 from alad.checkpoint import check_fits, load_checkpoint, load_trainer_state, save_trainer_state
 from alad.config import ConfigError, Phase3Config, Settings
+from alad.errors import DataFormatError
 from alad.heads import build_head
 from alad.inference import predict_outputs
 from alad.models.catalog import Encoder, load_encoder
@@ -159,8 +161,10 @@ class FinetuneRecipe(Recipe):
         out: Path,
         progress: bool,
         encoders: tuple[Encoder, Encoder] | None,
+        test: Callable[[Path], dict[str, Any]] | None = None,
     ) -> None:
         self.settings, self.cfg, self.out, self.progress = settings, settings.phase3, out, progress
+        self.test = test
         self.mode, self.task = MODES[self.cfg.mode], TASKS[self.cfg.task]
         self.name, self.key, self.encoders = "phase 3", run_key(settings, "phase3"), encoders
         self.epochs = self.cfg.epochs or self.task.epochs
@@ -174,11 +178,23 @@ class FinetuneRecipe(Recipe):
         self.partial: dict[str, Any] | None = None  # where a resumed epoch continues
         self.earlier_seconds = 0.0
 
+    def outputs(self) -> dict[Path, tuple[str, str]]:
+        if self.mode.encoder_training != "frozen" or not self.cfg.cache_frozen:
+            return super().outputs()
+        cache = feature_root(self.settings.cache.dir)
+        fix = "set cache.dir (or ALAD_CACHE_HOME) to a folder you can write"
+        return {**super().outputs(), cache: ("frozen-output cache", fix)}
+
     def finished_result(self) -> FinetuneResult | None:
         if not self.metrics_path.is_file():
             return None
         done = read_json(self.metrics_path)
         if done.get("run_key") != self.key or not (self.out / "model" / "manifest.json").is_file():
+            return None
+        if self.test is not None and not isinstance(done.get("test"), dict):
+            # trained but never tested (a run that failed in its test before the test was part
+            # of `finish`): not finished; its state is gone, so it is trained again
+            log.warning("%s: phase 3 was never tested; running it again", self.out)
             return None
         test, history = done.get("test", {}), done["history"]
         earlier = sum(h.get("seconds", 0.0) for h in history)
@@ -189,6 +205,7 @@ class FinetuneRecipe(Recipe):
     def setup(self) -> None:
         cfg, task, settings = self.cfg, self.task, self.settings
         self.splits = splits = load_splits(cfg, settings.seed)
+        _check_not_empty(splits, cfg)  # before any model is loaded or anything is written
         # The label set is the training split's, even when a subset is trained on: a subset is
         # a compute budget and must not turn rare gold labels at evaluation into errors.
         self.labels = task.labels(splits.train_all)
@@ -203,6 +220,11 @@ class FinetuneRecipe(Recipe):
         self.tok = (encoders[1] if self.mode.encoder == "large" else encoders[0]).tokenizer
         self.pad_id = self.tok.pad_token_id or 0
         self.train_feats = task.encode(self.tok, splits.train, self.labels, cfg, True)
+        if task.num_rows(self.train_feats) == 0:
+            raise DataFormatError(
+                f"{cfg.train}: phase 3 would train on 0 rows: none of its {len(splits.train)} "
+                "examples gives a training row; check the file's answers and phase3.max_length"
+            )
         self.dev_feats = task.encode(self.tok, splits.dev, self.labels, cfg, False)
         self.extract_seconds = _cache_frozen_outputs(
             settings, self.model, encoders[0], self.train_feats, self.dev_feats, self.pad_id,
@@ -303,14 +325,22 @@ class FinetuneRecipe(Recipe):
         }
 
     def finish(self, history: list[dict[str, Any]]) -> FinetuneResult:
+        """Test the saved model (with `test`), then mark the run finished: metrics.json
+        written, state/ removed. A test that fails leaves the run unfinished, its state/ after
+        the last epoch kept: the rerun trains nothing and only tests again."""
         dev_best = json.loads((self.out / "model" / "manifest.json").read_text())["dev"]
+        # the training model, its optimizer and cached outputs are done with: their memory
+        # goes before the test loads the saved model
+        del self.model, self.optimizer, self.scheduler, self.train_feats, self.dev_feats
+        test = self.test(self.out / "model") if self.test is not None else {}
         if is_main():
             record = {"run_key": self.key, "history": history, "dev": dev_best}
-            write_json({**record, "sources": self.splits.sources}, self.metrics_path)
+            record.update({"sources": self.splits.sources, **({"test": test} if test else {})})
+            write_json(record, self.metrics_path)
             shutil.rmtree(self.out / "state", ignore_errors=True)
         barrier()
         return FinetuneResult(
-            self.out / "model", dev_best, {}, history, self.metrics_path, self.earlier_seconds
+            self.out / "model", dev_best, test, history, self.metrics_path, self.earlier_seconds
         )
 
 
@@ -346,12 +376,34 @@ def finetune(
     out: Path | None = None,
     progress: bool = True,
     encoders: tuple[Encoder, Encoder] | None = None,
+    test: Callable[[Path], dict[str, Any]] | None = None,
 ) -> FinetuneResult:
     """Train and keep the best epoch by validation score. Scoring the test split is
-    evaluation's job (alad.evaluation): the CLI and the pipeline stages run it after."""
+    evaluation's job (alad.evaluation): `test(model_dir)` returns its report, which becomes
+    part of the finished run (alad.jobs.finetune_job passes it); without it nothing is tested."""
     cfg = settings.phase3
     out = out or settings.runs_dir / f"{cfg.task}-{cfg.mode}"
-    return run(FinetuneRecipe(settings, out, progress, encoders))
+    return run(FinetuneRecipe(settings, out, progress, encoders, test))
+
+
+def _check_not_empty(splits: Splits, cfg: Phase3Config) -> None:
+    """Phase 3 on 0 training examples trained nothing and saved a model anyway, and an empty
+    dev or test split failed only after training (issue 24): both refused before any work."""
+    carved = [name for name in ("dev", "test") if getattr(cfg, name) is None]
+    if not splits.train:
+        why, fix = "it holds none", "give a training file with examples"
+        if carved and (splits.dev or splits.test):
+            names = " and ".join(carved) + (" splits" if len(carved) > 1 else " split")
+            why = f"all its examples went to the {names} carved from it (QA: whole articles)"
+            files = " and ".join(f"a phase3.{name} file" for name in carved)
+            fix = f"give {files}, or a training file with more examples"
+        raise DataFormatError(f"{cfg.train}: phase 3 would train on 0 examples: {why}; {fix}")
+    for name, use in (("dev", "choose the best epoch"), ("test", "score the model")):
+        if not getattr(splits, name):
+            raise DataFormatError(
+                f"{splits.sources[name]}: no {name} examples, and phase 3 needs them to {use}; "
+                f"give a phase3.{name} file with examples"
+            )
 
 
 def _cache_frozen_outputs(

@@ -1,7 +1,8 @@
 """The one training core of phases 1-3: a recipe with a fixed shape, and the loop that runs it.
 
-    run(recipe)  =  recover the folder -> done already? -> setup -> resume -> per epoch:
-                    train_epoch -> validate -> record + log -> save (rank 0) -> finish
+    run(recipe)  =  outputs writable? -> recover the folder -> done already? -> setup -> resume
+                    -> per epoch: train_epoch -> validate -> record + log -> save (rank 0)
+                    -> finish
 
 A phase is a `Recipe` subclass (alad/phases/align.py: phases 1-2, alad/phases/finetune.py:
 phase 3) that fills in the steps; the loop, the resume state, the run key, seeding, the NaN
@@ -33,7 +34,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from alad import stopping
-from alad.atomic import recover_all
+from alad.atomic import ensure_writable_dir, recover_all
 from alad.config import Settings
 from alad.errors import AladError
 from alad.runtime import barrier, is_main, rank_world
@@ -120,6 +121,11 @@ class Recipe(ABC):
     stopped_by: str = "epochs"
     history: list[dict[str, Any]]  # the finished epochs' records (the loop keeps it current)
 
+    def outputs(self) -> dict[Path, tuple[str, str]]:
+        """Every folder the phase writes in: {path: (what it holds, what to do if it cannot be
+        written)}. `run` checks them all before anything else."""
+        return {self.out: (f"{self.name} output folder", "pass another --out or runs_dir")}
+
     def finished_result(self) -> Any | None:
         """The result of a run of this config that already finished in `out`, else None."""
         return None
@@ -200,6 +206,8 @@ def _resume(recipe: Recipe) -> tuple[int, list[dict[str, Any]]]:
 
 def run(recipe: Recipe) -> Any:
     """Run (or resume, or recognise as finished) one phase: see the module docstring."""
+    for folder, (what, fix) in recipe.outputs().items():  # before any work, not at its save
+        ensure_writable_dir(folder, what, fix)
     if is_main():
         recover_all(recipe.out)  # finish or undo a folder swap that a kill interrupted
     barrier()
