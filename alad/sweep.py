@@ -29,15 +29,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from alad import stopping
 from alad.atomic import write_json
 from alad.checkpoint import saved_progress
-from alad.config import ConfigError, Settings, load_settings
+from alad.config import ConfigError, Integer, Settings, load_settings, load_yaml_file
 from alad.models.catalog import training_cost
 from alad.modes import MODES
 from alad.runtime import resolve_device
@@ -60,17 +59,20 @@ class TaskAxis(_Strict):
         default_factory=dict,
         description="Config overrides for this task, e.g. phase3.max_train_examples.",
     )
-    seeds: list[int] | None = Field(None, description="None: the grid's seeds.")
+    seeds: list[Integer] | None = Field(None, description="None: the grid's seeds.")
     compressed: list[str] | None = Field(None, description="None: the grid's compressed models.")
     modes: list[str] | None = Field(None, description="None: the grid's modes.")
     large: bool = Field(True, description="Run the `large` baseline (M_L fine-tuned).")
     ablation: bool = Field(True, description="Run the grid's window ablation on this task.")
 
 
+Window = Annotated[Integer, Field(ge=1)]  # 0 would be a cell without phases 1-2, named n=0
+
+
 class Ablation(_Strict):
     compressed: str
     mode: str = "alad-joint"
-    windows: list[int] = Field(default_factory=lambda: [1, 3])
+    windows: list[Window] = Field(default_factory=lambda: [1, 3])
 
 
 class Grid(_Strict):
@@ -88,9 +90,11 @@ class Grid(_Strict):
     large: str = "mpnet-base"
     compressed: list[str] = Field(min_length=1)
     modes: list[str] = Field(min_length=1)
-    window: int = 5
-    seeds: list[int] = Field(min_length=1)
-    align_seed: int = Field(13, description="Seed of phases 1-2 (trained once, shared by seeds).")
+    window: Window = 5
+    seeds: list[Integer] = Field(min_length=1)
+    align_seed: Integer = Field(
+        13, description="Seed of phases 1-2 (trained once, shared by seeds)."
+    )
     ablation: Ablation | None = None
     set: dict[str, Any] = Field(default_factory=dict, description="Overrides for every cell.")
     tasks: dict[str, TaskAxis] = Field(min_length=1)
@@ -114,15 +118,15 @@ class Grid(_Strict):
 
 
 def load_grid(path: Path) -> Grid:
+    """A sweep file, read as params.yaml is (`load_yaml_file`: size cap, no duplicate keys, no
+    aliases) and validated; every problem is one ConfigError naming the file and the field."""
+    data = load_yaml_file(Path(path), "sweep file") or {}
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a mapping at the top level, got {type(data).__name__}")
         grid = Grid(**data)
         grid._source = str(path)
         return grid
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: sweep file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     except (TypeError, ValidationError) as exc:
         errors = (
             exc.errors() if isinstance(exc, ValidationError) else [{"loc": (), "msg": str(exc)}]
@@ -496,6 +500,21 @@ def _timing(cell: Cell) -> tuple[float, str] | None:
         return None
 
 
+def check_limits(max_cells: int | None, max_minutes: float | None) -> None:
+    """A sweep's limits are counts and durations: a negative (or non-finite) one would run
+    nothing and report success, so it is a ConfigError naming the option."""
+    if max_cells is not None and (
+        isinstance(max_cells, bool) or not isinstance(max_cells, int) or max_cells < 0
+    ):
+        raise ConfigError(f"--max-cells (max_cells) {max_cells!r}: must be a whole number >= 0")
+    if max_minutes is not None and (
+        isinstance(max_minutes, bool)
+        or not isinstance(max_minutes, int | float)
+        or not 0 <= max_minutes < float("inf")
+    ):
+        raise ConfigError(f"--max-minutes (max_minutes) {max_minutes!r}: must be a number >= 0")
+
+
 def run_sweep(
     grid: Grid,
     tasks: list[str] | None = None,
@@ -511,6 +530,7 @@ def run_sweep(
     session's): when it ends, the cell in progress saves its state and stops (alad/stopping.py)
     and the sweep ends; the next run resumes that cell where it stopped. A SIGTERM stops the
     same way and raises `Stopped`."""
+    check_limits(max_cells, max_minutes)
     todo, prog = plan(grid, tasks, only)
     log.info("%s; %d to run", prog.line(), len(todo))
     with stopping.deadline(max_minutes):
@@ -600,6 +620,7 @@ __all__ = [
     "load_grid",
     "cells",
     "plan",
+    "check_limits",
     "run_cell",
     "run_sweep",
     "register_best",

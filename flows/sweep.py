@@ -29,7 +29,16 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.states import Completed, State
 
 from alad import stopping
-from alad.sweep import Cell, align_cell, cells, load_grid, plan, run_cell, run_sweep
+from alad.sweep import (
+    Cell,
+    align_cell,
+    cells,
+    check_limits,
+    load_grid,
+    plan,
+    run_cell,
+    run_sweep,
+)
 
 RETRIES = {"retries": 1, "retry_delay_seconds": 5, "retry_condition_fn": transient}
 
@@ -168,6 +177,7 @@ def alad_sweep(
     workers > 1 or address: on a Dask cluster (local: `workers` processes; each cell gets
     `threads` torch threads, by default this machine's cores / workers)."""
     logger = get_run_logger()
+    check_limits(max_cells, max_minutes)  # todo[:-1] would be all cells but one
     cells_grid = load_grid(Path(grid))
     todo, progress = plan(cells_grid, tasks)
     line = progress.line()
