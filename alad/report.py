@@ -13,13 +13,13 @@ result simply does not appear; the report says how many result files it used.
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alad import results as result_files
 from alad.atomic import write_text
 from alad.errors import ResultError
 from alad.modes import MODES
@@ -57,38 +57,10 @@ class Result:
         return c["task"], c["compressed"], c["mode"], c.get("window")
 
 
-def _fail(path: Path, what: str) -> ResultError:
-    return ResultError(
-        f"{path}: {what}; fix or delete the file (`alad sweep run` reruns a cell without a result)"
-    )
-
-
 def read_result(path: Path) -> Result:
-    """One result JSON, checked for what the report reads (ResultError names the file)."""
-    try:
-        record = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _fail(path, f"not valid JSON ({exc})") from None
-    if not isinstance(record, dict):
-        raise _fail(path, f"expected a JSON object, got {type(record).__name__}")
-    cell, test = record.get("cell"), record.get("test")
-    if not isinstance(cell, dict) or not isinstance(test, dict):
-        raise _fail(path, "no 'cell' or 'test' object (not a sweep result?)")
-    for key in ("task", "compressed", "large", "mode"):
-        if not isinstance(cell.get(key), str):
-            raise _fail(path, f"cell.{key} missing or not a string")
-    if cell["task"] not in TASKS:
-        raise _fail(path, f"cell.task {cell['task']!r} is not one of {sorted(TASKS)}")
-    if cell["mode"] not in MODES:
-        raise _fail(path, f"cell.mode {cell['mode']!r} is not one of {tuple(MODES)}")
-    if not isinstance(cell.get("seed"), int):
-        raise _fail(path, "cell.seed missing or not an integer")
-    if not (cell.get("window") is None or isinstance(cell["window"], int)):
-        raise _fail(path, "cell.window must be an integer or null")
-    for key in ("main", *TASKS[cell["task"]].required):
-        if not _number(test.get(key)):
-            raise _fail(path, f"test.{key} missing or not a number")
-    return Result(Path(path), record)
+    """One result JSON, validated (alad.results.CellResult; ResultError names the file and
+    the field)."""
+    return Result(Path(path), result_files.read_result(path))
 
 
 def _number(x: Any) -> bool:
@@ -109,23 +81,11 @@ def load_results(root: Path) -> list[Result]:
 
 
 def load_latency(path: Path | None) -> dict[str, Any] | None:
-    """`alad bench latency`'s JSON, or None when there is none."""
-    if path is None or not Path(path).is_file():
+    """`alad bench latency`'s JSON, validated (alad.results.Latency), or None when there is
+    none."""
+    if path is None or not Path(path).exists():
         return None
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ResultError(f"{path}: not valid JSON ({exc}); rerun `alad bench latency`") from None
-    need = {"model", "window", "batch", "ms_per_batch", "speedup"}
-    rows = data.get("rows") if isinstance(data, dict) else None
-    if not isinstance(rows, list) or not all(
-        isinstance(r, dict) and need <= r.keys() for r in rows
-    ):
-        raise ResultError(
-            f"{path}: not a latency file of `alad bench latency` (needs 'large' and 'rows' with "
-            f"{sorted(need)}); rerun the benchmark"
-        )
-    return data
+    return result_files.read_latency(Path(path))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,12 +33,13 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from alad import stopping
+from alad import results, stopping
 from alad.atomic import write_json
 from alad.checkpoint import saved_progress
 from alad.config import ConfigError, Integer, Settings, load_settings, load_yaml_file
 from alad.models.catalog import training_cost
 from alad.modes import MODES
+from alad.results import KEY_OMITTED_AT_DEFAULT, NOT_IN_KEY
 from alad.runtime import resolve_device
 from alad.tasks import TASKS
 
@@ -135,37 +136,12 @@ def load_grid(path: Path) -> Grid:
         raise ConfigError(f"{path}: {where}") from None
 
 
-def _hash(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-# Sections that say where things go, not what is computed: outside every key.
-_NOT_IN_KEY = {"runs_dir", "cache", "tracking", "profile"}
-
-# Config fields added after cells were committed whose default reproduces the earlier runs
-# exactly: left out of keys while at that default, so committed results stay valid (a new
-# field changes every key otherwise; tests/test_sweep.py pins the keys of sweeps/table1.yaml).
-# Never list a field whose default changes what is computed: its new cells would be taken for
-# the old ones. Dotted path -> the default that is omitted.
-KEY_OMITTED_AT_DEFAULT: dict[str, Any] = {"runtime.precision": "fp32"}
-
-
 def key_config(settings: Settings) -> dict[str, Any]:
-    """The part of a resolved config that decides what a run computes (see the key rules)."""
-    config = settings.model_dump(mode="json", exclude=_NOT_IN_KEY)
-    runtime = config.get("runtime", {})
-    runtime.pop("device", None)  # where, not what (the result names the machine)
-    runtime.pop("save_every_minutes", None)  # when state is saved: resumes are bitwise exact
-    for dotted, default in KEY_OMITTED_AT_DEFAULT.items():
-        *parents, leaf = dotted.split(".")
-        section = config
-        for part in parents:
-            section = section.get(part, {})
-        if section.get(leaf, object()) == default:
-            section.pop(leaf)
-    for name in [k for k, v in config.items() if v == {}]:
-        config.pop(name)  # a section whose every field was omitted
-    return config
+    """The part of a resolved config that decides what a run computes (alad.results.key_config:
+    the key rules, shared with the result files' check)."""
+    return results.key_config(
+        settings.model_dump(mode="json", exclude=NOT_IN_KEY), KEY_OMITTED_AT_DEFAULT
+    )
 
 
 @dataclass(frozen=True)
@@ -183,12 +159,9 @@ class Cell:
 
     @cached_property
     def key(self) -> str:
-        config = key_config(self.settings)
-        config["phase3"].pop("init", None)  # a local path; the phase-2 config is in the key
-        if self.align is None:  # phases 1-2 do not shape a cell without an adapter
-            config.pop("phase1"), config.pop("phase2")
-            config.pop("adapter")
-        return _hash(config)
+        """The hash of the config (alad.results.cell_key; a result file is checked against it)."""
+        config = self.settings.model_dump(mode="json", exclude=NOT_IN_KEY)
+        return results.cell_key(config, self.align is not None, KEY_OMITTED_AT_DEFAULT)
 
     @property
     def group(self) -> str:
@@ -212,10 +185,11 @@ class Cell:
         assert self.align is not None
         a = key_config(self.align)
         parts = {"models": a["models"], "adapter": a["adapter"], "seed": a["seed"]}
-        k1 = _hash({**parts, "phase1": a["phase1"]})
+        k1 = results.config_hash({**parts, "phase1": a["phase1"]})
         if phase == "phase1":
             return self.grid.runs / "align" / f"phase1-{k1}"
-        return self.grid.runs / "align" / f"phase2-{_hash({'phase1': k1, 'phase2': a['phase2']})}"
+        k2 = results.config_hash({"phase1": k1, "phase2": a["phase2"]})
+        return self.grid.runs / "align" / f"phase2-{k2}"
 
     @property
     def stored_phase1(self) -> Path | None:
@@ -418,7 +392,7 @@ def run_cell(cell: Cell, progress: bool = False) -> dict[str, Any]:
                 for name in ("train", "dev", "test")
             },
         },
-        "config": cell.settings.model_dump(mode="json", exclude=_NOT_IN_KEY),
+        "config": cell.settings.model_dump(mode="json", exclude=NOT_IN_KEY),
         # phase 3's seconds in earlier processes (a resumed cell) count; the wall clock misses them
         "seconds": round(time.perf_counter() - t0 + result.earlier_seconds, 1),
         "machine": machine(runtime.device, load0),
@@ -574,7 +548,7 @@ def register_best(grid: Grid, tracker: Any, tasks: list[str] | None = None) -> l
     for group, members in sorted(groups.items()):
         if not all(c.done for c in members):
             continue
-        records = [json.loads(c.result_path.read_text()) for c in members]
+        records = [results.read_result(c.result_path) for c in members]  # validated
         best = max(records, key=lambda r: r["dev"]["main"])
         model_dir = Path(best["model_dir"])
         name = model_name(best["cell"]["task"], best["cell"]["compressed"])
