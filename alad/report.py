@@ -13,6 +13,8 @@ result simply does not appear; the report says how many result files it used.
 
 from __future__ import annotations
 
+import os
+import shutil
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from alad import results as result_files
-from alad.atomic import write_text
+from alad.atomic import recover_dir, tmp_dir, write_text
 from alad.errors import ResultError
 from alad.modes import MODES
 from alad.tasks import TASKS
@@ -562,21 +564,34 @@ def write_report(
     out: Path = Path("reports"),
     grid: Path | None = None,
 ) -> dict[str, Path]:
-    """Write `out`/table1.md, `out`/pareto.png and `out`/curves.png (each atomically); returns
-    their paths. With the sweep's `grid` file the table ends with the cells still to run."""
+    """Write `out`/table1.md, `out`/pareto.png and `out`/curves.png as a set; returns their
+    paths. With the sweep's `grid` file the table ends with the cells still to run. All three
+    are built in a temporary folder beside `out` and only then renamed into it: a bad input
+    leaves `out` as it was (no new plots beside an old table)."""
     from alad.plots import plot_curves, plot_pareto
 
     rows = group_rows(load_results(results_dir))
     latency = load_latency(latency_path)
-    md, png, curves = Path(out) / "table1.md", Path(out) / "pareto.png", Path(out) / "curves.png"
-    titles = [(t, f"{TASKS[t].title} ({TASKS[t].main_name})") for t in rows]
-    plot_pareto(pareto_points(rows, latency), titles, png, pareto_baselines(rows))
-    series = [
-        {"task": t, "model": r.model, "mode": r.mode,
-         "window": r.window, "y": dev_curve(r)}
-        for t, task_rows in rows.items() for r in task_rows
-    ]  # fmt: skip
-    plot_curves(series, titles, curves)
     missing = still_to_run(grid, results_dir)
-    write_text(build_markdown(rows, latency, results_dir, latency_path, missing) + "\n", md)
-    return {"table": md, "plot": png, "curves": curves}
+    out = Path(out)
+    names = {"table": "table1.md", "plot": "pareto.png", "curves": "curves.png"}
+    recover_dir(out.resolve())  # a build folder a killed report left behind
+    build = tmp_dir(out.resolve())  # beside `out`: one filesystem, so the renames are atomic
+    try:
+        titles = [(t, f"{TASKS[t].title} ({TASKS[t].main_name})") for t in rows]
+        plot_pareto(pareto_points(rows, latency), titles, build / names["plot"],
+                    pareto_baselines(rows))  # fmt: skip
+        series = [
+            {"task": t, "model": r.model, "mode": r.mode,
+             "window": r.window, "y": dev_curve(r)}
+            for t, task_rows in rows.items() for r in task_rows
+        ]  # fmt: skip
+        plot_curves(series, titles, build / names["curves"])
+        markdown = build_markdown(rows, latency, results_dir, latency_path, missing)
+        write_text(markdown + "\n", build / names["table"])
+        out.mkdir(parents=True, exist_ok=True)
+        for name in names.values():
+            os.replace(build / name, out / name)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    return {what: out / name for what, name in names.items()}
