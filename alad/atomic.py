@@ -77,6 +77,11 @@ def read_text(path: Path, max_bytes: int | None = None) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
+        if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 byte-order mark
+            raise DataFormatError(
+                f"{path}: UTF-16 text, not UTF-8; save the file as UTF-8, e.g. "
+                "`iconv -f utf-16 -t utf-8 IN > OUT`"
+            ) from None
         line = data.count(b"\n", 0, exc.start) + 1
         raise DataFormatError(
             f"{path}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "

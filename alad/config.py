@@ -525,7 +525,8 @@ def _describe(errors: list[Any], source: str) -> str:
     parts = []
     for err in errors:
         key = ".".join(str(p) for p in err["loc"])
-        parts.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{key}: {msg} (got {err.get('input')!r})")
     return f"invalid configuration ({source}): " + "; ".join(parts)
 
 

@@ -132,7 +132,10 @@ def load_grid(path: Path) -> Grid:
         errors = (
             exc.errors() if isinstance(exc, ValidationError) else [{"loc": (), "msg": str(exc)}]
         )
-        where = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in errors)
+        where = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in errors
+        )
         raise ConfigError(f"{path}: {where}") from None
 
 
