@@ -149,8 +149,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 
 def verify_model_folder(folder: Path, manifest: dict[str, Any]) -> None:
-    """Every file manifest.json lists is there with its checksum (folders saved before
-    checksums list none)."""
+    """Every file manifest.json lists is there with its checksum and every weights file is
+    listed; a manifest without a checksum list is refused (unless $ALAD_ALLOW_UNCHECKED=1)."""
     verify_manifest_files(folder, manifest, ModelFolderError)
 
 

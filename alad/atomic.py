@@ -47,13 +47,47 @@ def write_json(data: Any, path: Path) -> None:
     write_text(json.dumps(data, indent=2, default=str), path)
 
 
-def read_text(path: Path) -> str:
+# alad's own small JSON files (manifests of checkpoints, model folders and resume states): a
+# few kilobytes each; a file beyond this is not one of them (and is not read into memory).
+MAX_MANIFEST_BYTES = 16 * 2**20
+
+
+def read_bytes(path: Path, max_bytes: int | None = None) -> bytes:
+    """The file's bytes, at most `max_bytes` (None: no limit). A folder, an unreadable file or
+    one over the limit (read no further than the limit: `/dev/zero` ends at once) is a
+    DataFormatError naming the path."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+    except IsADirectoryError:
+        raise DataFormatError(f"{path}: is a folder, not a file") from None
+    except PermissionError:
+        raise DataFormatError(f"{path}: cannot be read (permission denied)") from None
+    if max_bytes is not None and len(data) > max_bytes:
+        raise DataFormatError(
+            f"{path}: larger than {_size(max_bytes)}, the most alad reads for this kind of file"
+        )
+    return data
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:g} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+
+def read_text(path: Path, max_bytes: int | None = None) -> str:
     """The file as text: UTF-8, with or without a byte-order mark. Anything else is a
-    DataFormatError naming the file, the line and the byte (never a UnicodeDecodeError)."""
-    data = Path(path).read_bytes()
+    DataFormatError naming the file, the line and the byte (never a UnicodeDecodeError); so is
+    a folder, and a file over `max_bytes` (see `read_bytes`)."""
+    data = read_bytes(path, max_bytes)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
+        if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 byte-order mark
+            raise DataFormatError(
+                f"{path}: UTF-16 text, not UTF-8; save the file as UTF-8, e.g. "
+                "`iconv -f utf-16 -t utf-8 IN > OUT`"
+            ) from None
         line = data.count(b"\n", 0, exc.start) + 1
         raise DataFormatError(
             f"{path}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
@@ -67,14 +101,17 @@ def text_lines(path: Path) -> Iterator[tuple[int, str]]:
         yield from enumerate(f, start=1)
 
 
-def read_json(path: Path, what: str = "valid JSON") -> Any:
-    """Parse a UTF-8 JSON file; a syntax error names the file, line and column."""
+def read_json(path: Path, what: str = "valid JSON", max_bytes: int | None = None) -> Any:
+    """Parse a UTF-8 JSON file (of at most `max_bytes`); a syntax error names the file, line and
+    column."""
     try:
-        return json.loads(read_text(path))
+        return json.loads(read_text(path, max_bytes))
     except json.JSONDecodeError as exc:
         raise DataFormatError(
             f"{path}:{exc.lineno}: not {what} ({exc.msg}, column {exc.colno})"
         ) from None
+    except RecursionError:
+        raise DataFormatError(f"{path}: not {what} (nested too deeply)") from None
 
 
 def sha256(path: Path) -> str:
@@ -98,7 +135,7 @@ def read_folder_manifest(path: Path, fmt: str, error: type[Exception]) -> dict[s
     """A folder's manifest.json: a JSON object whose `format` is `fmt`; otherwise `error`
     with a message naming the file."""
     try:
-        manifest = read_json(path)
+        manifest = read_json(path, max_bytes=MAX_MANIFEST_BYTES)
     except DataFormatError as exc:
         raise error(str(exc)) from None
     if not isinstance(manifest, dict) or manifest.get("format") != fmt:
@@ -107,14 +144,43 @@ def read_folder_manifest(path: Path, fmt: str, error: type[Exception]) -> dict[s
     return manifest
 
 
-def verify_manifest_files(folder: Path, manifest: dict[str, Any], error: type[Exception]) -> None:
-    """Every file the manifest lists under `files` is there with its checksum (folders written
-    before checksums list none); otherwise `error` naming the file."""
-    files = manifest.get("files", {})
+# Set to 1 to load a checkpoint, resume state or model folder whose manifest.json has no
+# `files` checksum list (one written before checksums existed), with a warning. README
+# "Reliability and trust model".
+ALLOW_UNCHECKED = "ALAD_ALLOW_UNCHECKED"
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".bin")
+
+
+def unchecked_allowed() -> bool:
+    return os.environ.get(ALLOW_UNCHECKED, "").strip().lower() in ("1", "true", "yes")
+
+
+def verify_manifest_files(
+    folder: Path, manifest: dict[str, Any] | None, error: type[Exception]
+) -> None:
+    """Every file the manifest lists under `files` is there with its checksum, and every weights
+    file of the folder is listed; otherwise `error` naming the file. A manifest without `files`
+    (or no manifest: None) is refused unless $ALAD_ALLOW_UNCHECKED=1, which loads it with a
+    warning: nothing would notice a damaged or replaced weights file."""
+    where = folder / "manifest.json"
+    files = (manifest or {}).get("files")
+    if files is None:
+        if not unchecked_allowed():
+            raise error(
+                f"{where}: no 'files' checksum list, so nothing here can be verified (written "
+                f"before checksums, or edited); save it again, or set {ALLOW_UNCHECKED}=1 to "
+                "load it unchecked"
+            )
+        log.warning("%s: no checksums; loading it unchecked (%s=1)", where, ALLOW_UNCHECKED)
+        return
     if not isinstance(files, dict):
-        raise error(f"{folder / 'manifest.json'}: 'files' must map file names to sha256 checksums")
+        raise error(f"{where}: 'files' must map file names to sha256 checksums")
     if problem := verify_checksums(folder, files):
         raise error(f"{folder}: {problem}")
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if path.suffix in WEIGHT_SUFFIXES and path.is_file() and name not in files:
+            raise error(f"{where}: {name} is not in its 'files' checksum list (added or renamed)")
 
 
 def verify_checksums(folder: Path, expected: dict[str, str]) -> str | None:

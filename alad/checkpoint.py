@@ -35,6 +35,7 @@ from torch import nn
 
 from alad.adapter import AlignmentAdapter
 from alad.atomic import (
+    MAX_MANIFEST_BYTES,
     checksums,
     read_folder_manifest,
     read_json,
@@ -42,7 +43,6 @@ from alad.atomic import (
     recover_all,
     replace_dir,
     tmp_dir,
-    verify_checksums,
     verify_manifest_files,
     write_json,
     write_text,
@@ -332,7 +332,7 @@ def saved_progress(folder: Path) -> dict[str, Any] | None:
     state may be gigabytes): {"epoch": epochs done, "epochs", "step": batches done in the next
     epoch, "steps": batches per epoch, "seconds": spent so far}; None without one."""
     try:
-        progress = read_json(folder / "manifest.json").get("progress")
+        progress = read_json(folder / "manifest.json", max_bytes=MAX_MANIFEST_BYTES).get("progress")
     except (OSError, DataFormatError, AttributeError):
         return None
     return progress if isinstance(progress, dict) else None
@@ -346,18 +346,19 @@ def load_trainer_state(folder: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     hint = f"delete {folder} to start over"
-    files: Any = {}
+    data: Any = None
     manifest = folder / "manifest.json"  # absent in states written before checksums
     if manifest.is_file():
         try:
-            data = read_json(manifest)
+            data = read_json(manifest, max_bytes=MAX_MANIFEST_BYTES)
         except DataFormatError as exc:
             raise CheckpointError(f"{exc}; {hint}") from None
-        files = data.get("files") if isinstance(data, dict) else None
-        if not isinstance(files, dict):
-            raise CheckpointError(f"{manifest}: no 'files' checksums; {hint}")
-    if problem := verify_checksums(folder, files):
-        raise CheckpointError(f"{folder}: {problem}; {hint}")
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{manifest}: expected a JSON object; {hint}")
+    try:
+        verify_manifest_files(folder, data, CheckpointError)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; {hint}") from None
     try:
         state = load_torch(path)
     except UnsafeCheckpoint:

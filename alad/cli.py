@@ -270,8 +270,9 @@ def cmd_sweep_list(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep_run(args: argparse.Namespace) -> None:
-    from alad.sweep import load_grid, plan, run_sweep
+    from alad.sweep import check_limits, load_grid, plan, run_sweep
 
+    check_limits(args.max_cells, args.max_minutes)
     grid = load_grid(args.grid)
     todo, prog = plan(grid, args.task, args.only)
     print(f"{args.grid}: {prog.line()}; {len(todo)} to run, cheapest first")

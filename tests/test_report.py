@@ -4,41 +4,68 @@ the Pareto PNG, and one clear error for a malformed result file."""
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from pathlib import Path
 
 import pytest
 
 from alad.cli import main
+from alad.config import load_settings
 from alad.errors import ResultError
 from alad.report import mean_std, write_report
+from alad.results import NOT_IN_KEY, cell_key
 
 LARGE = "mpnet-base"
 PNG = b"\x89PNG\r\n\x1a\n"
 SEEDS = (13, 14, 15)
 
 
+def cell_config(task, compressed, mode, window, seed, **over) -> dict:
+    """The config a sweep cell of these axes stores (its key is the hash of it)."""
+    settings = load_settings(
+        params=Path(os.devnull),
+        overrides={
+            "seed": seed,
+            "models": {"compressed": compressed, "large": LARGE},
+            "phase3": {"task": task, "mode": mode, **over.pop("phase3", {})},
+            **({"adapter": {"window": window}} if window else {}),
+            **over,
+        },
+    )
+    return settings.model_dump(mode="json", exclude=NOT_IN_KEY)
+
+
 def write_result(root: Path, task, compressed, mode, window, seed, test, **extra) -> Path:
-    key = extra.pop("key", f"{task}-{compressed}-{mode}-{window}-{seed}".replace(":", "_"))
+    """A result file as `alad sweep run` writes it (valid: its key is the hash of its config);
+    `config` replaces the cell's config, e.g. a grid's, or the same cell's under another lr."""
+    compressed = LARGE if mode == "large" else compressed
+    config = extra.pop("config", None) or cell_config(task, compressed, mode, window, seed)
+    key = cell_key(config, adapter=window is not None)
+    compressed, large = config["models"]["compressed"], config["models"]["large"]
     record = {
         "key": key,
         "cell": {
             "task": task,
-            "compressed": LARGE if mode == "large" else compressed,
-            "large": LARGE,
+            "compressed": compressed,
+            "large": large,
             "mode": mode,
             "window": window,
             "seed": seed,
         },
+        "group": f"{task}/{compressed}/{mode}" + (f"-n{window}" if window else ""),
         "dev": {"main": test["main"] - 0.01},
         "test": {**test, "task": task},
         "history": [{"epoch": 1, "train_loss": 1.0, "dev_main": 0.5, "seconds": 10.0}],
+        "best_epoch": None,
         "alignment": None,
         "data": {"train": 719, "dev": 80, "test": 977} if task == "pos" else {"train": 900},
+        "config": config,
         "seconds": 600.0,
         "machine": {"host": "box", "cpus": 2, "torch_threads": 2, "load1_start": 0.5},
         "git_commit": "abc1234def",
         "finished": f"2026-11-23T20:00:{seed:02d}Z",
+        "model_dir": f"runs/sweep/cells/{task}/{key}/model",
         **extra,
     }
     path = root / task / f"{key}.json"
@@ -233,20 +260,21 @@ def test_without_latency_the_speedup_column_is_a_dash(results, tmp_path):
 
 
 def test_an_older_result_of_the_same_seed_is_superseded(results, tmp_path):
-    write_result(
-        results, "pos", "minilm-l6", "alad-joint", 5, 13, pos(0.10, 23.0), key="old",
+    config = cell_config("pos", "minilm-l6", "alad-joint", 5, 13, phase3={"lr": 1e-3})
+    old = write_result(
+        results, "pos", "minilm-l6", "alad-joint", 5, 13, pos(0.10, 23.0), config=config,
         finished="2025-01-01T00:00:00Z",
     )  # fmt: skip
     md = write_report(results, None, tmp_path / "out")["table"].read_text()
     assert "78.0 ± 1.0 (3)" in _line(_section(md, "POS"), "minilm-l6", "alad-joint n=5")
-    assert "Superseded" in md and "old.json" in md
+    assert "Superseded" in md and old.name in md
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
     [
         ("{not json", "not valid JSON"),
-        ('{"cell": {"task": "pos"}, "test": {}}', "cell.compressed missing"),
+        ('{"cell": {"task": "pos"}, "test": {}}', "key missing"),
         ("[1, 2]", "expected a JSON object"),
     ],
 )
@@ -266,7 +294,9 @@ def test_a_malformed_result_is_one_clear_error_naming_the_file(
 
 
 def test_missing_test_metric_names_the_key(results, tmp_path):
-    path = write_result(results, "pos", "minilm-l6", "lora", None, 13, {"main": 0.5})
+    path = write_result(
+        results, "pos", "minilm-l6", "lora", None, 13, {"main": 0.5, "f1_macro": 0.4}
+    )
     with pytest.raises(ResultError, match=r"test\.accuracy missing") as exc:
         write_report(results, None, tmp_path / "out")
     assert str(path) in str(exc.value)
@@ -309,8 +339,9 @@ def test_the_cells_still_to_run_close_the_report(tiny_grid, tmp_path):
     grid = load_grid(tiny_grid)
     every = cells(grid)
     done = next(c for c in every if c.mode == "compressed")
+    config = done.settings.model_dump(mode="json", exclude=NOT_IN_KEY)
     write_result(grid.results, "pos", done.compressed, "compressed", None, done.seed,
-                 pos(0.5, 30.0), key=done.key)  # fmt: skip
+                 pos(0.5, 30.0), config=config)  # fmt: skip
     md = write_report(grid.results, None, tmp_path / "reports", tiny_grid)["table"].read_text()
     missing = md.split("## Still to run", 1)[1]
     assert f"5 of the 6 cells of `{tiny_grid}` have no result yet" in missing

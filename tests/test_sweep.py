@@ -180,7 +180,7 @@ def test_the_table1_grid_and_its_dvc_stages_agree():
 
 # Keys of the committed grid, from the code that produced results/table1/ (a cell's result is
 # found by its key): a config change that alters them orphans every committed result. If this
-# fails, a new config field entered the key: list it in alad.sweep.KEY_OMITTED_AT_DEFAULT if its
+# fails, a new config field entered the key: list it in alad.results.KEY_OMITTED_AT_DEFAULT if its
 # default reproduces the earlier runs, else accept that the grid is rerun and update the pins.
 PINNED = {
     # phase3.head_lr entered the POS/NER cells (the grid before it: results/table1-v1 at b58efae)

@@ -427,6 +427,14 @@ def _qa_example(
                 f"{text!r} in the context ({len(context)} characters)"
             )
         answers.append((text, start))
+    if not answers and qa.get("is_impossible") is False:
+        # Said to be answerable, with no answer to learn or score: taken as it stands, it would
+        # silently count as unanswerable. (Without `is_impossible`, as in SQuAD 1.1 files or
+        # exports of the `squad_v2` dataset, no answers means unanswerable.)
+        raise DataFormatError(
+            f"{path}: {where}.answers (question {qid!r}): empty, but is_impossible is false; "
+            "give its answers, or set is_impossible to true"
+        )
     return QAExample(qid, question, context, tuple(answers), title)
 
 
