@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 from alad.config import load_settings
-from alad.phases.align import phase1_pretrain
+from alad.phases.align import run_alignment
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ def test_minilm_l3_to_mpnet_base_on_64_wikipedia_sentences(tmp_path):
             "runs_dir": str(tmp_path / "runs"),
         },
     )
-    result = phase1_pretrain(settings, progress=False)
+    result = run_alignment(settings, "phase1", progress=False)
     assert result.after["mse"] < result.before["mse"]
     assert result.after["cosine"] > result.before["cosine"] + 0.1
     assert result.checkpoint.name == "epoch-0004"

@@ -22,7 +22,7 @@ from alad.data.readers import DataFormatError
 from alad.jobs import finetune_job
 from alad.models.catalog import load_encoder
 from alad.modes import MODES
-from alad.phases.align import phase2_task_align
+from alad.phases.align import run_alignment
 from alad.phases.finetune import finetune
 from alad.predict import Predictor
 
@@ -65,7 +65,7 @@ def test_joint_mode_learns_the_toy_task(tiny_settings, tmp_path):
 
 
 def test_phase3_starts_from_a_phase2_adapter_and_checks_its_fit(tiny_settings, tmp_path):
-    p2 = phase2_task_align(tiny_settings, progress=False)
+    p2 = run_alignment(tiny_settings, "phase2", progress=False)
     s = finetune_settings(tiny_settings, tmp_path, mode="alad-frozen", init=p2.checkpoint)
     result = finetune(s, out=tmp_path / "init", progress=False)
     assert json.loads((result.model_dir / "manifest.json").read_text())["init"] == str(
