@@ -6,6 +6,7 @@
     alad align phase1 [--out runs/phase1]
     alad align phase2 --init runs/phase1 [--set phase2.corpus=path/to/train.conllu]
     alad bench align | latency
+    alad compose --adapter runs/phase2 --out runs/zero-shot  # M_C + AlAd + the teacher's head
     alad report                                # reports/table1.md + pareto.png from results/
 
 Every command reads one validated config: params.yaml (if present) < --profile < ALAD_* env <
@@ -148,6 +149,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         write_json(report, args.json)
     print(table_header(report["task"]))
     print(report["table_row"])
+
+
+def cmd_compose(args: argparse.Namespace) -> None:
+    from alad.registry import resolve_adapter
+    from alad.teacher import compose_zero_shot
+
+    adapter = resolve_adapter(args.adapter)
+    folder = compose_zero_shot(adapter, args.out, args.teacher)
+    print(
+        f"wrote {folder}: the compressed model + the adapter {args.adapter} + the teacher's "
+        f"task head, no phase 3; score it with `alad evaluate {folder} --test <file>`"
+    )
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -414,6 +427,24 @@ def _add_predict(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.set_defaults(func=cmd_predict)
 
 
+def _add_compose(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "compose",
+        parents=[common],
+        help="zero-shot model: M_C + a phase-1/2 adapter + its teacher's task head, no phase 3",
+    )
+    p.add_argument(
+        "--adapter", required=True, help="phase-2 (or 1) checkpoint: a folder or models:/..."
+    )
+    p.add_argument(
+        "--teacher",
+        help="the task model whose head is used: a saved model folder or models:/<name>@<alias> "
+        "(default: the teacher the adapter was aligned to)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="the model folder to write")
+    p.set_defaults(func=cmd_compose)
+
+
 def _add_stage(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "stage", parents=[common], help="run one pipeline stage (what dvc.yaml calls)"
@@ -566,6 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_finetune,
         _add_evaluate,
         _add_predict,
+        _add_compose,
         _add_stage,
         _add_pipeline,
         _add_registry,

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from alad import stopping
 from alad.atomic import write_json
 from alad.checkpoint import saved_progress
-from alad.config import ConfigError, Settings, load_settings
+from alad.config import ADDED_AT_DEFAULT, ConfigError, Settings, load_settings
 from alad.models.catalog import training_cost
 from alad.modes import MODES
 from alad.runtime import resolve_device
@@ -143,7 +143,12 @@ _NOT_IN_KEY = {"runs_dir", "cache", "tracking", "profile"}
 # field changes every key otherwise; tests/test_sweep.py pins the keys of sweeps/table1.yaml).
 # Never list a field whose default changes what is computed: its new cells would be taken for
 # the old ones. Dotted path -> the default that is omitted.
-KEY_OMITTED_AT_DEFAULT: dict[str, Any] = {"runtime.precision": "fp32"}
+KEY_OMITTED_AT_DEFAULT: dict[str, Any] = {
+    "runtime.precision": "fp32",
+    # the teacher (issue 20: phase1/2.teacher, target_layer, phase3.head_init), listed once in
+    # alad.config because the run keys that decide a resume leave them out too
+    **ADDED_AT_DEFAULT,
+}
 
 
 def key_config(settings: Settings) -> dict[str, Any]:

@@ -22,7 +22,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("data", "metrics", "models", "adapter", "heads", "modes"),
     ("tasks",),  # a task: its reader, encoding, loss and metric
     ("config",),  # validated against the tasks and modes below it
-    ("checkpoint", "cache", "aligned_model", "inference"),  # saved models, frozen outputs
+    # saved models, frozen outputs, registered versions as files, the teacher of phases 1-2
+    ("checkpoint", "cache", "aligned_model", "inference", "store", "teacher"),
     ("phases", "evaluation", "predict", "plots"),  # the method's phases; using a saved model
     ("tracking", "pyfunc", "registry", "bench"),  # MLflow runs, the model registry
     ("jobs", "stages", "sweep", "report"),  # each workflow once; the pipeline; Table 1
