@@ -6,6 +6,7 @@
     alad align phase1 [--out runs/phase1]
     alad align phase2 --init runs/phase1 [--set phase2.corpus=path/to/train.conllu]
     alad bench align | latency
+    alad probe --task pos --models mpnet-base --train ...   # pick phaseN.target_layer on dev
     alad compose --adapter runs/phase2 --out runs/zero-shot  # M_C + AlAd + the teacher's head
     alad report                                # reports/table1.md + pareto.png from results/
 
@@ -161,6 +162,37 @@ def cmd_compose(args: argparse.Namespace) -> None:
         f"wrote {folder}: the compressed model + the adapter {args.adapter} + the teacher's "
         f"task head, no phase 3; score it with `alad evaluate {folder} --test <file>`"
     )
+
+
+def cmd_probe(args: argparse.Namespace) -> None:
+    from alad.probe import run_probe, write_probe
+
+    settings = _settings(args)
+    adapters = {}
+    for pair in args.adapter or []:
+        model, sep, path = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--adapter {pair!r}: expected MODEL=CHECKPOINT_FOLDER")
+        adapters[model] = Path(path)
+    record = run_probe(
+        args.task,
+        [m for m in args.models.split(",") if m],
+        args.train,
+        args.dev,
+        args.test,
+        adapters=adapters,
+        max_train=args.max_train,
+        seed=settings.seed,
+    )
+    out = args.out or Path("reports") / f"probe-{args.task}.json"
+    paths = write_probe(record, out, args.plot)
+    for model, best in record["best"].items():
+        print(
+            f"{model}: best dev layer {best['best_dev_layer']} of {best['layers']} "
+            f"({best['best_dev']:.1f}, ± {best['dev_se']:.1f}); within one standard error: "
+            f"{best['within_one_se']}"
+        )
+    print(f"wrote {paths['json']} and {paths['plot']}")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -445,6 +477,29 @@ def _add_compose(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.set_defaults(func=cmd_compose)
 
 
+def _add_probe(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "probe",
+        parents=[common],
+        help="linear-probe accuracy per layer of encoders (pick phaseN.target_layer on dev)",
+    )
+    p.add_argument("--task", required=True, choices=["pos", "ner"], help="a token task")
+    p.add_argument("--models", required=True, help="comma-separated encoder specs")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        metavar="MODEL=CHECKPOINT",
+        help="also probe MODEL's last layer through this phase-1/2 adapter (repeatable)",
+    )
+    p.add_argument("--train", required=True, help="training file (or hub: dataset)")
+    p.add_argument("--dev", help="validation file (default: a seeded 10%% of train)")
+    p.add_argument("--test", help="test file (default: another seeded 10%% of train)")
+    p.add_argument("--max-train", type=int, help="a seeded subset of the training sentences")
+    p.add_argument("--out", type=Path, help="the JSON (default: reports/probe-<task>.json)")
+    p.add_argument("--plot", type=Path, help="the plot (default: the JSON's path with .png)")
+    p.set_defaults(func=cmd_probe)
+
+
 def _add_stage(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "stage", parents=[common], help="run one pipeline stage (what dvc.yaml calls)"
@@ -598,6 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_evaluate,
         _add_predict,
         _add_compose,
+        _add_probe,
         _add_stage,
         _add_pipeline,
         _add_registry,

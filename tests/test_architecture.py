@@ -24,7 +24,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("config",),  # validated against the tasks and modes below it
     # saved models, frozen outputs, registered versions as files, the teacher of phases 1-2
     ("checkpoint", "cache", "aligned_model", "inference", "store", "teacher"),
-    ("phases", "evaluation", "predict", "plots"),  # the method's phases; using a saved model
+    # the method's phases; using a saved model; linear probes of encoders' layers
+    ("phases", "evaluation", "predict", "plots", "probe"),
     ("tracking", "pyfunc", "registry", "bench"),  # MLflow runs, the model registry
     ("jobs", "stages", "sweep", "report"),  # each workflow once; the pipeline; Table 1
     ("cli",),
