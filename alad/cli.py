@@ -304,10 +304,16 @@ def cmd_sweep_list(args: argparse.Namespace) -> None:
     if stored:
         have = sum((p / "manifest.json").is_file() for p in stored)
         print(f"  phase 1: {have} of {len(stored)} adapters stored in {next(iter(stored)).parent}")
+    for name, seconds in prog.teachers_to_rebuild().items():
+        print(
+            f"  teacher {name}: its model is not on this machine; the sweep re-trains it "
+            f"before the first cell aimed at it (~{seconds / 60:.0f} min)"
+        )
     for c in every:
         part = 0.0 if c.done else c.fraction_done()
         expect = "" if c.done else f"  ~{prog.predict(c) / 60:.0f} min"
         expect += f" (resumes {100 * part:.0f} % done)" if part else ""
+        expect += f" (waits for {c.waits_for})" if c.waits_for else ""
         print(f"  {'done' if c.done else 'todo'}  {c.key}  cost {c.cost:7.2f}  {c.name}{expect}")
 
 
