@@ -88,6 +88,12 @@ class Variant(_Strict):
         "score (all its seeds done; rebuilt first where its folder is not on this machine).",
     )
     modes: list[str] | None = Field(None, description="None: the grid's (or the task's) modes.")
+    seeds: list[int] | None = Field(
+        None,
+        description="None: the task's or grid's seeds; e.g. [13, 14, 15] for the variant a "
+        "seed-13 screen chose (a zero-shot cell has no seed of its own: phases 1-2 use "
+        "align_seed, so its seeds score the same)",
+    )
     zero_shot: bool = Field(
         False,
         description="No phase 3: M_C + the phase-2 adapter + its teacher's task head "
@@ -392,7 +398,7 @@ def _task_cells(grid: Grid, task: str, axis: TaskAxis) -> list[Cell]:
         for compressed in axis.compressed or grid.compressed:
             for mode in spec.modes or axis.modes or grid.modes:
                 window = grid.window if MODES[mode].adapter else None
-                for seed in seeds:
+                for seed in spec.seeds or seeds:
                     out.append(make(compressed, mode, window, seed, variant, spec, teacher))
     if grid.ablation and axis.ablation:
         a = grid.ablation

@@ -78,6 +78,13 @@ def test_at_large_needs_large_cells_and_zero_shot_needs_a_task_model(tiny_grid):
         cells(load_grid(path))
 
 
+def test_a_variant_can_have_its_own_seeds(tiny_grid):
+    more = {"set": {"phase3.lr": 1e-3}, "seeds": [1, 2, 3]}
+    every = cells(load_grid(_grid(tiny_grid, [1], last={}, more=more)))
+    assert sorted(c.seed for c in every if c.variant == "more") == [1, 2, 3]
+    assert [c.seed for c in every if c.variant == "last"] == [1]
+
+
 def test_teacher_cells_run_after_their_large_cell_and_a_missing_teacher_is_rebuilt(tiny_grid):
     grid = load_grid(_grid(tiny_grid, [1], head=HEAD, zero=ZERO))
     ran = [cell.name for cell, _, _ in run_sweep(grid)]
