@@ -190,13 +190,18 @@ def load_model(
     if manifest.get("adapter"):
         adapter = adapter_from(manifest["adapter"], folder / "manifest.json")
         load_weights(adapter, folder / "adapter.safetensors")
+    model = AlignedModel(encoder, load_head(folder, manifest), adapter).eval()
+    if not manifest.get("encoder_spec"):
+        model = model.to(device)
+    return model, tokenizer, manifest
+
+
+def load_head(folder: Path, manifest: dict[str, Any]) -> nn.Module:
+    """The task head of a saved model folder (its manifest already read and verified)."""
     h = manifest["head"]
     try:
         head = build_head(h["kind"], h["dim"], h["num_labels"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFolderError(f"{folder / 'manifest.json'}: bad 'head' {h!r} ({exc})") from None
     load_weights(head, folder / "head.safetensors")
-    model = AlignedModel(encoder, head, adapter).eval()
-    if not manifest.get("encoder_spec"):
-        model = model.to(device)
-    return model, tokenizer, manifest
+    return head

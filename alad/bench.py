@@ -39,6 +39,7 @@ from alad.heads import TokenClassificationHead
 from alad.models.catalog import Encoder, load_encoder
 from alad.phases.align import AlignData, run_alignment
 from alad.runtime import CPU, Runtime
+from alad.teacher import Teacher
 from alad.timing import best_of
 
 
@@ -84,7 +85,10 @@ def bench_align(settings: Settings, texts: int = 1000, epochs: int = 3) -> dict[
         )
         extraction_s = time.perf_counter() - t0
         data = AlignData(
-            compressed, large, (caches[compressed.name], caches[large.name]), held_caches
+            compressed,
+            Teacher.pretrained(large),
+            (caches[compressed.name], caches[large.name]),
+            held_caches,
         )
         bench_settings = settings.model_copy(
             update={

@@ -2,19 +2,20 @@
 
     alad bench align        # shows the effect: later epochs read shards instead of running models
 
-M_C and M_L are frozen in phases 1 and 2, so their last-layer token embeddings for a text never
-change (METHOD.md, "Training"). They are computed once per (model weights, tokenizer, texts, max
-length, shard size) and stored as fp16 safetensors shards of `shard_texts` texts: `hidden`
-[tokens, D] holds the real (non-padding) tokens of the shard's texts back to back and `lengths`
-[texts] says how many each text has. Only one shard is in memory at a time, so a corpus larger
-than RAM streams.
+M_C and M_L (or another teacher) are frozen in phases 1 and 2, so their token embeddings for a
+text never change (METHOD.md, "Training"). They are computed once per (model weights, tokenizer,
+texts, max length, shard size; and the hidden state, when it is not the last) and stored as
+fp16 safetensors shards of `shard_texts` texts: `hidden` [tokens, D] holds the real
+(non-padding) tokens of the shard's texts back to back and `lengths` [texts] says how many each
+text has. Only one shard is in memory at a time, so a corpus larger than RAM streams.
 
-Layout: <root>/<model fingerprint>-<texts hash>-L<max_length>-S<shard_texts>-<tokenizer hash>/
-{shard-00000.safetensors, ..., manifest.json}. Each shard is renamed into place when complete;
-manifest.json (the full key, shard sizes) is written last and is what marks the cache complete.
-An interrupted extraction resumes at the first missing shard, but only if `building.json` shows
-it was the same configuration; shards of another one are deleted, never mixed in. A stop request
-(SIGTERM, a time box: alad/stopping.py) takes effect after the shard in progress.
+Layout: <root>/<model fingerprint>-<texts hash>-L<max_length>-S<shard_texts>-<tokenizer hash>
+[-h<layer>]/{shard-00000.safetensors, ..., manifest.json}. Each shard is renamed into place when
+complete; manifest.json (the full key, shard sizes) is written last and is what marks the cache
+complete. An interrupted extraction resumes at the first missing shard, but only if
+`building.json` shows it was the same configuration; shards of another one are deleted, never
+mixed in. A stop request (SIGTERM, a time box: alad/stopping.py) takes effect after the shard
+in progress.
 """
 
 from __future__ import annotations
@@ -128,14 +129,19 @@ def length_sorted_batches(
 
 @torch.no_grad()
 def extract_shard(
-    encoder: Encoder, texts: Sequence[str], max_length: int, batch_size: int
+    encoder: Encoder,
+    texts: Sequence[str],
+    max_length: int,
+    batch_size: int,
+    layer: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embed `texts`; keep each text's real tokens only, as fp16, in the original text order."""
+    """Embed `texts` (the last layer, or hidden state `layer`); keep each text's real tokens
+    only, as fp16, in the original text order."""
     lengths, batches = length_sorted_batches(encoder, texts, max_length, batch_size)
     pieces: list[torch.Tensor] = [torch.empty(0)] * len(texts)
     for rows, input_ids, mask in batches:
         # fp32 compute on the encoder's device; CPU fp16 storage, the same for every device
-        hidden = encoder.embed(input_ids, mask).to(torch.float16).cpu()
+        hidden = encoder.embed(input_ids, mask, layer).to(torch.float16).cpu()
         for r, i in enumerate(rows):
             pieces[i] = hidden[r, : lengths[i]]
     return torch.cat(pieces), torch.tensor(lengths, dtype=torch.int64)
@@ -158,10 +164,18 @@ def tokenizer_hash(tokenizer: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def cache_key(encoder: Encoder, texts: Sequence[str], max_length: int, shard_texts: int) -> dict:
+def cache_key(
+    encoder: Encoder,
+    texts: Sequence[str],
+    max_length: int,
+    shard_texts: int,
+    layer: int | None = None,
+) -> dict:
     """Everything that shapes the shards: a cache is reused only if all of it matches. (The
-    extraction batch size is not part of it: padding is masked, so it does not change them.)"""
-    return {
+    extraction batch size is not part of it: padding is masked, so it does not change them.)
+    `layer` (a hidden state other than the last) joins the key only when given, so the caches
+    of the last layer made before it existed keep their key."""
+    key = {
         "format": FORMAT,
         "model_fingerprint": encoder.fingerprint,
         "tokenizer_hash": tokenizer_hash(encoder.tokenizer),
@@ -170,6 +184,7 @@ def cache_key(encoder: Encoder, texts: Sequence[str], max_length: int, shard_tex
         "max_length": max_length,
         "shard_texts": shard_texts,
     }
+    return key if layer is None else {**key, "layer": layer}
 
 
 def build_cache(
@@ -181,17 +196,20 @@ def build_cache(
     batch_size: int = 32,
     label: str = "",
     progress: bool = True,
+    layer: int | None = None,
 ) -> FeatureCache:
-    """Return the complete cache for (encoder, texts, max_length), extracting what is missing.
+    """Return the complete cache for (encoder, texts, max_length), extracting what is missing:
+    the last layer's outputs, or with `layer` the hidden state of that index (a teacher's
+    target layer; `None` must be passed for the last, which is the same tensor).
 
     Under torchrun each rank extracts every world-th shard into the same folder; rank 0 writes
     the manifest once all are there, and every rank returns the same cache."""
     if not texts:
         raise ValueError("cannot cache an empty list of texts")
-    key = cache_key(encoder, texts, max_length, shard_texts)
+    key = cache_key(encoder, texts, max_length, shard_texts, layer)
     folder = root.expanduser() / (
         f"{encoder.fingerprint}-{key['texts_hash']}-L{max_length}-S{shard_texts}-"
-        f"{key['tokenizer_hash'][:8]}"
+        f"{key['tokenizer_hash'][:8]}" + ("" if layer is None else f"-h{layer}")
     )
     folder.parent.mkdir(parents=True, exist_ok=True)
     rank, world = rank_world()
@@ -212,6 +230,7 @@ def build_cache(
                 label,
                 progress,
                 mine=lambda k: k % world == rank,
+                layer=layer,
             )
             barrier()
             if rank == 0:
@@ -243,6 +262,7 @@ def _extract_shards(
     label: str,
     progress: bool,
     mine: Callable[[int], bool],
+    layer: int | None = None,
 ) -> list[str]:
     """Extract the shards `mine` picks that are not already there; returns every shard name."""
     starts = range(0, len(texts), shard_texts)
@@ -262,7 +282,7 @@ def _extract_shards(
             )
         chunk = texts[start : start + shard_texts]
         if mine(k) and _finished_shard(folder / name, len(chunk)) is None:
-            hidden, lengths = extract_shard(encoder, chunk, max_length, batch_size)
+            hidden, lengths = extract_shard(encoder, chunk, max_length, batch_size, layer)
             _atomic_save({"hidden": hidden.contiguous(), "lengths": lengths}, folder / name)
         bar.update(len(chunk))
     bar.close()

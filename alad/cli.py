@@ -6,6 +6,8 @@
     alad align phase1 [--out runs/phase1]
     alad align phase2 --init runs/phase1 [--set phase2.corpus=path/to/train.conllu]
     alad bench align | latency
+    alad probe --task pos --models mpnet-base --train ...   # pick phaseN.target_layer on dev
+    alad compose --adapter runs/phase2 --out runs/zero-shot  # M_C + AlAd + the teacher's head
     alad report                                # reports/table1.md + pareto.png from results/
 
 Every command reads one validated config: params.yaml (if present) < --profile < ALAD_* env <
@@ -152,6 +154,49 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(report["table_row"])
 
 
+def cmd_compose(args: argparse.Namespace) -> None:
+    from alad.registry import resolve_adapter
+    from alad.teacher import compose_zero_shot
+
+    adapter = resolve_adapter(args.adapter)
+    folder = compose_zero_shot(adapter, args.out, args.teacher)
+    print(
+        f"wrote {folder}: the compressed model + the adapter {args.adapter} + the teacher's "
+        f"task head, no phase 3; score it with `alad evaluate {folder} --test <file>`"
+    )
+
+
+def cmd_probe(args: argparse.Namespace) -> None:
+    from alad.probe import run_probe, write_probe
+
+    settings = _settings(args)
+    adapters = {}
+    for pair in args.adapter or []:
+        model, sep, path = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--adapter {pair!r}: expected MODEL=CHECKPOINT_FOLDER")
+        adapters[model] = Path(path)
+    record = run_probe(
+        args.task,
+        [m for m in args.models.split(",") if m],
+        args.train,
+        args.dev,
+        args.test,
+        adapters=adapters,
+        max_train=args.max_train,
+        seed=settings.seed,
+    )
+    out = args.out or Path("reports") / f"probe-{args.task}.json"
+    paths = write_probe(record, out, args.plot)
+    for model, best in record["best"].items():
+        print(
+            f"{model}: best dev layer {best['best_dev_layer']} of {best['layers']} "
+            f"({best['best_dev']:.1f}, ± {best['dev_se']:.1f}); within one standard error: "
+            f"{best['within_one_se']}"
+        )
+    print(f"wrote {paths['json']} and {paths['plot']}")
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     from alad.predict import Predictor
     from alad.runtime import Runtime
@@ -262,10 +307,16 @@ def cmd_sweep_list(args: argparse.Namespace) -> None:
     if stored:
         have = sum((p / "manifest.json").is_file() for p in stored)
         print(f"  phase 1: {have} of {len(stored)} adapters stored in {next(iter(stored)).parent}")
+    for name, seconds in prog.teachers_to_rebuild().items():
+        print(
+            f"  teacher {name}: its model is not on this machine; the sweep re-trains it "
+            f"before the first cell aimed at it (~{seconds / 60:.0f} min)"
+        )
     for c in every:
         part = 0.0 if c.done else c.fraction_done()
         expect = "" if c.done else f"  ~{prog.predict(c) / 60:.0f} min"
         expect += f" (resumes {100 * part:.0f} % done)" if part else ""
+        expect += f" (waits for {c.waits_for})" if c.waits_for else ""
         print(f"  {'done' if c.done else 'todo'}  {c.key}  cost {c.cost:7.2f}  {c.name}{expect}")
 
 
@@ -416,6 +467,47 @@ def _add_predict(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.add_argument("--question", help="QA: the question")
     p.add_argument("--context", help="QA: the context passage")
     p.set_defaults(func=cmd_predict)
+
+
+def _add_compose(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "compose",
+        parents=[common],
+        help="zero-shot model: M_C + a phase-1/2 adapter + its teacher's task head, no phase 3",
+    )
+    p.add_argument(
+        "--adapter", required=True, help="phase-2 (or 1) checkpoint: a folder or models:/..."
+    )
+    p.add_argument(
+        "--teacher",
+        help="the task model whose head is used: a saved model folder or models:/<name>@<alias> "
+        "(default: the teacher the adapter was aligned to)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="the model folder to write")
+    p.set_defaults(func=cmd_compose)
+
+
+def _add_probe(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "probe",
+        parents=[common],
+        help="linear-probe accuracy per layer of encoders (pick phaseN.target_layer on dev)",
+    )
+    p.add_argument("--task", required=True, choices=["pos", "ner"], help="a token task")
+    p.add_argument("--models", required=True, help="comma-separated encoder specs")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        metavar="MODEL=CHECKPOINT",
+        help="also probe MODEL's last layer through this phase-1/2 adapter (repeatable)",
+    )
+    p.add_argument("--train", required=True, help="training file (or hub: dataset)")
+    p.add_argument("--dev", help="validation file (default: a seeded 10%% of train)")
+    p.add_argument("--test", help="test file (default: another seeded 10%% of train)")
+    p.add_argument("--max-train", type=int, help="a seeded subset of the training sentences")
+    p.add_argument("--out", type=Path, help="the JSON (default: reports/probe-<task>.json)")
+    p.add_argument("--plot", type=Path, help="the plot (default: the JSON's path with .png)")
+    p.set_defaults(func=cmd_probe)
 
 
 def _add_stage(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -570,6 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_finetune,
         _add_evaluate,
         _add_predict,
+        _add_compose,
+        _add_probe,
         _add_stage,
         _add_pipeline,
         _add_registry,

@@ -107,6 +107,21 @@ class AlignPhaseConfig(_Section):
     budget_minutes: Number | None = Field(
         None, gt=0, description="Stop after this many minutes of training (None: no limit)."
     )
+    teacher: str | None = Field(
+        None,
+        description="The model whose token embeddings AlAd learns to output (None: models.large "
+        "pre-trained, the paper): an encoder spec of the catalog ('mpnet-base', a hub id, a "
+        "folder), a saved alad model folder (its encoder/, e.g. a fine-tuned `large` model), "
+        "or a registered task model 'models:/<name>@<alias>' | 'models:/<name>/<version>'. "
+        "It must have models.large's width; size and speed stay measured against models.large.",
+    )
+    target_layer: int | None = Field(
+        None,
+        ge=0,
+        description="Which hidden state of the teacher is the target: 0 = the embeddings' "
+        "output, 1..L = after transformer layer 1..L (None: the last, the paper). Checked "
+        "against the teacher once it is loaded; `alad probe` shows which layer reads best.",
+    )
 
 
 class Phase1Config(AlignPhaseConfig):
@@ -227,6 +242,13 @@ class Phase3Config(_Section):
         "folder, or a registry URI models:/alad-adapter-...@champion-phase2-<task>, "
         "models:/<name>/<version>, runs:/<run id>/<path>.",
     )
+    head_init: Literal["fresh", "teacher"] = Field(
+        "fresh",
+        description="fresh: a new task head (N(0, 0.02)); teacher: start from the head of the "
+        "adapter's teacher (phase3.init's phase-2 teacher must be a saved or registered task "
+        "model of this task with the same labels, aimed at its last layer). phase3.head_lr "
+        "applies to the head either way.",
+    )
 
     @property
     def window_tokens(self) -> int:
@@ -235,7 +257,36 @@ class Phase3Config(_Section):
     @model_validator(mode="after")
     def _task_rules(self) -> Phase3Config:
         TASKS[self.task].check_config(self)  # e.g. QA's windows must advance
+        if self.head_init == "teacher" and not MODES[self.mode].adapter:
+            raise ValueError(
+                f"phase3.head_init=teacher needs an AlAd mode (the teacher's head reads the "
+                f"adapter's output); mode {self.mode!r} has no adapter"
+            )
         return self
+
+
+# Fields added after runs were saved and sweep results committed, whose default computes exactly
+# what those runs did. While at that default they are left out of the run keys that decide
+# whether a saved state may be resumed (alad/phases/recipe.py) and of the sweep's cell keys
+# (alad/sweep.py), so earlier states resume and committed results and adapters keep their keys.
+# Dotted path -> the default that is left out.
+ADDED_AT_DEFAULT: dict[str, Any] = {
+    "phase1.teacher": None,
+    "phase1.target_layer": None,
+    "phase2.teacher": None,
+    "phase2.target_layer": None,
+    "phase3.head_init": "fresh",
+}
+
+
+def without_added_defaults(section: str, dump: dict[str, Any]) -> dict[str, Any]:
+    """`dump` (one section's model_dump) without the ADDED_AT_DEFAULT fields at their default."""
+    out = dict(dump)
+    for dotted, default in ADDED_AT_DEFAULT.items():
+        where, _, leaf = dotted.partition(".")
+        if where == section and leaf in out and out[leaf] == default:
+            out.pop(leaf)
+    return out
 
 
 class TrackingConfig(_Section):

@@ -1,7 +1,8 @@
-"""Plots: loss curves of a pipeline run, and Table 1's quality/size/latency Pareto plot.
+"""Plots: loss curves of a pipeline run, Table 1's quality/size/latency Pareto plot, probes.
 
     alad stage evaluate        # writes runs/eval/plots/{phase1,phase2,phase3}.png
     alad report                # writes reports/pareto.png and reports/curves.png
+    alad probe ... --out reports/probe-pos.json     # and reports/probe-pos.png
 
 Figures are built with matplotlib's object API (`Figure` + the Agg canvas), not pyplot: no global
 figure state, so plotting is safe from Prefect's worker threads, and nothing needs closing.
@@ -194,4 +195,53 @@ def plot_curves(
     handles += [Line2D([], [], color="0.3", ls=styles[n], label=f"n = {n}") for n in windows]
     fig.legend(handles=handles, loc="lower center", ncol=min(8, len(handles)), fontsize=8)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
+    save_figure(fig, target)
+
+
+def plot_probe(record: dict[str, Any], target: Path | IO[bytes]) -> None:
+    """`alad probe`'s record: test accuracy per layer (relative depth 0..1, so models of
+    different depths share the axis), one line per model, each model's best dev layer ringed;
+    the probe through an adapter as a star at depth 1 (it reads the last layer through AlAd)."""
+    fig = figure(7, 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    best = record.get("best", {})
+    for name in dict.fromkeys(r["model"] for r in record["rows"]):
+        rows = [r for r in record["rows"] if r["model"] == name]
+        layers = [r for r in rows if r["layer"] != "alad"]
+        depth = max(1, len(layers) - 1)
+        line = ax.plot(
+            [int(r["layer"]) / depth for r in layers],
+            [r["test"] for r in layers],
+            marker="o",
+            label=f"{name} ({depth} layers)",
+        )[0]
+        chosen = best.get(name, {}).get("best_dev_layer")
+        for r in layers:
+            if chosen is not None and int(r["layer"]) == chosen:
+                ax.plot(
+                    [chosen / depth],
+                    [r["test"]],
+                    marker="o",
+                    ms=13,
+                    mfc="none",
+                    color=line.get_color(),
+                    ls="",
+                )
+        for r in rows:
+            if r["layer"] == "alad":
+                ax.plot([1.0], [r["test"]], marker="*", ms=14, color=line.get_color(), ls="")
+                ax.annotate(
+                    f"{name} + AlAd",
+                    (1.0, r["test"]),
+                    textcoords="offset points",
+                    xytext=(6, -4),
+                    fontsize=8,
+                )
+    task = record.get("task", "pos").upper()
+    ax.set_xlabel("layer / number of layers (0 = embeddings, 1 = last layer)")
+    ax.set_ylabel(f"{task} test accuracy of a linear probe (%)")
+    ax.set_title(f"What a frozen encoder's layers keep ({task}; ring: the best layer on dev)")
+    ax.set_xlim(-0.03, 1.25)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower center")
     save_figure(fig, target)

@@ -19,10 +19,7 @@ tracking server it holds for the processes on this machine (other machines are n
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +27,11 @@ from typing import Any
 
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 from alad.errors import RegistryError
 from alad.pyfunc import log_pyfunc
-from alad.tracking import Tracker, mlflow_key, numeric_items, slug, tracking_uri
+from alad.store import REGISTRY_URI, download, is_registry_uri
+from alad.tracking import Tracker, mlflow_key, numeric_items, slug
 
 CHAMPION, PREVIOUS = "champion", "previous"
 STATUS, PROMOTION, REASON = "alad.status", "alad.promotion", "alad.promotion_reason"
@@ -91,9 +88,12 @@ def adapter_name(compressed: str, large: str, window: int) -> str:
     return f"alad-adapter-{slug(compressed)}-to-{slug(large)}-n{window}"
 
 
-def adapter_scope(phase: str, task: str | None = None) -> str:
-    """The alias suffix of a (phase, task): `-phase1`, `-phase2-pos`."""
-    return f"-{phase}" + (f"-{task}" if phase == "phase2" and task else "")
+def adapter_scope(phase: str, task: str | None = None, target: str | None = None) -> str:
+    """The alias suffix of a (phase, task): `-phase1`, `-phase2-pos`; with `target` (a teacher
+    other than M_L pre-trained at its last layer: held-out MSEs against another target do not
+    compare), `-phase2-pos-to-<target>`."""
+    scope = f"-{phase}" + (f"-{task}" if phase == "phase2" and task else "")
+    return scope + (f"-to-{target}" if target else "")
 
 
 def model_name(task: str, compressed: str) -> str:
@@ -365,46 +365,18 @@ class Registry:
         return tags.get(STATUS) == "ready" and tags.get(PROMOTION) != "rolled_back"
 
 
-ADAPTER_URI = ("models:/", "runs:/")
+ADAPTER_URI = REGISTRY_URI
 
 
 def resolve_adapter(ref: str | Path | None, uri: str | None = None) -> Path | None:
     """`phase2.init` / `phase3.init` as a local folder: a folder as it is; `models:/<name>@<alias>`,
     `models:/<name>/<version>` or `runs:/<run id>/<path>` downloaded from the tracking store into
     ~/.cache/alad/adapters/ (an alias is resolved to its version first, so a moved alias is
-    fetched again). The phases verify the folder's checksummed manifest as for any checkpoint."""
-    if ref is None or not str(ref).startswith(ADAPTER_URI):
+    fetched again; alad.store.download). The phases verify the folder's checksummed manifest as
+    for any checkpoint."""
+    if ref is None or not is_registry_uri(ref):
         return None if ref is None else Path(ref)
-    import mlflow.artifacts
-
-    from alad.models.packaged import cache_home
-
-    text, uri = str(ref), uri or tracking_uri()
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    source = text
-    try:
-        if text.startswith("models:/"):
-            name, _, which = text.removeprefix("models:/").partition("@")
-            if which:  # models:/name@alias
-                version = client.get_model_version_by_alias(name, which).version
-            else:  # models:/name/version
-                name, _, version = name.rpartition("/")
-            source = client.get_model_version_download_uri(name, str(version))
-            text = f"models:/{name}/{version}"
-        dest = cache_home() / "adapters" / hashlib.sha256(f"{uri}|{text}".encode()).hexdigest()[:16]
-        if not (dest / "manifest.json").is_file():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-                got = Path(
-                    mlflow.artifacts.download_artifacts(
-                        artifact_uri=source, dst_path=tmp, tracking_uri=uri
-                    )
-                )
-                shutil.rmtree(dest, ignore_errors=True)
-                got.rename(dest)
-    except MlflowException as exc:
-        raise RegistryError(f"adapter {ref}: {exc.message} (tracking store {uri})") from None
-    return dest
+    return download(str(ref), "adapters", uri)
 
 
 def registry_table(tracker: Tracker) -> list[dict[str, str]]:

@@ -51,12 +51,13 @@ class Result:
         return self.record["test"]
 
     @property
-    def row_key(self) -> tuple[str, str, str, int | None]:
-        """The Table-1 row this seed belongs to: (task, M_C, mode, n); M_L's row for `large`."""
+    def row_key(self) -> tuple[str, str, str, int | None, str | None]:
+        """The Table-1 row this seed belongs to: (task, M_C, mode, n, the grid's variant);
+        M_L's row for `large`."""
         c = self.cell
         if MODES[c["mode"]].encoder == "large":
-            return c["task"], c["large"], c["mode"], None
-        return c["task"], c["compressed"], c["mode"], c.get("window")
+            return c["task"], c["large"], c["mode"], None, None
+        return c["task"], c["compressed"], c["mode"], c.get("window"), c.get("variant")
 
 
 def read_result(path: Path) -> Result:
@@ -104,6 +105,9 @@ class Row:
     window: int | None
     results: list[Result]
     superseded: list[Result] = field(default_factory=list)
+    variant: str | None = (
+        None  # a levers grid's variant (sweeps/teacher.yaml), e.g. another teacher
+    )
 
     @property
     def large(self) -> str:
@@ -141,24 +145,25 @@ class Row:
 
     @property
     def label(self) -> str:
-        return f"{self.mode} n={self.window}" if self.window else self.mode
+        label = f"{self.mode} n={self.window}" if self.window else self.mode
+        return f"{label} [{self.variant}]" if self.variant else label
 
 
 def group_rows(results: Iterable[Result]) -> dict[str, list[Row]]:
     """Results -> rows per task, in the paper's order: `large` first, then each M_C (largest
     first) with its modes in MODES order and windows ascending. Two results of the same row and
     seed (e.g. the grid's config changed and the cell reran): the newer one counts."""
-    by_key: dict[tuple[str, str, str, int | None], dict[int, list[Result]]] = {}
+    by_key: dict[tuple[str, str, str, int | None, str | None], dict[int, list[Result]]] = {}
     for r in results:
         by_key.setdefault(r.row_key, {}).setdefault(r.cell["seed"], []).append(r)
     rows: dict[str, list[Row]] = {}
-    for (task, compressed, mode, window), seeds in by_key.items():
+    for (task, compressed, mode, window, variant), seeds in by_key.items():
         kept, old = [], []
         for _, same in sorted(seeds.items()):
             same = sorted(same, key=lambda r: (str(r.record.get("finished", "")), str(r.path)))
             kept.append(same[-1])
             old += same[:-1]
-        rows.setdefault(task, []).append(Row(task, compressed, mode, window, kept, old))
+        rows.setdefault(task, []).append(Row(task, compressed, mode, window, kept, old, variant))
     modes = list(MODES)
     for task_rows in rows.values():
         size = {}
@@ -173,6 +178,7 @@ def group_rows(results: Iterable[Result]) -> dict[str, list[Row]]:
                 r.compressed,
                 modes.index(r.mode),
                 r.window or 0,
+                r.variant or "",
             )
         )
     return {t: rows[t] for t in TASKS if t in rows}
@@ -492,6 +498,24 @@ def build_markdown(
     return "\n".join(parts)
 
 
+def reused_results(grid_path: Path | None, results_dir: Path) -> list[Result]:
+    """The results the grid at `grid_path` (writing to `results_dir`) takes from the folders
+    it reuses (`reuse:` in the grid file): its cells whose key has a result there, e.g. Table
+    1's cells that a levers grid shares. Empty without a grid or a `reuse:`."""
+    if grid_path is None or not Path(grid_path).is_file():
+        return []
+    from alad.sweep import cells, load_grid
+
+    grid = load_grid(Path(grid_path))
+    if not grid.reuse or grid.results.resolve() != Path(results_dir).resolve():
+        return []
+    return [
+        read_result(c.result_path)
+        for c in cells(grid)
+        if c.done and c.result_path != c.own_result_path
+    ]
+
+
 def still_to_run(grid_path: Path | None, results_dir: Path) -> list[str]:
     """The grid's rows that still miss seeds, as markdown lines with `alad sweep list`'s
     estimate; empty without a grid file or when the grid keeps its results elsewhere."""
@@ -570,7 +594,9 @@ def write_report(
     leaves `out` as it was (no new plots beside an old table)."""
     from alad.plots import plot_curves, plot_pareto
 
-    rows = group_rows(load_results(results_dir))
+    reused = reused_results(grid, results_dir)
+    own = Path(results_dir).is_dir() and any(Path(results_dir).rglob("*.json"))
+    rows = group_rows([*(load_results(results_dir) if own or not reused else []), *reused])
     latency = load_latency(latency_path)
     missing = still_to_run(grid, results_dir)
     out = Path(out)

@@ -35,6 +35,7 @@ from pydantic import (
 )
 
 from alad.atomic import read_json
+from alad.config import ADDED_AT_DEFAULT
 from alad.errors import DataFormatError, ResultError
 from alad.modes import MODES
 from alad.tasks import TASKS
@@ -61,7 +62,12 @@ NOT_IN_KEY = {"runs_dir", "cache", "tracking", "profile"}
 # field changes every key otherwise; tests/test_sweep.py pins the keys of sweeps/table1.yaml).
 # Never list a field whose default changes what is computed: its new cells would be taken for
 # the old ones. Dotted path -> the default that is omitted.
-KEY_OMITTED_AT_DEFAULT: dict[str, Any] = {"runtime.precision": "fp32"}
+KEY_OMITTED_AT_DEFAULT: dict[str, Any] = {
+    "runtime.precision": "fp32",
+    # the teacher (phase1/2.teacher, target_layer, phase3.head_init), listed once in
+    # alad.config because the run keys that decide a resume leave them out too
+    **ADDED_AT_DEFAULT,
+}
 
 
 def config_hash(data: Any) -> str:
@@ -92,15 +98,21 @@ def key_config(
 
 
 def cell_key(
-    config: dict[str, Any], adapter: bool, omitted: dict[str, Any] = KEY_OMITTED_AT_DEFAULT
+    config: dict[str, Any],
+    adapter: bool,
+    omitted: dict[str, Any] = KEY_OMITTED_AT_DEFAULT,
+    zero_shot: bool = False,
 ) -> str:
     """A sweep cell's key from its dumped config; `adapter`: whether its mode has one (phases
-    1-2 and the adapter's shape are in the key only then)."""
+    1-2 and the adapter's shape are in the key only then); `zero_shot`: a cell without phase 3
+    (M_C + adapter + the teacher's head)."""
     config = key_config(config, omitted)
     config.get("phase3", {}).pop("init", None)  # a local path; the phase-2 config is in the key
     if not adapter:  # phases 1-2 do not shape a cell without an adapter
         for name in ("phase1", "phase2", "adapter"):
             config.pop(name, None)
+    if zero_shot:
+        config["zero_shot"] = True
     return config_hash(config)
 
 
@@ -165,6 +177,8 @@ class CellId(_Schema):
     mode: Name
     window: Whole | None  # None: the mode has no adapter
     seed: Count
+    variant: str | None = None  # a grid variant (e.g. another teacher), alad.sweep.Variant
+    zero_shot: bool = False  # no phase 3: M_C + the phase-2 adapter + the teacher's head
 
     @field_validator("task")
     @classmethod
@@ -247,6 +261,7 @@ class CellResult(_Schema):
     key: Annotated[str, Field(pattern=r"^[0-9a-f]{12}$")]
     cell: CellId
     group: str
+    teacher: dict[str, Any] | None = None  # the `large` cell an AlAd cell was aimed at
     dev: Metrics
     test: Metrics
     history: list[Epoch]
@@ -291,7 +306,8 @@ class CellResult(_Schema):
             need = "a window (>= 1)" if MODES[c.mode].adapter else "null: it has no adapter"
             yield Problem("cell.window", f"mode {c.mode} needs {need}", c.window)
         n = f"-n{c.window}" if c.window else ""
-        if self.group != f"{c.task}/{c.compressed}/{c.mode}{n}":
+        variant = f"+{c.variant}" if c.variant else ""
+        if self.group != f"{c.task}/{c.compressed}/{c.mode}{n}{variant}":
             yield Problem("group", f"does not match its cell ({c.task}/{c.compressed}/...)")
         config = self.config
         section = {k: v if isinstance(v, dict) else {} for k, v in config.items()}
@@ -307,7 +323,7 @@ class CellResult(_Schema):
         for name, (where, value) in stated.items():
             if value != getattr(c, name) or type(value) is not type(getattr(c, name)):
                 yield Problem(f"config.{where}", f"differs from cell.{name}", value)
-        expected = cell_key(config, adapter=c.window is not None)
+        expected = cell_key(config, adapter=c.window is not None, zero_shot=c.zero_shot)
         if self.key != expected:
             yield Problem("key", f"is not the hash of its config ({expected})", self.key)
 

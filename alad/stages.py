@@ -193,7 +193,12 @@ def _register_adapter(
         "compressed": manifest["compressed"],
         "large": manifest["large"],
         "compressed_fingerprint": manifest["compressed_fingerprint"],
-        "large_fingerprint": manifest["large_fingerprint"],
+        "large_fingerprint": manifest["large_fingerprint"] or "-",
+        # the target: M_L's last layer unless phaseN.teacher / target_layer say otherwise
+        "teacher": manifest["teacher"] or manifest["large"],
+        "teacher_fingerprint": manifest["teacher_fingerprint"],
+        "teacher_version": manifest["teacher_version"] or "-",
+        "target_layer": f"{manifest['target_layer']} of {manifest['teacher_layers']}",
         "window": s.adapter.window,
         "hidden": s.adapter.hidden,
         "epochs": len(result.history),
@@ -202,7 +207,10 @@ def _register_adapter(
         "init": f"{init['name']}/{init['version']}" if init else "-",
     }
     metrics = {"mse": result.after["mse"], "cosine": result.after["cosine"]}
-    gate = Gate("mse", higher_is_better=False, scope=adapter_scope(phase, task))
+    # MSEs against different targets do not compare: another teacher or layer is its own scope
+    paper = manifest["teacher"] is None and manifest["target_layer"] == manifest["teacher_layers"]
+    target = None if paper else f"{manifest['teacher_fingerprint'][:8]}-l{manifest['target_layer']}"
+    gate = Gate("mse", higher_is_better=False, scope=adapter_scope(phase, task, target))
     done = Registry(tracker).publish(result.checkpoint, metrics, lineage, gate, run_id)
     return {
         "name": done.name,

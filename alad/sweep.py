@@ -30,9 +30,9 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,7 +42,14 @@ from alad import results, stopping
 from alad.atomic import claim, ensure_writable_dir, write_json
 from alad.cache import feature_root
 from alad.checkpoint import saved_progress
-from alad.config import ConfigError, Integer, Settings, load_settings, load_yaml_file
+from alad.config import (
+    ConfigError,
+    Integer,
+    Settings,
+    load_settings,
+    load_yaml_file,
+)
+from alad.errors import ResultError
 from alad.models.catalog import training_cost
 from alad.modes import MODES
 from alad.results import KEY_OMITTED_AT_DEFAULT, NOT_IN_KEY
@@ -82,6 +89,33 @@ class Ablation(_Strict):
     windows: list[Window] = Field(default_factory=lambda: [1, 3])
 
 
+LARGE_TEACHER = "@large"  # a grid's phase1/2.teacher: the task's best-dev `large` cell's model
+
+
+class Variant(_Strict):
+    """Named config overrides for AlAd cells (e.g. another teacher): every compressed model x
+    mode of the grid is run once per variant, its group named `<task>/<M_C>/<mode>+<variant>`."""
+
+    set: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Overrides of this variant's cells. phase1.teacher / phase2.teacher "
+        f"'{LARGE_TEACHER}': the model of the task's `large` cell of this grid with the best dev "
+        "score (all its seeds done; rebuilt first where its folder is not on this machine).",
+    )
+    modes: list[str] | None = Field(None, description="None: the grid's (or the task's) modes.")
+    seeds: list[int] | None = Field(
+        None,
+        description="None: the task's or grid's seeds; e.g. [13, 14, 15] for the variant a "
+        "seed-13 screen chose (a zero-shot cell has no seed of its own: phases 1-2 use "
+        "align_seed, so its seeds score the same)",
+    )
+    zero_shot: bool = Field(
+        False,
+        description="No phase 3: M_C + the phase-2 adapter + its teacher's task head "
+        "(alad.teacher.compose_zero_shot), scored on dev and test. Needs a task-model teacher.",
+    )
+
+
 class Grid(_Strict):
     """A sweep file (e.g. sweeps/table1.yaml)."""
 
@@ -105,6 +139,17 @@ class Grid(_Strict):
     ablation: Ablation | None = None
     set: dict[str, Any] = Field(default_factory=dict, description="Overrides for every cell.")
     tasks: dict[str, TaskAxis] = Field(min_length=1)
+    variants: dict[str, Variant] | None = Field(
+        None, description="Named override sets of the AlAd cells (None: one, unnamed: Table 1)."
+    )
+    large_seeds: list[int] | None = Field(
+        None, description="Seeds of the `large` cells (None: the task's or grid's seeds)."
+    )
+    reuse: list[Path] = Field(
+        default_factory=list,
+        description="Other grids' committed results: a cell whose key has a result there is "
+        "done (the same key is the same computation), e.g. Table 1's cells in a levers grid.",
+    )
 
     @model_validator(mode="after")
     def _known_names(self) -> Grid:
@@ -112,6 +157,7 @@ class Grid(_Strict):
             if task not in TASKS:
                 raise ValueError(f"tasks.{task}: unknown task; choose from {sorted(TASKS)}")
         modes = [*self.modes, *(m for t in self.tasks.values() for m in t.modes or [])]
+        modes += [m for v in (self.variants or {}).values() for m in v.modes or []]
         if self.ablation:
             modes.append(self.ablation.mode)
         grid_modes = [m for m, spec in MODES.items() if spec.encoder == "compressed"]
@@ -165,26 +211,52 @@ class Cell:
     settings: Settings
     align: Settings | None  # phases 1-2 config (align_seed), None without adapter
     grid: Grid = field(repr=False)
+    variant: str | None = None  # the grid's variant (None: a Table-1 cell)
+    teacher: Cell | None = field(default=None, repr=False)  # the `large` cell "@large" named
+    waits_for: str | None = None  # "@large" not resolved yet: the group whose seeds it waits for
+    zero_shot: bool = False  # no phase 3: M_C + the phase-2 adapter + the teacher's head
 
     @cached_property
     def key(self) -> str:
-        """The hash of the config (alad.results.cell_key; a result file is checked against it)."""
-        config = self.settings.model_dump(mode="json", exclude=NOT_IN_KEY)
-        return results.cell_key(config, self.align is not None, KEY_OMITTED_AT_DEFAULT)
+        """The hash of the config (alad.results.cell_key; a result file is checked against it),
+        a `large` cell's model as teacher named by that cell's key, not by its folder."""
+        config = self._named(self.settings.model_dump(mode="json", exclude=NOT_IN_KEY))
+        return results.cell_key(config, self.align is not None, zero_shot=self.zero_shot)
+
+    def _named(self, config: dict[str, Any]) -> dict[str, Any]:
+        """`config` with a `large` cell's model as teacher named by that cell's key, not by
+        its folder on this machine."""
+        if self.teacher is not None:
+            for phase in ("phase1", "phase2"):
+                section = config.get(phase, {})
+                if section.get("teacher") == str(self.teacher.model_dir):
+                    section["teacher"] = f"{LARGE_TEACHER}:{self.teacher.key}"
+        return config
 
     @property
     def group(self) -> str:
-        """The Table-1 cell this run is one seed of."""
+        """The Table-1 cell this run is one seed of (+ the grid's variant)."""
         n = f"-n{self.window}" if self.window else ""
-        return f"{self.task}/{self.compressed}/{self.mode}{n}"
+        variant = f"+{self.variant}" if self.variant else ""
+        return f"{self.task}/{self.compressed}/{self.mode}{n}{variant}"
 
     @property
     def name(self) -> str:
         return f"{self.group}/s{self.seed}"
 
     @property
-    def result_path(self) -> Path:
+    def own_result_path(self) -> Path:
+        """Where this grid writes the cell's result."""
         return self.grid.results / self.task / f"{self.key}.json"
+
+    @property
+    def result_path(self) -> Path:
+        """The cell's result: this grid's, else a reused grid's of the same key."""
+        own = self.own_result_path
+        if own.is_file():
+            return own
+        found = (r / self.task / f"{self.key}.json" for r in self.grid.reuse)
+        return next((f for f in found if f.is_file()), own)
 
     @property
     def out(self) -> Path:
@@ -195,9 +267,13 @@ class Cell:
         """The lock file of the runner running this cell, beside its run folder."""
         return self.out.with_name(f"{self.key}.claim")
 
+    @property
+    def model_dir(self) -> Path:
+        return self.out / "model"
+
     def align_dir(self, phase: str) -> Path:
         assert self.align is not None
-        a = key_config(self.align)
+        a = self._named(key_config(self.align))
         parts = {"models": a["models"], "adapter": a["adapter"], "seed": a["seed"]}
         k1 = results.config_hash({**parts, "phase1": a["phase1"]})
         if phase == "phase1":
@@ -231,7 +307,7 @@ class Cell:
         mode = MODES[self.mode]
         examples = s.max_train_examples or 1000
         task = TASKS[self.task]
-        return (
+        cost = (
             training_cost(mode.model(self.compressed, self.settings.models.large))
             * mode.cost
             * task.cost
@@ -239,6 +315,11 @@ class Cell:
             * (s.epochs or task.epochs)
             / 1000
         )
+        return cost * (ZERO_SHOT_COST if self.zero_shot else 1.0)
+
+
+# A zero-shot cell only scores dev and test (its phase 2 is shared): ~ an epoch's forward passes
+ZERO_SHOT_COST = 0.05
 
 
 def _settings(dotted: dict[str, Any], source: str) -> Settings:
@@ -267,50 +348,111 @@ def _dotted(d: dict[str, Any]) -> dict[str, Any]:
 
 def cells(grid: Grid, tasks: list[str] | None = None, only: list[str] | None = None) -> list[Cell]:
     """Every cell of the grid (optionally of some tasks, or whose name matches one of the
-    shell patterns `only`, e.g. "pos/mpnet-base/large/*"), cheapest first."""
+    shell patterns `only`, e.g. "pos/mpnet-base/large/*"), cheapest first; cells waiting for
+    their teacher (`@large` whose seeds are not all done) last."""
     out: list[Cell] = []
     for task, axis in grid.tasks.items():
-        if tasks and task not in tasks:
-            continue
-        base = {
-            **_dotted(grid.set),
-            "models.large": grid.large,
-            "phase3.task": task,
-            "phase3.train": axis.train,
-            "phase3.dev": axis.dev,
-            "phase3.test": axis.test,
-            "phase2.corpus": axis.train,
-            **_dotted(axis.set),
-        }
-        runs: list[tuple[str, str, int | None]] = []
-        if axis.large:
-            runs.append((grid.large, "large", None))
-        for compressed in axis.compressed or grid.compressed:
-            for mode in axis.modes or grid.modes:
-                runs.append((compressed, mode, grid.window if MODES[mode].adapter else None))
-        if grid.ablation and axis.ablation:
-            runs += [
-                (grid.ablation.compressed, grid.ablation.mode, n) for n in grid.ablation.windows
-            ]
-        for compressed, mode, window in runs:
-            for seed in axis.seeds or grid.seeds:
-                over = {
-                    **base,
-                    "models.compressed": compressed,
-                    "phase3.mode": mode,
-                    "seed": seed,
-                    **({"adapter.window": window} if window else {}),
-                }
-                where = f"{grid._source}, task {task}"
-                align = _settings({**over, "seed": grid.align_seed}, where) if window else None
-                settings = _settings(over, where)
-                out.append(Cell(task, compressed, mode, window, seed, settings, align, grid))
+        if not tasks or task in tasks:
+            out += _task_cells(grid, task, axis)
     keys = [c.key for c in out]
     if len(set(keys)) != len(keys):
         raise ConfigError("the grid lists the same cell twice (same config, same seed)")
     if only:
         out = [c for c in out if any(fnmatch.fnmatchcase(c.name, pat) for pat in only)]
-    return sorted(out, key=lambda c: (c.cost, c.task, c.group, c.seed))
+    return sorted(out, key=lambda c: (c.waits_for is not None, c.cost, c.task, c.group, c.seed))
+
+
+def _task_cells(grid: Grid, task: str, axis: TaskAxis) -> list[Cell]:
+    """One task's cells: its `large` seeds, then every variant x M_C x mode (+ the ablation)."""
+    where = f"{grid._source}, task {task}"
+    base = {
+        **_dotted(grid.set),
+        "models.large": grid.large,
+        "phase3.task": task,
+        "phase3.train": axis.train,
+        "phase3.dev": axis.dev,
+        "phase3.test": axis.test,
+        "phase2.corpus": axis.train,
+        **_dotted(axis.set),
+    }
+    seeds = axis.seeds or grid.seeds
+    make = partial(_cell, grid, task, base, where)
+    large = [make(grid.large, "large", None, s) for s in (grid.large_seeds or seeds)]
+    large = large if axis.large else []
+    teacher = _best_large(large) if large else None
+    out = list(large)
+    for variant, spec in (grid.variants or {None: Variant()}).items():
+        if teacher is None and LARGE_TEACHER in _dotted(spec.set).values():
+            raise ConfigError(
+                f"{where}: variant {variant} aims at '{LARGE_TEACHER}', the task's `large` "
+                f"cell, and the task runs none (tasks.{task}.large is false)"
+            )
+        for compressed in axis.compressed or grid.compressed:
+            for mode in spec.modes or axis.modes or grid.modes:
+                window = grid.window if MODES[mode].adapter else None
+                for seed in spec.seeds or seeds:
+                    out.append(make(compressed, mode, window, seed, variant, spec, teacher))
+    if grid.ablation and axis.ablation:
+        a = grid.ablation
+        out += [make(a.compressed, a.mode, n, s) for n in a.windows for s in seeds]
+    return out
+
+
+def _cell(
+    grid: Grid,
+    task: str,
+    base: dict[str, Any],
+    where: str,
+    compressed: str,
+    mode: str,
+    window: int | None,
+    seed: int,
+    variant: str | None = None,
+    spec: Variant | None = None,
+    teacher: tuple[Cell | None, str | None] | None = None,
+) -> Cell:
+    """One cell; a teacher '@large' becomes the chosen `large` cell's model folder (`teacher`:
+    that cell, or None and what it waits for)."""
+    spec = spec or Variant()
+    over = {
+        **base,
+        **_dotted(spec.set),
+        "models.compressed": compressed,
+        "phase3.mode": mode,
+        "seed": seed,
+        **({"adapter.window": window} if window else {}),
+    }
+    uses = [k for k in ("phase1.teacher", "phase2.teacher") if over.get(k) == LARGE_TEACHER]
+    best, waits = teacher if uses and teacher else (None, None)
+    if best is not None:
+        over.update({k: str(best.model_dir) for k in uses})
+    if spec.zero_shot and (window is None or over.get("phase2.teacher") is None):
+        raise ConfigError(
+            f"{where}: variant {variant}: a zero-shot cell needs an AlAd mode and a task model "
+            f"as phase2.teacher (e.g. '{LARGE_TEACHER}')"
+        )
+    align = _settings({**over, "seed": grid.align_seed}, where) if window else None
+    settings = _settings(over, where)
+    cell = Cell(task, compressed, mode, window, seed, settings, align, grid)
+    return replace(cell, variant=variant, teacher=best, waits_for=waits, zero_shot=spec.zero_shot)
+
+
+def _best_large(large: list[Cell]) -> tuple[Cell | None, str | None]:
+    """The `large` seed with the best dev score (ties: the lowest seed), once every seed has a
+    result (the choice must not move as seeds finish); else (None, what it waits for)."""
+    done = [c for c in large if c.done]
+    if len(done) < len(large):
+        return None, f"{large[0].group} ({len(done)} of {len(large)} seeds done)"
+
+    def dev(c: Cell) -> float:
+        try:
+            return float(json.loads(c.result_path.read_text())["dev"]["main"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ResultError(
+                f"{c.result_path}: no dev score (dev.main) to choose a teacher by"
+            ) from None
+
+    return max(large, key=lambda c: (dev(c), -c.seed)), None
 
 
 def file_sha256(path: str | None) -> str | None:
@@ -363,6 +505,9 @@ def align_cell(cell: Cell, upto: str = "phase2", progress: bool = False) -> dict
     from alad.phases.align import run_alignment
 
     assert cell.align is not None
+    if cell.waits_for:
+        raise ConfigError(f"{cell.name}: its teacher is not chosen yet: waits for {cell.waits_for}")
+    ensure_teacher(cell, progress)
     with _one_runner(cell.align_dir("phase1")):
         out = {"phase1": _phase1(cell, progress)}
     if upto == "phase2":
@@ -408,9 +553,92 @@ def _alignment_record(cell: Cell, phase: str, r: Any) -> dict[str, Any]:
     }
 
 
+def ensure_teacher(cell: Cell, progress: bool = False) -> None:
+    """The model folder of the `large` cell `cell` aims at, re-trained into its place first
+    where it is not on this machine (a fresh clone has only the committed result). Its committed
+    result is never rewritten: the rebuild's scores go to `<its out>/rebuilt.json`, and every
+    cell aimed at it records them (a GPU or another torch may draw other numbers)."""
+    from filelock import FileLock
+
+    from alad.jobs import finetune_job
+
+    t = cell.teacher
+    if t is None:
+        return
+    t.out.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{t.out}.lock"):  # cells on several workers: one rebuild
+        if (t.model_dir / "manifest.json").is_file():
+            return
+        record = json.loads(t.result_path.read_text())
+        where = (record.get("machine") or {}).get("device", "cpu")
+        log.info(
+            "teacher %s (%s): its model %s is not on this machine; re-training it first (its "
+            "committed result took %.0f s on %s)",
+            t.name,
+            t.key,
+            t.model_dir,
+            record.get("seconds", float("nan")),
+            where,
+        )
+        t0 = time.perf_counter()
+        result = finetune_job(t.settings, out=t.out, progress=progress)
+        scores = {"dev": result.dev["main"], "test": result.test["main"]}
+        committed = {"dev": record["dev"]["main"], "test": record["test"]["main"]}
+        rebuilt = {
+            "scores": scores,
+            "committed": committed,
+            "same": scores == committed,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        write_json(rebuilt, t.out / "rebuilt.json")
+        if not rebuilt["same"]:
+            log.warning(
+                "teacher %s rebuilt with other scores than its committed result (%s vs %s): "
+                "its cells use the rebuilt model and say so in their results",
+                t.name,
+                scores,
+                committed,
+            )
+
+
+def _teacher_record(cell: Cell) -> dict[str, Any] | None:
+    """What a result says about the `large` cell its teacher is (None: not aimed at one)."""
+    t = cell.teacher
+    if t is None:
+        return None
+    record = json.loads(t.result_path.read_text())
+    rebuilt = t.out / "rebuilt.json"
+    return {
+        "cell": t.name,
+        "key": t.key,
+        "dev": record["dev"]["main"],
+        "test": record["test"]["main"],
+        "rebuilt": json.loads(rebuilt.read_text()) if rebuilt.is_file() else None,
+    }
+
+
+def _zero_shot(cell: Cell, settings: Settings) -> Any:
+    """No phase 3: M_C + the cell's phase-2 adapter + its teacher's head, scored on dev and
+    test (alad.teacher.compose_zero_shot), as a FinetuneResult without history."""
+    from alad.evaluation import evaluate_model
+    from alad.phases.finetune import FinetuneResult
+    from alad.tasks import load_splits
+    from alad.teacher import compose_zero_shot
+
+    model_dir = compose_zero_shot(cell.align_dir("phase2"), cell.model_dir)
+    cfg = settings.phase3
+    splits = load_splits(cfg, settings.seed)
+    dev = evaluate_model(model_dir, cfg.dev or splits.dev)
+    test = evaluate_model(model_dir, cfg.test or splits.test)
+    dev.pop("table_row", None)
+    write_json({"dev": dev, "test": test}, cell.out / "metrics.json")
+    return FinetuneResult(model_dir, dev, test, [], cell.out / "metrics.json")
+
+
 def run_cell(cell: Cell, progress: bool = False) -> dict[str, Any]:
-    """Fine-tune and test one cell (phases 1-2 first when it has an adapter); write its result.
-    Under the cell's claim: CellTaken if another runner holds it or has finished the cell."""
+    """Fine-tune and test one cell (phases 1-2 first when it has an adapter; a zero-shot cell
+    has no phase 3); write its result. Under the cell's claim: CellTaken if another runner
+    holds it or has finished the cell."""
     held = claim(cell.claim_path)
     if held is None:
         raise CellTaken(f"{cell.name}: another runner is running it ({cell.claim_path})")
@@ -431,7 +659,10 @@ def _run_cell(cell: Cell, progress: bool) -> dict[str, Any]:
         alignment = align_cell(cell, progress=progress)
         p3 = settings.phase3.model_copy(update={"init": str(cell.align_dir("phase2"))})
         settings = settings.model_copy(update={"phase3": p3})
-    result = finetune_job(settings, out=cell.out, progress=progress)
+    if cell.zero_shot:
+        result = _zero_shot(cell, settings)
+    else:
+        result = finetune_job(settings, out=cell.out, progress=progress)
     runtime, test = Runtime.from_config(settings.runtime), result.test
     manifest = json.loads((result.model_dir / "manifest.json").read_text())
     record = {
@@ -443,8 +674,11 @@ def _run_cell(cell: Cell, progress: bool) -> dict[str, Any]:
             "mode": cell.mode,
             "window": cell.window,
             "seed": cell.seed,
+            "variant": cell.variant,
+            "zero_shot": cell.zero_shot,
         },
         "group": cell.group,
+        "teacher": _teacher_record(cell),
         "dev": result.dev,
         "test": {k: v for k, v in test.items() if k != "table_row"},
         "history": result.history,
@@ -457,7 +691,7 @@ def _run_cell(cell: Cell, progress: bool) -> dict[str, Any]:
                 for name in ("train", "dev", "test")
             },
         },
-        "config": cell.settings.model_dump(mode="json", exclude=NOT_IN_KEY),
+        "config": cell._named(cell.settings.model_dump(mode="json", exclude=NOT_IN_KEY)),
         # phase 3's seconds in earlier processes (a resumed cell) count; the wall clock misses them
         "seconds": round(time.perf_counter() - t0 + result.earlier_seconds, 1),
         "machine": machine(runtime.device, load0),
@@ -465,7 +699,7 @@ def _run_cell(cell: Cell, progress: bool) -> dict[str, Any]:
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "model_dir": str(result.model_dir),
     }
-    write_json(record, cell.result_path)
+    write_json(record, cell.own_result_path)
     return record
 
 
@@ -483,6 +717,7 @@ class Progress:
     total: int
     todo: list[Cell]
     measured: list[tuple[Cell, float]] = field(default_factory=list)  # (cell, seconds)
+    kind: str = "cpu"  # the device kind the ETA is for (this machine's)
 
     @classmethod
     def of(cls, every: list[Cell], device: str | None = None) -> Progress:
@@ -494,7 +729,7 @@ class Progress:
         timed = [(c, t) for c in every if c.done and (t := _timing(c)) is not None]
         same = [(c, seconds) for c, (seconds, k) in timed if k == kind]
         measured = same or [(c, seconds) for c, (seconds, _) in timed]
-        return cls(len(every), [c for c in every if not c.done], measured)
+        return cls(len(every), [c for c in every if not c.done], measured, kind)
 
     @property
     def done(self) -> int:
@@ -512,12 +747,24 @@ class Progress:
         return cell.cost * (statistics.median(rates) if rates else 60.0) * left
 
     def finished(self, cell: Cell, seconds: float) -> str:
-        self.todo = [c for c in self.todo if c.key != cell.key]
+        self.todo = [c for c in self.todo if c.name != cell.name]  # a waiting cell: a new key
         self.measured.append((cell, seconds))
         return self.line()
 
+    def teachers_to_rebuild(self) -> dict[str, float]:
+        """The `large` cells that cells still to run aim at, whose model folder is not on this
+        machine: name -> the seconds a rebuild is expected to take: as long as its committed
+        result took, or, when that ran on another kind of device, as predicted for this one."""
+        out = {}
+        for c in self.todo:
+            t = c.teacher
+            if t is not None and not (t.model_dir / "manifest.json").is_file():
+                timing = _timing(t)
+                out[t.name] = timing[0] if timing and timing[1] == self.kind else self.predict(t)
+        return out
+
     def line(self) -> str:
-        eta = sum(self.predict(c) for c in self.todo)
+        eta = sum(self.predict(c) for c in self.todo) + sum(self.teachers_to_rebuild().values())
         return f"{self.done}/{self.total} cells done, ETA {eta / 3600:.1f} h"
 
 
@@ -583,8 +830,14 @@ def run_sweep(
                 if reason != "the time box":
                     raise stopping.stop(reason, "the sweep", grid.results)
                 break
+            if cell.waits_for:  # last in the order: its `large` cells may have run meanwhile
+                cell = _resolved(grid, cell)
+                if cell.waits_for:
+                    log.info("%s waits for %s; not run", cell.name, cell.waits_for)
+                    continue
             if cell.done:  # finished by another runner meanwhile
                 continue
+            ran += 1
             t0 = time.perf_counter()
             try:
                 record = (run or (lambda c: run_cell(c, progress)))(cell)
@@ -600,6 +853,11 @@ def run_sweep(
             line = prog.finished(cell, time.perf_counter() - t0)
             log.info("%s finished (%.0f s); %s", cell.name, time.perf_counter() - t0, line)
             yield cell, record, line
+
+
+def _resolved(grid: Grid, cell: Cell) -> Cell:
+    """`cell` built again from the grid, its teacher chosen if its `large` seeds are done now."""
+    return next(c for c in cells(grid, [cell.task]) if c.name == cell.name)
 
 
 def register_best(grid: Grid, tracker: Any, tasks: list[str] | None = None) -> list[dict]:

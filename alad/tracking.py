@@ -33,19 +33,11 @@ from mlflow.tracking import MlflowClient
 from alad.config import Settings
 from alad.errors import RegistryError, ServicesDown
 from alad.provenance import git_commit
+from alad.store import LOCAL_STORE, tracking_uri  # where the store is: below the phases
 
-LOCAL_STORE = Path("mlflow")
 LOCK_TIMEOUT_S = 600  # promotion takes well under a second; a holder that long is stuck
 _MAX_PARAM = 6000  # MLflow's limit on a param value (characters)
 _BAD_KEY = re.compile(r"[^\w\-. /:]")  # MLflow keys: alphanumerics, _ - . space / :
-
-
-def tracking_uri() -> str:
-    """$MLFLOW_TRACKING_URI, else the SQLite store ./mlflow/mlflow.db (folder created)."""
-    if uri := os.environ.get("MLFLOW_TRACKING_URI"):
-        return uri
-    LOCAL_STORE.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(LOCAL_STORE / 'mlflow.db').resolve()}"
 
 
 def artifact_root(uri: str | None = None) -> str:

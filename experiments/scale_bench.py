@@ -22,6 +22,7 @@ from alad.data.corpus import load_corpus, sample_split
 from alad.models.catalog import load_encoder
 from alad.phases.align import AlignData, run_alignment
 from alad.runtime import barrier, init_distributed, is_main, rank_world, resolve_device
+from alad.teacher import Teacher
 
 texts, root = int(sys.argv[1]), Path(sys.argv[2])
 init_distributed(resolve_device("cpu"))
@@ -40,7 +41,7 @@ compressed_train = build_cache(compressed, train, length, root, shard, progress=
 heldout = tuple(
     build_cache(e, held, length, root, shard, progress=False) for e in (compressed, large)
 )
-data = AlignData(compressed, large, (compressed_train, large_train), heldout)
+data = AlignData(compressed, Teacher.pretrained(large), (compressed_train, large_train), heldout)
 result = run_alignment(s, "phase1", out=root / "ckpt", progress=False, data=data)
 if is_main():
     tokens = large_train.num_tokens

@@ -196,8 +196,10 @@ def alad_sweep(
         if threads is None and not address:
             threads = max(1, (os.cpu_count() or 1) // workers)
         deadline = time.time() + 60 * max_minutes if max_minutes is not None else None
-        keys = [c.key for c in todo[:max_cells]]
-        check_outputs(cells_grid, todo[:max_cells])  # before any cell runs (run_sweep's too)
+        # a cell whose teacher waits for `large` seeds runs in a later flow run, once they are done
+        ready = [c for c in todo if not c.waits_for][:max_cells]
+        keys = [c.key for c in ready]
+        check_outputs(cells_grid, ready)  # before any cell runs (run_sweep's too)
         runner = dask_runner(workers, address)
         ran = sweep_cells.with_options(task_runner=runner)(grid, keys, threads, deadline)
         line = plan(cells_grid, tasks)[1].line()

@@ -23,8 +23,10 @@ LAYERS: list[tuple[str, ...]] = [
     ("tasks",),  # a task: its reader, encoding, loss and metric
     ("config",),  # validated against the tasks and modes below it
     ("results",),  # the records alad reads back (cell results, latency): schemas, the cell key
-    ("checkpoint", "cache", "aligned_model", "inference"),  # saved models, frozen outputs
-    ("phases", "evaluation", "predict", "plots"),  # the method's phases; using a saved model
+    # saved models, frozen outputs, registered versions as files, the teacher of phases 1-2
+    ("checkpoint", "cache", "aligned_model", "inference", "store", "teacher"),
+    # the method's phases; using a saved model; linear probes of encoders' layers
+    ("phases", "evaluation", "predict", "plots", "probe"),
     ("tracking", "pyfunc", "registry", "bench"),  # MLflow runs, the model registry
     ("jobs", "stages", "sweep", "report"),  # each workflow once; the pipeline; Table 1
     ("cli",),

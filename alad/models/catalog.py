@@ -75,12 +75,19 @@ class Encoder:
         return next(self.model.parameters()).device
 
     @torch.no_grad()
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Last-layer token embeddings [B, T, D] (the R of METHOD.md), on the model's device."""
+    def embed(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int | None = None
+    ) -> torch.Tensor:
+        """Token embeddings [B, T, D] on the model's device: the last layer's (the R of
+        METHOD.md), or with `layer` the hidden state of that index (0 = the embeddings' output,
+        1..num_layers = after each transformer layer; `hidden_states` of Hugging Face)."""
         device = self.device
-        return self.model(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)
-        ).last_hidden_state
+        out = self.model(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            output_hidden_states=layer is not None,
+        )
+        return out.last_hidden_state if layer is None else out.hidden_states[layer]
 
 
 def _hash_value(h: hashlib._Hash, value: object) -> None:
@@ -153,6 +160,17 @@ def load_encoder(spec: str) -> Encoder:
         model.config.hidden_size,
     )
     return Encoder(name=spec, model=model, tokenizer=tokenizer, source=source)
+
+
+def hidden_size(spec: str) -> int:
+    """The width D of `spec`'s token embeddings, from its config (no weights are read)."""
+    from transformers import AutoConfig
+
+    source = resolve(split_spec(spec)[0])
+    try:
+        return int(AutoConfig.from_pretrained(source).hidden_size)
+    except OSError as exc:
+        raise ModelUnavailable(f"cannot read the config of model {spec!r} ({exc})") from exc
 
 
 def count_parameters(spec: str) -> int:

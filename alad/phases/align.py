@@ -4,7 +4,9 @@
     alad align phase2 --init runs/phase1    # the task's training text, 10 epochs, lr 1e-4
 
 Both minimise the MSE between AlAd(R_C) and R_L over real tokens, with M_C and M_L frozen, so both
-models run once per text (the frozen-output cache) and epochs only train the adapter.
+models run once per text (the frozen-output cache) and epochs only train the adapter. R_L is the
+teacher's (alad/teacher.py): M_L pre-trained at its last layer, as in the paper, unless
+`phaseN.teacher` / `phaseN.target_layer` name another model or hidden state.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from alad.phases.recipe import (
     run_key,
 )
 from alad.runtime import Runtime, barrier, broadcast, is_main, rank_world
+from alad.store import is_registry_uri, pin
+from alad.teacher import Teacher, check_width, load_teacher
 
 log = logging.getLogger(__name__)
 Phase = Literal["phase1", "phase2"]
@@ -73,9 +77,14 @@ class AlignResult:
 @dataclass
 class AlignData:
     compressed: Encoder
-    large: Encoder
+    teacher: Teacher  # the target: M_L pre-trained at its last layer unless configured
     train: tuple[FeatureCache, FeatureCache]
     heldout: tuple[FeatureCache, FeatureCache]
+
+    @property
+    def large(self) -> Encoder:
+        """The encoder whose hidden state is the target (the teacher's)."""
+        return self.teacher.encoder
 
 
 def prepare_data(
@@ -91,7 +100,9 @@ def prepare_data(
     cfg: AlignPhaseConfig = getattr(settings, phase)
     m, a = settings.models, settings.adapter
     init_manifest = load_checkpoint(init).manifest if init is not None else None
-    compressed, large = load_encoder(m.compressed), load_encoder(m.large)
+    teacher = load_teacher(cfg.teacher, m.large, cfg.target_layer, where=phase)
+    check_width(teacher, m.large, phase)
+    compressed, large = load_encoder(m.compressed), teacher.encoder
     device = Runtime.from_config(settings.runtime).device
     for enc in (compressed, large):  # extraction on the device; shards are stored from the CPU
         if "int8" not in enc.name:  # dynamic int8 kernels are CPU-only
@@ -109,7 +120,7 @@ def prepare_data(
     )
     c = settings.cache
 
-    def cache(enc: Encoder, part: list[str], label: str) -> FeatureCache:
+    def cache(enc: Encoder, part: list[str], label: str, layer: int | None) -> FeatureCache:
         return build_cache(
             enc,
             part,
@@ -119,13 +130,18 @@ def prepare_data(
             c.extract_batch_size,
             label=f"{label} {enc.name}",
             progress=progress,
+            layer=layer,
         )
 
+    target = teacher.cache_layer  # the last layer: None, the key of the caches made before
     return AlignData(
         compressed,
-        large,
-        train=(cache(compressed, train, "train"), cache(large, train, "train")),
-        heldout=(cache(compressed, held, "held-out"), cache(large, held, "held-out")),
+        teacher,
+        train=(cache(compressed, train, "train", None), cache(large, train, "train", target)),
+        heldout=(
+            cache(compressed, held, "held-out", None),
+            cache(large, held, "held-out", target),
+        ),
     )
 
 
@@ -183,13 +199,18 @@ def _manifest(
     history: list[dict[str, float]],
     finished: bool,
     stopped_by: str,
+    key: dict[str, Any],
 ) -> dict[str, Any]:
+    teacher = data.teacher
     return {
         "phase": phase,
         "compressed": data.compressed.name,
-        "large": data.large.name,
+        # M_L: what the adapter's width and the size/speed accounting refer to; the target
+        # itself is the teacher's, named below (M_L's last layer unless configured)
+        "large": settings.models.large,
         "compressed_fingerprint": data.compressed.fingerprint,
-        "large_fingerprint": data.large.fingerprint,
+        "large_fingerprint": teacher.encoder.fingerprint if teacher.spec is None else None,
+        **teacher.describe(),
         "tokenizer": data.compressed.source,
         "max_length": settings.models.max_length,
         "epoch": epoch,
@@ -205,7 +226,7 @@ def _manifest(
             "heldout_texts": data.heldout[0].num_texts,
             "heldout_hash": data.heldout[0].manifest["texts_hash"],
         },
-        "run_key": run_key(settings, phase),
+        "run_key": key,
         "config": settings.model_dump(mode="json"),
     }
 
@@ -239,6 +260,9 @@ class AlignRecipe(Recipe):
         self.cfg: AlignPhaseConfig = getattr(settings, phase)
         self.epochs, self.progress, self.data = self.cfg.epochs, progress, data
         self.key = run_key(settings, phase)
+        if self.cfg.teacher is not None and is_registry_uri(self.cfg.teacher):
+            # an alias moves: the version it names now decides whether a saved run is this one
+            self.key["teacher_version"] = pin(self.cfg.teacher)
         self.tokens_seen, self.train_seconds, self._ckpt = 0, 0.0, None
         self.runtime = Runtime.from_config(settings.runtime)
 
@@ -337,7 +361,7 @@ class AlignRecipe(Recipe):
     def save(self, state: dict[str, Any], finished: bool) -> None:
         epoch, history = state["epoch"], state["history"]
         manifest = _manifest(
-            self.settings, self.name, self.data, epoch, history, finished, self.stopped_by
+            self.settings, self.name, self.data, epoch, history, finished, self.stopped_by, self.key
         )
         save_checkpoint(self.out, f"epoch-{epoch:04d}", self.adapter, manifest, state)
 

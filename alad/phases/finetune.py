@@ -42,6 +42,7 @@ from alad.modes import MODES, ModeSpec
 from alad.phases.recipe import Recipe, optimizer_step, progress_bar, resume_state, run, run_key
 from alad.runtime import Runtime, barrier, is_main, rank_world
 from alad.tasks import TASKS, Splits, Task, load_splits
+from alad.teacher import head_for
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def build_model(
             "use mode alad-frozen with a :int8 compressed model"
         )
     torch.manual_seed(settings.seed)
-    adapter = None
+    adapter, ckpt = None, None
     if mode.adapter:
         adapter = AlignmentAdapter(compressed.dim, large.dim, a.window, a.hidden)
         if cfg.init is not None:
@@ -115,7 +116,15 @@ def build_model(
     elif cfg.init is not None:
         log.warning("phase3.init is ignored: mode %s has no adapter", cfg.mode)
     dim = large.dim if mode.adapter else encoder.dim
+    # drawn either way, so that the rest of phase 3 sees the same random stream
     head = build_head(task.head_kind, dim, max(2, len(labels)))
+    if cfg.head_init == "teacher":
+        if ckpt is None:
+            raise ConfigError(
+                "phase3.head_init=teacher: the head comes from the teacher of the adapter that "
+                "phase3.init names, and phase3.init is not set"
+            )
+        head = head_for(ckpt.manifest, ckpt.dir, cfg.task, labels, dim)
     model = encoder.model
     model.train()
     if mode.encoder_training == "frozen":
@@ -362,6 +371,7 @@ def _model_manifest(r: FinetuneRecipe) -> dict[str, Any]:
         "max_answer_length": cfg.max_answer_length,
         "null_threshold": cfg.null_threshold,
         "init": str(cfg.init) if cfg.init else None,
+        "head_init": cfg.head_init,
         "lr": r.lr,
         "lora_lr": mode.lora_lr if mode.encoder_training == "lora" else None,
         "epochs": r.epochs,

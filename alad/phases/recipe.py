@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from alad import stopping
 from alad.atomic import ensure_writable_dir, recover_all
-from alad.config import Settings
+from alad.config import Settings, without_added_defaults
 from alad.errors import AladError
 from alad.runtime import barrier, is_main, rank_world
 
@@ -48,11 +48,14 @@ class NonFiniteLoss(AladError, FloatingPointError):
 
 def run_key(settings: Settings, section: str) -> dict[str, Any]:
     """What must match for a rerun to resume a run (or to take it as finished) rather than start
-    over: the models, the adapter, the phase's own section of the config and the seed."""
+    over: the models, the adapter, the phase's own section of the config and the seed. Fields
+    added later are left out at the default that reproduces earlier runs (ADDED_AT_DEFAULT), so
+    a state saved before them still resumes."""
+    phase = getattr(settings, section).model_dump(mode="json")
     return {
         "models": settings.models.model_dump(mode="json"),
         "adapter": settings.adapter.model_dump(mode="json"),
-        "phase": getattr(settings, section).model_dump(mode="json"),
+        "phase": without_added_defaults(section, phase),
         "seed": settings.seed,
     }
 

@@ -1,0 +1,185 @@
+"""A levers grid aimed at better teachers (issue 20): variants, '@large' resolved to the task's
+best-dev `large` seed and named by its key, its model rebuilt where missing, zero-shot cells."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alad.atomic import write_json
+from alad.config import ConfigError
+from alad.report import load_results
+from alad.sweep import cells, load_grid, run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _grid(tiny_grid: Path, large_seeds: list[int], **variants) -> Path:
+    data = yaml.safe_load(tiny_grid.read_text())
+    data.update(modes=["alad-frozen"], seeds=[1], large_seeds=large_seeds, variants=variants)
+    tiny_grid.write_text(yaml.safe_dump(data))
+    return tiny_grid
+
+
+FINETUNED = {"set": {"phase2.teacher": "@large"}}
+HEAD = {"set": {"phase2.teacher": "@large", "phase3.head_init": "teacher"}}
+ZERO = {"set": {"phase2.teacher": "@large"}, "zero_shot": True}
+
+
+def test_at_large_is_the_large_cell_with_the_best_dev_score_named_by_its_key(tiny_grid):
+    plain = {"/".join(c.name.rsplit("/", 2)[1:]): c.key for c in cells(load_grid(tiny_grid))}
+    path = _grid(tiny_grid, [1, 2], last={}, ft=FINETUNED, head=HEAD)
+    grid = load_grid(path)
+    every = cells(grid)
+    waiting = [c for c in every if c.waits_for]
+    assert {c.variant for c in waiting} == {"ft", "head"} and every[-len(waiting) :] == waiting
+    assert waiting[0].waits_for.endswith("/large (0 of 2 seeds done)")
+    last = next(c for c in every if c.variant == "last")
+    assert last.key == plain["alad-frozen-n3/s1"]  # a variant without overrides: Table 1's cell
+    large = {c.seed: c for c in every if c.mode == "large"}
+    for seed, dev in ((1, 0.4), (2, 0.6)):
+        write_json({"dev": {"main": dev}, "test": {"main": dev}}, large[seed].result_path)
+    resolved = {c.variant: c for c in cells(grid) if c.variant}
+    ft = resolved["ft"]
+    assert ft.teacher.key == large[2].key and not ft.waits_for  # seed 2: the better dev
+    assert ft.settings.phase2.teacher == str(large[2].model_dir)
+    assert ft.align.phase2.teacher == str(large[2].model_dir)
+    assert ft.settings.phase1.teacher is None  # phase 1 stays pre-trained: shared with `last`
+    assert ft.align_dir("phase1") == resolved["last"].align_dir("phase1")
+    assert ft.align_dir("phase2") != resolved["last"].align_dir("phase2")
+    assert ft.align_dir("phase2") == resolved["head"].align_dir("phase2")
+    # named by the large cell's key, not its folder: another runs folder, the same keys
+    data = yaml.safe_load(path.read_text())
+    data["runs"] = str(Path(data["runs"]) / "elsewhere")
+    path.write_text(yaml.safe_dump(data))
+    moved = {c.name: c for c in cells(load_grid(path))}
+    assert moved[ft.name].settings.phase2.teacher != ft.settings.phase2.teacher
+    assert moved[ft.name].key == ft.key
+    assert moved[ft.name].align_dir("phase2").name == ft.align_dir("phase2").name
+    # another best seed is another teacher: other keys
+    write_json({"dev": {"main": 0.9}, "test": {"main": 0.1}}, large[1].result_path)
+    again = {c.name: c for c in cells(load_grid(path))}
+    assert again[ft.name].teacher.seed == 1 and again[ft.name].key != ft.key
+
+
+def test_at_large_needs_large_cells_and_zero_shot_needs_a_task_model(tiny_grid):
+    path = _grid(tiny_grid, [1], zero={"zero_shot": True})
+    with pytest.raises(ConfigError, match="zero-shot cell needs an AlAd mode and a task model"):
+        cells(load_grid(path))
+    data = yaml.safe_load(path.read_text())
+    data["variants"] = {"ft": FINETUNED}
+    data["tasks"]["pos"]["large"] = False
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="variant ft aims at '@large'.*runs none"):
+        cells(load_grid(path))
+
+
+def test_a_variant_can_have_its_own_seeds(tiny_grid):
+    more = {"set": {"phase3.lr": 1e-3}, "seeds": [1, 2, 3]}
+    every = cells(load_grid(_grid(tiny_grid, [1], last={}, more=more)))
+    assert sorted(c.seed for c in every if c.variant == "more") == [1, 2, 3]
+    assert [c.seed for c in every if c.variant == "last"] == [1]
+
+
+def test_teacher_cells_run_after_their_large_cell_and_a_missing_teacher_is_rebuilt(tiny_grid):
+    grid = load_grid(_grid(tiny_grid, [1], head=HEAD, zero=ZERO))
+    ran = [cell.name for cell, _, _ in run_sweep(grid)]
+    assert ran[0].endswith("/large/s1") and len(ran) == 3  # the teacher first, then its cells
+    results = {r.record["cell"]["variant"]: r.record for r in load_results(grid.results)}
+    large = next(c for c in cells(grid) if c.mode == "large")
+    for variant in ("head", "zero"):
+        assert results[variant]["teacher"]["key"] == large.key
+        assert results[variant]["teacher"]["rebuilt"] is None
+    zero = results["zero"]
+    assert zero["cell"]["zero_shot"] and zero["history"] == [] and 0 <= zero["dev"]["main"] <= 1
+    manifest = json.loads((Path(zero["model_dir"]) / "manifest.json").read_text())
+    assert manifest["zero_shot"] and manifest["teacher_dir"] == str(large.model_dir)
+
+    # a fresh machine: the committed results, no runs folder of the teacher
+    committed = large.result_path.read_bytes()
+    shutil.rmtree(large.out)
+    head = next(c for c in cells(grid) if c.variant == "head")
+    head.result_path.unlink()
+    assert [cell.name for cell, _, _ in run_sweep(load_grid(tiny_grid))] == [head.name]
+    assert (large.model_dir / "manifest.json").is_file()
+    assert large.result_path.read_bytes() == committed  # its result is never rewritten
+    rebuilt = json.loads(head.result_path.read_text())["teacher"]["rebuilt"]
+    assert rebuilt["same"] and rebuilt["scores"] == rebuilt["committed"]  # CPU: bitwise
+
+
+def test_the_teacher_grid_shares_table1s_cells_and_phase1():
+    table1 = {c.key: c for c in cells(load_grid(ROOT / "sweeps" / "table1.yaml"))}
+    grid = load_grid(ROOT / "sweeps" / "teacher.yaml")
+    every = cells(grid)
+    by_variant: dict[str | None, list] = {}
+    for c in every:
+        by_variant.setdefault(c.variant, []).append(c)
+    assert {k: len(v) for k, v in by_variant.items()} == {
+        None: 6,  # large, seeds 13-15, POS and NER
+        "last": 12,
+        "layer9": 8,
+        "finetuned": 8,
+        "finetuned-head": 8,
+        "zero-shot": 4,
+    }
+    for c in by_variant[None] + by_variant["last"]:
+        assert c.key in table1 and c.result_path == table1[c.key].result_path
+    stored = {c.align_dir("phase1") for c in table1.values() if c.align is not None}
+    for c in by_variant["finetuned"] + by_variant["finetuned-head"] + by_variant["zero-shot"]:
+        assert c.align_dir("phase1") in stored  # phase 1 stays Table 1's (committed adapter)
+        assert c.teacher is not None and c.teacher.mode == "large" and c.teacher.task == c.task
+        assert c.teacher.key in table1
+    for c in by_variant["layer9"]:
+        assert c.align_dir("phase1") not in stored and c.settings.phase1.target_layer == 9
+
+
+def _result(cell, main: float) -> dict:
+    scores = {"main": main, "accuracy": main, "f1_macro": main, "size_pct": 20.0}
+    return {
+        "key": cell.key,
+        "cell": {
+            "task": cell.task,
+            "compressed": cell.compressed,
+            "mode": cell.mode,
+            "large": cell.settings.models.large,
+            "window": cell.window,
+            "seed": cell.seed,
+            "variant": cell.variant,
+        },
+        "group": cell.group,
+        "dev": {"main": main},
+        "test": scores,
+        "seconds": 1.0,
+    }
+
+
+def test_a_grid_reuses_anothers_results_and_reports_its_variants_as_rows(tiny_grid, tmp_path):
+    from alad.report import write_report
+
+    table1 = load_grid(tiny_grid)
+    for i, c in enumerate(cells(table1)):
+        write_json(_result(c, 0.5 + i / 100), c.result_path)
+    data = yaml.safe_load(tiny_grid.read_text())
+    variants = {"last": {"modes": ["compressed", "alad-frozen"]}, "ft": FINETUNED}
+    data.update(
+        results=str(tmp_path / "levers"),
+        reuse=[data["results"]],
+        seeds=[1],
+        large_seeds=[1, 2],
+        modes=["alad-frozen"],
+        variants=variants,
+    )
+    path = tmp_path / "levers.yaml"
+    path.write_text(yaml.safe_dump(data))
+    every = cells(load_grid(path))
+    todo = [c for c in every if not c.done]
+    assert [c.variant for c in todo] == ["ft"]  # the rest is the first grid's, by key
+    assert all(c.result_path.parent.parent == table1.results for c in every if c.done)
+    write_json(_result(todo[0], 0.9), todo[0].own_result_path)
+    table = write_report(tmp_path / "levers", None, tmp_path / "out", path)["table"].read_text()
+    assert "alad-frozen n=3 [ft]" in table and "| 90.0 ± — (1) |" in table
+    assert "| alad-frozen n=3 |" in table and "large" in table  # reused, as their own rows
