@@ -151,16 +151,34 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from alad.errors import UsageError
     from alad.predict import Predictor
     from alad.runtime import Runtime
 
+    if args.question is None and args.context is not None:
+        raise UsageError("--context needs --question: alad predict MODEL --question Q --context C")
+    if args.question is not None and args.text:
+        raise UsageError(
+            "give sentences to tag or --question/--context to answer, not both "
+            f"(got {len(args.text)} sentence(s) and --question)"
+        )
     predictor = Predictor(args.model, Runtime.from_config(_settings(args).runtime))
-    if args.question:
+    if args.question is not None:
         answer = predictor.answer([(args.question, args.context or "")])[0]
         print(answer if answer else "(no answer)")
         return
-    for sentence in predictor.tag(args.text or [line for line in sys.stdin if line.strip()]):
+    for sentence in predictor.tag(args.text or [line for line in _stdin_lines() if line.strip()]):
         print(" ".join(f"{w}/{t}" for w, t in sentence))
+
+
+def _stdin_lines() -> list[str]:
+    """Lines of stdin read as UTF-8 whatever the locale says; bytes that are not UTF-8 become
+    U+FFFD, so any input is text. Only \\n, \\r\\n and \\r end a line."""
+    import io
+
+    raw = getattr(sys.stdin, "buffer", None)  # None: a text stream without bytes (tests)
+    text = raw.read().decode("utf-8", errors="replace") if raw else sys.stdin.read()
+    return list(io.StringIO(text, newline=None))
 
 
 def cmd_stage(args: argparse.Namespace) -> None:
@@ -580,6 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):  # a character the output's encoding lacks: "?"
+        sys.stdout.reconfigure(errors="replace")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
