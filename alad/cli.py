@@ -607,16 +607,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     from alad.errors import user_errors
     from alad.runtime import init_distributed, resolve_device
-    from alad.stopping import Stopped, handle_sigterm
+    from alad.stopping import Stopped, Terminated, handle_sigterm
 
     try:
-        init_distributed(resolve_device("auto"))  # under torchrun: join its process group
-        with handle_sigterm():  # SIGTERM: stop at the next save point, state saved
+        with handle_sigterm():  # SIGTERM: at once, or while training at the next save point
+            init_distributed(resolve_device("auto"))  # under torchrun: join its process group
             args.func(args)
     except user_errors() as exc:
         print(f"alad: error: {exc}", file=sys.stderr)
         return 2
-    except Stopped as exc:
+    except (Stopped, Terminated) as exc:
         print(f"alad: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
