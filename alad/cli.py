@@ -205,19 +205,28 @@ def cmd_pipeline_run(args: argparse.Namespace) -> None:
 
 def cmd_registry_rollback(args: argparse.Namespace) -> None:
     from alad.registry import Registry
-    from alad.tracking import Tracker
+    from alad.tracking import Tracker, bounded_lookup, tracking_uri
 
-    version = Registry(Tracker()).rollback(args.name)
+    uri = tracking_uri(create=False)
+    with bounded_lookup(uri):  # a lookup: bounded in time, creates no store
+        version = Registry(Tracker(uri, create=False)).rollback(args.name)
     print(f"{args.name}: @champion is version {version} again")
 
 
 def cmd_registry_list(args: argparse.Namespace) -> None:
     from alad.registry import registry_table
-    from alad.tracking import Tracker
+    from alad.tracking import Tracker, bounded_lookup, missing_store, tracking_uri
 
-    rows = registry_table(Tracker())
+    uri = tracking_uri(create=False)
+    with bounded_lookup(uri):  # a lookup: bounded in time, creates no store
+        where = missing_store(uri)
+        rows = [] if where else registry_table(Tracker(uri, create=False))
     if not rows:
-        print("no alad models or adapters registered yet (run `make demo` or `alad pipeline run`)")
+        print(
+            "no alad models or adapters registered yet"
+            + (f" (no tracking store at {where})" if where else "")
+            + " (run `make demo` or `alad pipeline run`)"
+        )
         return
     cols = ["name", "version", "kind", "aliases", "status", "metrics", "from"]
     width = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}

@@ -34,7 +34,16 @@ from mlflow.tracking import MlflowClient
 
 from alad.errors import RegistryError
 from alad.pyfunc import log_pyfunc
-from alad.tracking import Tracker, mlflow_key, numeric_items, slug, tracking_uri
+from alad.tracking import (
+    Tracker,
+    bounded_lookup,
+    missing_store,
+    mlflow_key,
+    no_store,
+    numeric_items,
+    slug,
+    tracking_uri,
+)
 
 CHAMPION, PREVIOUS = "champion", "previous"
 STATUS, PROMOTION, REASON = "alad.status", "alad.promotion", "alad.promotion_reason"
@@ -336,6 +345,11 @@ class Registry:
             return self._rollback(name)
 
     def _rollback(self, name: str) -> str:
+        if not self._registered_model_exists(name):
+            raise RegistryError(
+                f"no registered model named {name!r} in {self.tracker.uri}: "
+                "`alad registry list` shows the models there"
+            )
         previous = self._alias(name, PREVIOUS)
         if previous is None:
             raise RegistryError(
@@ -372,38 +386,65 @@ def resolve_adapter(ref: str | Path | None, uri: str | None = None) -> Path | No
     """`phase2.init` / `phase3.init` as a local folder: a folder as it is; `models:/<name>@<alias>`,
     `models:/<name>/<version>` or `runs:/<run id>/<path>` downloaded from the tracking store into
     ~/.cache/alad/adapters/ (an alias is resolved to its version first, so a moved alias is
-    fetched again). The phases verify the folder's checksummed manifest as for any checkpoint."""
+    fetched again). The phases verify the folder's checksummed manifest as for any checkpoint.
+
+    A lookup is bounded (`bounded_lookup`: seconds when the server is down) and creates nothing
+    in the store: a local store that does not exist is an error naming where it was looked for.
+    """
     if ref is None or not str(ref).startswith(ADAPTER_URI):
         return None if ref is None else Path(ref)
+    uri = uri or tracking_uri(create=False)
+    if (where := missing_store(uri)) is not None:
+        raise RegistryError(f"adapter {ref}: {no_store(where)}")
+    with bounded_lookup(uri, f"adapter {ref}: "):
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        source, text = _adapter_source(client, str(ref), uri)
+        return _download_adapter(source, text, uri)
+
+
+def _adapter_source(client: MlflowClient, text: str, uri: str) -> tuple[str, str]:
+    """(where to download from, the reference with an alias resolved to its version)."""
+    if not text.startswith("models:/"):
+        return text, text
+    name, _, which = text.removeprefix("models:/").partition("@")
+    if not which:  # models:/name/version
+        name, _, which = name.rpartition("/")
+    if not name or not which:
+        raise RegistryError(f"{text}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    try:
+        if "@" in text:  # models:/name@alias
+            version = str(client.get_model_version_by_alias(name, which).version)
+        else:
+            version = str(client.get_model_version(name, which).version)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            raise RegistryError(f"{text}: no registered model named {name!r} in {uri}") from None
+        what = f"alias @{which}" if "@" in text else f"version {which}"
+        raise RegistryError(f"{text}: model {name!r} in {uri} has no {what}") from None
+    return client.get_model_version_download_uri(name, version), f"models:/{name}/{version}"
+
+
+def _download_adapter(source: str, text: str, uri: str) -> Path:
+    """The adapter folder of `text` in the cache, downloaded from `source` unless there."""
     import mlflow.artifacts
 
     from alad.models.packaged import cache_home
 
-    text, uri = str(ref), uri or tracking_uri()
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    source = text
-    try:
-        if text.startswith("models:/"):
-            name, _, which = text.removeprefix("models:/").partition("@")
-            if which:  # models:/name@alias
-                version = client.get_model_version_by_alias(name, which).version
-            else:  # models:/name/version
-                name, _, version = name.rpartition("/")
-            source = client.get_model_version_download_uri(name, str(version))
-            text = f"models:/{name}/{version}"
-        dest = cache_home() / "adapters" / hashlib.sha256(f"{uri}|{text}".encode()).hexdigest()[:16]
-        if not (dest / "manifest.json").is_file():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-                got = Path(
-                    mlflow.artifacts.download_artifacts(
-                        artifact_uri=source, dst_path=tmp, tracking_uri=uri
-                    )
+    dest = cache_home() / "adapters" / hashlib.sha256(f"{uri}|{text}".encode()).hexdigest()[:16]
+    if not (dest / "manifest.json").is_file():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+            got = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=source, dst_path=tmp, tracking_uri=uri
                 )
-                shutil.rmtree(dest, ignore_errors=True)
-                got.rename(dest)
-    except MlflowException as exc:
-        raise RegistryError(f"adapter {ref}: {exc.message} (tracking store {uri})") from None
+            )
+            shutil.rmtree(dest, ignore_errors=True)
+            got.rename(dest)
     return dest
 
 

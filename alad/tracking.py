@@ -20,6 +20,7 @@ import os
 import re
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,12 +41,78 @@ _MAX_PARAM = 6000  # MLflow's limit on a param value (characters)
 _BAD_KEY = re.compile(r"[^\w\-. /:]")  # MLflow keys: alphanumerics, _ - . space / :
 
 
-def tracking_uri() -> str:
-    """$MLFLOW_TRACKING_URI, else the SQLite store ./mlflow/mlflow.db (folder created)."""
+# A registry lookup (`models:/` resolution, `alad registry list|rollback`) gives up after this
+# many seconds per try and this many retries: MLflow's defaults (120 s, 7 retries with backoff)
+# took over 4 minutes against a server that was down. MLFLOW_HTTP_REQUEST_TIMEOUT and
+# MLFLOW_HTTP_REQUEST_MAX_RETRIES, when set, win.
+LOOKUP_TIMEOUT_S = 10
+LOOKUP_RETRIES = 1
+
+
+def tracking_uri(create: bool = True) -> str:
+    """$MLFLOW_TRACKING_URI, else the SQLite store ./mlflow/mlflow.db (its folder created unless
+    `create` is False: a lookup)."""
     if uri := os.environ.get("MLFLOW_TRACKING_URI"):
         return uri
-    LOCAL_STORE.mkdir(parents=True, exist_ok=True)
+    if create:
+        LOCAL_STORE.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(LOCAL_STORE / 'mlflow.db').resolve()}"
+
+
+def missing_store(uri: str) -> Path | None:
+    """Where the local store of `uri` (SQLite file, file-store folder) should be, if it is not
+    there; None for a store that exists and for a server (`check_server` asks that)."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        return None if path.is_file() else path
+    if uri.startswith("file:") or "://" not in uri:
+        path = Path(urllib.parse.urlparse(uri).path if uri.startswith("file:") else uri)
+        return None if path.is_dir() else path
+    return None
+
+
+@contextlib.contextmanager
+def bounded_lookup(uri: str, what: str = "") -> Iterator[None]:
+    """Inside this block a registry lookup against `uri` ends in seconds when the server is down
+    (`check_server`) and in bounded time when it answers slowly: MLflow's HTTP requests give up
+    after LOOKUP_TIMEOUT_S per try and LOOKUP_RETRIES retries (unless the environment sets them;
+    they are environment variables because MLflow reads them there, per request). An MLflow
+    error inside is a RegistryError: one line, `what` first, naming the store."""
+    check_server(uri)
+    bounds = {
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(LOOKUP_TIMEOUT_S),
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(LOOKUP_RETRIES),
+    }
+    saved = {key: os.environ.get(key) for key in bounds}
+    for key, value in bounds.items():
+        os.environ.setdefault(key, value)
+    try:
+        yield
+    except MlflowException as exc:
+        raise RegistryError(what + _lookup_failure(exc, uri)) from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _lookup_failure(exc: MlflowException, uri: str) -> str:
+    if uri.startswith(("http://", "https://")) and "failed with exception" in exc.message:
+        return (
+            f"the MLflow server at {uri} did not answer in time "
+            f"({os.environ['MLFLOW_HTTP_REQUEST_TIMEOUT']} s per try, "
+            f"{1 + int(os.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES'])} tries; set "
+            "MLFLOW_HTTP_REQUEST_TIMEOUT / MLFLOW_HTTP_REQUEST_MAX_RETRIES to wait longer)"
+        )
+    return f"{one_line(exc.message)} (tracking store {uri})"
+
+
+def one_line(message: str, limit: int = 400) -> str:
+    """An MLflow error message as one line (they can hold newlines and stack traces)."""
+    text = " ".join(message.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def artifact_root(uri: str | None = None) -> str:
@@ -64,6 +131,15 @@ def artifact_root(uri: str | None = None) -> str:
 
 def _is_sqlite(uri: str) -> bool:
     return uri.startswith("sqlite:")
+
+
+def no_store(where: Path) -> str:
+    """The message for a lookup in a local store that does not exist (and is not created)."""
+    return (
+        f"no tracking store at {where}: nothing is registered there (it was not created); "
+        "set MLFLOW_TRACKING_URI to the store that holds the model, or run from the folder "
+        "whose mlflow/ does"
+    )
 
 
 def registry_lock(uri: str) -> Path:
@@ -154,10 +230,20 @@ class Tracker:
         uri: str | None = None,
         experiment: str = "alad",
         artifact_location: str | None = None,
+        create: bool = True,
     ):
-        self.uri = uri or tracking_uri()
+        """`create=False` opens a store for lookups only (`alad registry list|rollback`): a
+        local store that does not exist is a RegistryError, never created, and no experiment
+        is made (`experiment_id` is None: such a Tracker reads and moves aliases, logs no run)."""
+        self.uri = uri or tracking_uri(create)
         check_server(self.uri)
+        if not create and (where := missing_store(self.uri)) is not None:
+            raise RegistryError(no_store(where))
         self.lock = FileLock(str(registry_lock(self.uri)), timeout=LOCK_TIMEOUT_S)
+        if not create:
+            self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+            self.experiment_id: str | None = None
+            return
         # MLflow creates a fresh SQLite store's tables on first use; two processes doing that
         # at once crash one of them ("duplicate column"), so the first use is serialised.
         sqlite = _is_sqlite(self.uri)
