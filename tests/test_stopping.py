@@ -31,13 +31,17 @@ def test_a_deadline_is_a_request_inside_its_block_only():
 
 def test_sigterm_in_a_deferring_section_is_a_request_and_a_second_one_kills():
     before = signal.getsignal(signal.SIGTERM)
-    with stopping.handle_sigterm():
-        with pytest.raises(stopping.Terminated):  # still pending when the section ends
-            with stopping.deferring(), stopping.deferring():  # nested: the outer one ends it
-                assert stopping.requested() is None
-                os.kill(os.getpid(), signal.SIGTERM)
-                assert stopping.requested() == "SIGTERM"
-                assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the next one kills
+    # Still pending when the (outer, of two nested) section ends: Terminated then.
+    with (
+        stopping.handle_sigterm(),
+        pytest.raises(stopping.Terminated),
+        stopping.deferring(),
+        stopping.deferring(),
+    ):
+        assert stopping.requested() is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stopping.requested() == "SIGTERM"
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the next one kills
     assert stopping.requested() is None
     assert signal.getsignal(signal.SIGTERM) is before
 
@@ -50,10 +54,9 @@ def test_sigterm_outside_a_deferring_section_stops_at_once():
 
 
 def test_a_deferring_section_stopped_at_its_save_point_raises_only_that():
-    with stopping.handle_sigterm(), pytest.raises(stopping.Stopped):
-        with stopping.deferring():
-            os.kill(os.getpid(), signal.SIGTERM)
-            raise stopping.stop(stopping.requested(), "a test", Path("somewhere"))
+    with stopping.handle_sigterm(), pytest.raises(stopping.Stopped), stopping.deferring():
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise stopping.stop(stopping.requested(), "a test", Path("somewhere"))
 
 
 def test_sigterm_stops_the_cli_with_its_phase3_state_saved(tiny_grid, tmp_path):
@@ -64,7 +67,9 @@ def test_sigterm_stops_the_cli_with_its_phase3_state_saved(tiny_grid, tmp_path):
     grid["set"]["phase3.batch_size"] = 1
     grid["seeds"] = [1]
     tiny_grid.write_text(yaml.safe_dump(grid))
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    root = str(Path(__file__).resolve().parents[1])  # this checkout's alad, not an installed one
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": path}
     cmd = [sys.executable, "-m", "alad.cli", "sweep", "run", str(tiny_grid), "-q"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     lines = []
