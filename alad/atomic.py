@@ -35,8 +35,12 @@ log = logging.getLogger(__name__)
 def write_bytes(data: bytes, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a SIGTERM (alad/stopping.py): leave nothing behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_text(text: str, path: Path) -> None:

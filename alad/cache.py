@@ -274,17 +274,18 @@ def _extract_shards(
         disable=not progress,
         leave=False,
     )
-    for k, (start, name) in enumerate(zip(starts, names, strict=True)):
-        if k and (reason := stopping.requested()):  # every rank asks at every shard: in step
-            bar.close()
-            raise stopping.stop(
-                reason, f"feature extraction after shard {k} of {len(names)}", folder
-            )
-        chunk = texts[start : start + shard_texts]
-        if mine(k) and _finished_shard(folder / name, len(chunk)) is None:
-            hidden, lengths = extract_shard(encoder, chunk, max_length, batch_size, layer)
-            _atomic_save({"hidden": hidden.contiguous(), "lengths": lengths}, folder / name)
-        bar.update(len(chunk))
+    with stopping.deferring():  # a stop request waits for the shard in progress
+        for k, (start, name) in enumerate(zip(starts, names, strict=True)):
+            if k and (reason := stopping.requested()):  # every rank asks at every shard: in step
+                bar.close()
+                raise stopping.stop(
+                    reason, f"feature extraction after shard {k} of {len(names)}", folder
+                )
+            chunk = texts[start : start + shard_texts]
+            if mine(k) and _finished_shard(folder / name, len(chunk)) is None:
+                hidden, lengths = extract_shard(encoder, chunk, max_length, batch_size, layer)
+                _atomic_save({"hidden": hidden.contiguous(), "lengths": lengths}, folder / name)
+            bar.update(len(chunk))
     bar.close()
     return names
 
@@ -459,10 +460,11 @@ class FrozenOutputs:
         found = _read_outputs(path, len(rows)) if path.is_file() else None
         if found is not None:
             hidden, lengths = found
-        else:
-            hidden, lengths = self._extract(rows, batch_size, pad_id, progress)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_save({"hidden": hidden, "lengths": lengths}, path)
+        else:  # one file, written at the end: a stop request waits for it (alad/stopping.py)
+            with stopping.deferring():
+                hidden, lengths = self._extract(rows, batch_size, pad_id, progress)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _atomic_save({"hidden": hidden, "lengths": lengths}, path)
         self.dim = hidden.shape[-1]
         for r, piece in zip(rows, torch.split(hidden, lengths.tolist()), strict=True):
             self.memo[self._key(r)] = piece

@@ -198,16 +198,34 @@ def cmd_probe(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from alad.errors import UsageError
     from alad.predict import Predictor
     from alad.runtime import Runtime
 
+    if args.question is None and args.context is not None:
+        raise UsageError("--context needs --question: alad predict MODEL --question Q --context C")
+    if args.question is not None and args.text:
+        raise UsageError(
+            "give sentences to tag or --question/--context to answer, not both "
+            f"(got {len(args.text)} sentence(s) and --question)"
+        )
     predictor = Predictor(args.model, Runtime.from_config(_settings(args).runtime))
-    if args.question:
+    if args.question is not None:
         answer = predictor.answer([(args.question, args.context or "")])[0]
         print(answer if answer else "(no answer)")
         return
-    for sentence in predictor.tag(args.text or [line for line in sys.stdin if line.strip()]):
+    for sentence in predictor.tag(args.text or [line for line in _stdin_lines() if line.strip()]):
         print(" ".join(f"{w}/{t}" for w, t in sentence))
+
+
+def _stdin_lines() -> list[str]:
+    """Lines of stdin read as UTF-8 whatever the locale says; bytes that are not UTF-8 become
+    U+FFFD, so any input is text. Only \\n, \\r\\n and \\r end a line."""
+    import io
+
+    raw = getattr(sys.stdin, "buffer", None)  # None: a text stream without bytes (tests)
+    text = raw.read().decode("utf-8", errors="replace") if raw else sys.stdin.read()
+    return list(io.StringIO(text, newline=None))
 
 
 def cmd_stage(args: argparse.Namespace) -> None:
@@ -234,19 +252,30 @@ def cmd_pipeline_run(args: argparse.Namespace) -> None:
 
 def cmd_registry_rollback(args: argparse.Namespace) -> None:
     from alad.registry import Registry
+    from alad.store import bounded_lookup, tracking_uri
     from alad.tracking import Tracker
 
-    version = Registry(Tracker()).rollback(args.name)
+    uri = tracking_uri(create=False)
+    with bounded_lookup(uri):  # a lookup: bounded in time, creates no store
+        version = Registry(Tracker(uri, create=False)).rollback(args.name)
     print(f"{args.name}: @champion is version {version} again")
 
 
 def cmd_registry_list(args: argparse.Namespace) -> None:
     from alad.registry import registry_table
+    from alad.store import bounded_lookup, missing_store, tracking_uri
     from alad.tracking import Tracker
 
-    rows = registry_table(Tracker())
+    uri = tracking_uri(create=False)
+    with bounded_lookup(uri):  # a lookup: bounded in time, creates no store
+        where = missing_store(uri)
+        rows = [] if where else registry_table(Tracker(uri, create=False))
     if not rows:
-        print("no alad models or adapters registered yet (run `make demo` or `alad pipeline run`)")
+        print(
+            "no alad models or adapters registered yet"
+            + (f" (no tracking store at {where})" if where else "")
+            + " (run `make demo` or `alad pipeline run`)"
+        )
         return
     cols = ["name", "version", "kind", "aliases", "status", "metrics", "from"]
     width = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
@@ -678,6 +707,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):  # a character the output's encoding lacks: "?"
+        sys.stdout.reconfigure(errors="replace")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -685,16 +716,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     from alad.errors import user_errors
     from alad.runtime import init_distributed, resolve_device
-    from alad.stopping import Stopped, handle_sigterm
+    from alad.stopping import Stopped, Terminated, handle_sigterm
 
     try:
-        init_distributed(resolve_device("auto"))  # under torchrun: join its process group
-        with handle_sigterm():  # SIGTERM: stop at the next save point, state saved
+        with handle_sigterm():  # SIGTERM: at once, or while training at the next save point
+            init_distributed(resolve_device("auto"))  # under torchrun: join its process group
             args.func(args)
     except user_errors() as exc:
         print(f"alad: error: {exc}", file=sys.stderr)
         return 2
-    except Stopped as exc:
+    except (Stopped, Terminated) as exc:
         print(f"alad: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -6,7 +6,8 @@
 
 POS/NER models take a column `text` (one raw sentence per row) and return, per row, a list of
 {"word", "tag"}; QA models take `question` and `context` and return one answer per row, "" for
-no answer. An empty (or missing) text gets an empty tag list; a malformed request is an
+no answer. Any text is taken (control characters, NUL, zero-width, RTL, emoji: alad/predict.py);
+an empty (or missing) text gets an empty tag list; a malformed request is an
 MlflowException (served: HTTP 400 with the message). The saved model folder (alad/aligned_model.py)
 travels as the artifact "model" and the alad package as code, so loading needs neither the
 training run nor alad installed. Loading a pyfunc unpickles it and runs that code: by MLflow's
@@ -82,10 +83,13 @@ def as_frame(model_input: Any) -> pd.DataFrame:
 
 
 def _text(value: Any) -> str:
-    """A cell as text; a missing value (None, NaN) is the empty text."""
-    return (
-        value if isinstance(value, str) else "" if value is None or pd.isna(value) else str(value)
-    )
+    """A cell as text: a string as it is (alad.predict takes any), bytes as UTF-8 (a bad byte
+    becomes U+FFFD), a missing value (None, NaN) as the empty text, anything else as str()."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", errors="replace")
+    return "" if value is None or pd.isna(value) else str(value)
 
 
 def predict_frame(predictor: Any, frame: pd.DataFrame) -> list:

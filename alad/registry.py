@@ -31,7 +31,12 @@ from mlflow.exceptions import MlflowException
 from alad.errors import RegistryError
 from alad.pyfunc import log_pyfunc
 from alad.store import REGISTRY_URI, download, is_registry_uri
-from alad.tracking import Tracker, mlflow_key, numeric_items, slug
+from alad.tracking import (
+    Tracker,
+    mlflow_key,
+    numeric_items,
+    slug,
+)
 
 CHAMPION, PREVIOUS = "champion", "previous"
 STATUS, PROMOTION, REASON = "alad.status", "alad.promotion", "alad.promotion_reason"
@@ -336,6 +341,11 @@ class Registry:
             return self._rollback(name)
 
     def _rollback(self, name: str) -> str:
+        if not self._registered_model_exists(name):
+            raise RegistryError(
+                f"no registered model named {name!r} in {self.tracker.uri}: "
+                "`alad registry list` shows the models there"
+            )
         previous = self._alias(name, PREVIOUS)
         if previous is None:
             raise RegistryError(

@@ -24,16 +24,21 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import requests
 from filelock import FileLock, Timeout
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from alad.config import Settings
-from alad.errors import RegistryError, ServicesDown
+from alad.errors import RegistryError
 from alad.provenance import git_commit
-from alad.store import LOCAL_STORE, tracking_uri  # where the store is: below the phases
+from alad.store import (  # where the store is and how to look in it: below the phases
+    LOCAL_STORE,
+    check_server,
+    missing_store,
+    no_store,
+    tracking_uri,
+)
 
 LOCK_TIMEOUT_S = 600  # promotion takes well under a second; a holder that long is stuck
 _MAX_PARAM = 6000  # MLflow's limit on a param value (characters)
@@ -71,19 +76,6 @@ def registry_lock(uri: str) -> Path:
     folder = Path(tempfile.gettempdir()) / "alad-locks"
     folder.mkdir(exist_ok=True)
     return folder / f"registry-{hashlib.sha256(uri.encode()).hexdigest()[:16]}.lock"
-
-
-def check_server(uri: str) -> None:
-    """Fail in seconds when an http(s) server is down (MLflow itself retries for minutes)."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        requests.get(uri.rstrip("/") + "/health", timeout=2).raise_for_status()
-    except requests.RequestException as exc:
-        raise ServicesDown(
-            f"MLflow server at {uri} is not answering ({type(exc).__name__}): start it with "
-            "`make up` (or unset MLFLOW_TRACKING_URI to use the local SQLite store)"
-        ) from exc
 
 
 def slug(text: str) -> str:
@@ -146,10 +138,20 @@ class Tracker:
         uri: str | None = None,
         experiment: str = "alad",
         artifact_location: str | None = None,
+        create: bool = True,
     ):
-        self.uri = uri or tracking_uri()
+        """`create=False` opens a store for lookups only (`alad registry list|rollback`): a
+        local store that does not exist is a RegistryError, never created, and no experiment
+        is made (`experiment_id` is None: such a Tracker reads and moves aliases, logs no run)."""
+        self.uri = uri or tracking_uri(create)
         check_server(self.uri)
+        if not create and (where := missing_store(self.uri)) is not None:
+            raise RegistryError(no_store(where))
         self.lock = FileLock(str(registry_lock(self.uri)), timeout=LOCK_TIMEOUT_S)
+        if not create:
+            self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+            self.experiment_id: str | None = None
+            return
         # MLflow creates a fresh SQLite store's tables on first use; two processes doing that
         # at once crash one of them ("duplicate column"), so the first use is serialised.
         sqlite = _is_sqlite(self.uri)

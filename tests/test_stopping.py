@@ -1,5 +1,6 @@
-"""Stopping on request (alad/stopping.py): a time box and a SIGTERM are requests that a run
-honours at its next save point; the CLI exits 143 after a SIGTERM with its state saved."""
+"""Stopping on request (alad/stopping.py): a time box and a SIGTERM during training are requests
+that a run honours at its next save point; the CLI exits 143 after a SIGTERM with its state
+saved. A SIGTERM outside training stops at once (tests/test_reliability_runtime.py, black box)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import pytest
 import yaml
 
 from alad import stopping
@@ -25,15 +29,34 @@ def test_a_deadline_is_a_request_inside_its_block_only():
     assert stopping.requested() is None
 
 
-def test_sigterm_is_a_request_and_a_second_one_kills():
+def test_sigterm_in_a_deferring_section_is_a_request_and_a_second_one_kills():
     before = signal.getsignal(signal.SIGTERM)
-    with stopping.handle_sigterm():
+    # Still pending when the (outer, of two nested) section ends: Terminated then.
+    with (
+        stopping.handle_sigterm(),
+        pytest.raises(stopping.Terminated),
+        stopping.deferring(),
+        stopping.deferring(),
+    ):
         assert stopping.requested() is None
         os.kill(os.getpid(), signal.SIGTERM)
         assert stopping.requested() == "SIGTERM"
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the next one kills
     assert stopping.requested() is None
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_sigterm_outside_a_deferring_section_stops_at_once():
+    with stopping.handle_sigterm(), pytest.raises(stopping.Terminated) as info:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # never reached: the handler raises
+    assert info.value.exit_code == 143 and "stopped by SIGTERM" in str(info.value)
+
+
+def test_a_deferring_section_stopped_at_its_save_point_raises_only_that():
+    with stopping.handle_sigterm(), pytest.raises(stopping.Stopped), stopping.deferring():
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise stopping.stop(stopping.requested(), "a test", Path("somewhere"))
 
 
 def test_sigterm_stops_the_cli_with_its_phase3_state_saved(tiny_grid, tmp_path):
@@ -44,7 +67,9 @@ def test_sigterm_stops_the_cli_with_its_phase3_state_saved(tiny_grid, tmp_path):
     grid["set"]["phase3.batch_size"] = 1
     grid["seeds"] = [1]
     tiny_grid.write_text(yaml.safe_dump(grid))
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    root = str(Path(__file__).resolve().parents[1])  # this checkout's alad, not an installed one
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": path}
     cmd = [sys.executable, "-m", "alad.cli", "sweep", "run", str(tiny_grid), "-q"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     lines = []

@@ -6,6 +6,11 @@ As the field does it: the first sub-token of each word carries the word's label,
 the special tokens get -100 (ignored by the loss and by scoring). A sentence longer than the
 window is split into consecutive windows of whole words, never cut; the count is logged.
 Predictions are read back per word and re-joined per sentence, so scores are per word.
+
+A word the tokenizer turns into no tokens at all (a zero-width space, a byte-order mark, a
+control character or NUL, a lone combining accent: its normalizer removes them) is encoded as the
+tokenizer's unknown token, so it keeps its position and gets a label like any other word (the
+model tags it from its context); without this the words and the labels fall out of step.
 """
 
 from __future__ import annotations
@@ -59,9 +64,23 @@ def check_labels(sentences: Sequence[TaggedSentence], labels: Sequence[str], sou
 
 
 def _word_lengths(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> list[int]:
-    enc = tokenizer(list(words), add_special_tokens=False)
-    # A word the tokenizer drops entirely (e.g. a control character) still gets a position.
-    return [max(1, len(ids)) for ids in enc["input_ids"]]
+    """Sub-tokens per word; 0 for a word the tokenizer drops entirely (module docstring)."""
+    return [len(ids) for ids in tokenizer(list(words), add_special_tokens=False)["input_ids"]]
+
+
+def _tokenizable(
+    tokenizer: PreTrainedTokenizerBase, words: Sequence[str], lengths: Sequence[int]
+) -> list[str]:
+    """`words`, each one that has no tokens replaced by the unknown token (module docstring)."""
+    if all(lengths):
+        return list(words)
+    if tokenizer.unk_token is None:
+        word = next(w for w, n in zip(words, lengths, strict=True) if not n)
+        raise DataFormatError(
+            f"the word {word!r} has no tokens under this tokenizer, and the tokenizer has no "
+            "unknown token to stand for it: remove or replace that word"
+        )
+    return [w if n else tokenizer.unk_token for w, n in zip(words, lengths, strict=True)]
 
 
 def _windows(lengths: list[int], budget: int) -> list[tuple[int, int]]:
@@ -87,12 +106,15 @@ def encode_tagged(
     budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
     feats = TaggedFeatures([], [], [], [])
     spans: list[tuple[int, int, int]] = []
+    words: list[list[str]] = []
     for si, sentence in enumerate(sentences):
-        windows = _windows(_word_lengths(tokenizer, sentence.words), budget)
+        lengths = _word_lengths(tokenizer, sentence.words)
+        words.append(_tokenizable(tokenizer, sentence.words, lengths))
+        windows = _windows([max(1, n) for n in lengths], budget)  # an unknown token is one
         spans.extend((si, a, b) for a, b in windows)
         feats.split_sentences += len(windows) > 1
     enc = tokenizer(
-        [list(sentences[si].words[a:b]) for si, a, b in spans],
+        [words[si][a:b] for si, a, b in spans],
         is_split_into_words=True,
         truncation=True,
         max_length=max_length,

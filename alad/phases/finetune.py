@@ -244,6 +244,9 @@ class FinetuneRecipe(Recipe):
         warmup = int(cfg.warmup_ratio * steps)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup, steps)
         self.manifest = _model_manifest(self)
+
+    def announce(self) -> None:
+        cfg, task = self.cfg, self.task
         log.info(
             "phase 3: %s/%s, %d train rows, %d epochs, lr %g%s", cfg.task, cfg.mode,
             task.num_rows(self.train_feats), self.epochs, self.lr,

@@ -7,7 +7,8 @@
 A phase is a `Recipe` subclass (alad/phases/align.py: phases 1-2, alad/phases/finetune.py:
 phase 3) that fills in the steps; the loop, the resume state, the run key, seeding, the NaN
 guard, the optimizer step under torchrun, stopping on request (alad/stopping.py: after the
-epoch, phase 3 after the batch) and the progress bar live here, once.
+epoch, phase 3 after the batch; from `announce` to `finish` a SIGTERM waits for that save point,
+before it, during setup, it stops at once) and the progress bar live here, once.
 
 Resume state (one format, every phase, built by `resume_state`): a dict of tensors and plain
 data, `{"run_key", "epoch", "history", "rng", ...}` plus whatever the recipe adds (phase 3: the
@@ -137,6 +138,11 @@ class Recipe(ABC):
     def setup(self) -> None:
         """Models, data, optimizer (and scheduler): everything an epoch needs."""
 
+    def announce(self) -> None:
+        """Log what is about to be trained. `run` calls it once training begins, inside the
+        deferring section, so a SIGTERM after this line waits for the next save point."""
+        return None
+
     @abstractmethod
     def saved_state(self) -> dict[str, Any] | None:
         """The newest resume state in `out` (see the module docstring), or None."""
@@ -219,6 +225,15 @@ def run(recipe: Recipe) -> Any:
         log.info("%s already finished in %s; nothing to do", recipe.name, recipe.out)
         return done
     recipe.setup()
+    # From here a stop request waits for the next save point (alad/stopping.py); before it,
+    # while loading models and data, a SIGTERM stops at once: nothing would be lost.
+    with stopping.deferring():
+        recipe.announce()
+        return _train(recipe)
+
+
+def _train(recipe: Recipe) -> Any:
+    """Resume, then per epoch train -> validate -> record -> save, then finish."""
     start, history = _resume(recipe)
     recipe.history = history
     for epoch in range(start, recipe.epochs):
