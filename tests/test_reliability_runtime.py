@@ -33,7 +33,7 @@ import torch
 from conftest import train_tiny_model
 from safetensors.torch import save_file
 
-from alad import store
+from alad import store as alad_store
 from alad.atomic import sha256
 from alad.cli import main
 from alad.errors import AladError, RegistryError, ServicesDown
@@ -366,7 +366,7 @@ def test_a_server_that_does_not_answer_is_given_up_on_within_the_bound(monkeypat
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     uri = f"http://127.0.0.1:{server.server_address[1]}"
-    monkeypatch.setattr(store, "LOOKUP_TIMEOUT_S", 1)
+    monkeypatch.setattr(alad_store, "LOOKUP_TIMEOUT_S", 1)
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
     t0 = time.monotonic()
