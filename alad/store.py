@@ -65,7 +65,7 @@ def missing_store(uri: str) -> Path | None:
     if uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///"))
         return None if path.is_file() else path
-    if uri.startswith("file:") or "://" not in uri:
+    if uri.startswith(("file:", "/", ".")):  # a file store: a folder (not "databricks")
         path = Path(urllib.parse.urlparse(uri).path if uri.startswith("file:") else uri)
         return None if path.is_dir() else path
     return None
