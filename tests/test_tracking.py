@@ -10,9 +10,9 @@ from conftest import train_tiny_model
 
 import alad.registry as registry_mod
 import alad.tracking as tracking
-from alad.errors import RegistryError
+from alad.errors import RegistryError, ServicesDown
 from alad.registry import Registry
-from alad.tracking import ServicesDown, Tracker
+from alad.tracking import Tracker
 
 
 @pytest.fixture(scope="module")
