@@ -221,7 +221,9 @@ class Cell:
         """The hash of the config (alad.results.cell_key; a result file is checked against it),
         a `large` cell's model as teacher named by that cell's key, not by its folder."""
         config = self._named(self.settings.model_dump(mode="json", exclude=NOT_IN_KEY))
-        return results.cell_key(config, self.align is not None, zero_shot=self.zero_shot)
+        return results.cell_key(
+            config, self.align is not None, KEY_OMITTED_AT_DEFAULT, zero_shot=self.zero_shot
+        )
 
     def _named(self, config: dict[str, Any]) -> dict[str, Any]:
         """`config` with a `large` cell's model as teacher named by that cell's key, not by
@@ -379,7 +381,8 @@ def _task_cells(grid: Grid, task: str, axis: TaskAxis) -> list[Cell]:
     make = partial(_cell, grid, task, base, where)
     large = [make(grid.large, "large", None, s) for s in (grid.large_seeds or seeds)]
     large = large if axis.large else []
-    teacher = _best_large(large) if large else None
+    aims = any(LARGE_TEACHER in _dotted(v.set).values() for v in (grid.variants or {}).values())
+    teacher = _best_large(large) if large and aims else None  # read only when a variant aims
     out = list(large)
     for variant, spec in (grid.variants or {None: Variant()}).items():
         if teacher is None and LARGE_TEACHER in _dotted(spec.set).values():
@@ -837,7 +840,6 @@ def run_sweep(
                     continue
             if cell.done:  # finished by another runner meanwhile
                 continue
-            ran += 1
             t0 = time.perf_counter()
             try:
                 record = (run or (lambda c: run_cell(c, progress)))(cell)

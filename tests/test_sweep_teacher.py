@@ -13,6 +13,7 @@ import yaml
 from alad.atomic import write_json
 from alad.config import ConfigError
 from alad.report import load_results
+from alad.results import NOT_IN_KEY
 from alad.sweep import cells, load_grid, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,7 +154,17 @@ def _result(cell, main: float) -> dict:
         "group": cell.group,
         "dev": {"main": main},
         "test": scores,
+        "history": [{"epoch": 1, "dev_main": main}],
+        "best_epoch": 1,
+        "alignment": None,
+        "data": {},
+        # what run_cell stores: the config with an `@large` teacher named by its cell's key
+        "config": cell._named(cell.settings.model_dump(mode="json", exclude=NOT_IN_KEY)),
         "seconds": 1.0,
+        "machine": {},
+        "git_commit": "test",
+        "finished": "2026-12-06T00:00:00+00:00",
+        "model_dir": str(cell.out / "model"),
     }
 
 
