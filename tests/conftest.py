@@ -361,3 +361,32 @@ def train_tiny_model(root: Path, tiny_models: tuple[Path, Path]) -> Path:
         },
     )
     return finetune(settings, out=root / "ner", progress=False).model_dir
+
+
+def tiny_cli_overrides(
+    root: Path, tiny_models: tuple[Path, Path], phase3_epochs: int
+) -> tuple[list[str], list[str]]:
+    """`--set` values for CLI tests: (the tiny models, corpus, cache and runs under `root`;
+    the same + phase 3 on toy NER files)."""
+    c, lg = tiny_models
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(tiny_sentences(40)) + "\n")
+    tiny = [
+        f"models.compressed={c}",
+        f"models.large={lg}",
+        f"phase1.corpus={corpus}",
+        f"phase2.corpus={corpus}",
+        f"cache.dir={root / 'features'}",
+        f"runs_dir={root / 'runs'}",
+        "phase1.epochs=1",
+    ]
+    ner = [
+        *tiny,
+        "phase3.task=ner",
+        "phase3.mode=alad-frozen",
+        f"phase3.train={write_bio(root / 'train.tsv', 30, 1)}",
+        f"phase3.dev={write_bio(root / 'dev.tsv', 8, 2)}",
+        f"phase3.test={write_bio(root / 'test.tsv', 8, 3)}",
+        f"phase3.epochs={phase3_epochs}",
+    ]
+    return tiny, ner

@@ -18,7 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import interrupt_on_call, tiny_sentences, write_bio, write_conllu, write_squad
+from conftest import (
+    interrupt_on_call,
+    tiny_cli_overrides,
+    tiny_sentences,
+    write_conllu,
+    write_squad,
+)
 from safetensors.torch import save_file
 
 import alad.phases.finetune as ft_mod
@@ -46,27 +52,7 @@ class Art:
 @pytest.fixture(scope="module")
 def art(tiny_models, tmp_path_factory) -> Art:
     root = tmp_path_factory.mktemp("bad-inputs")
-    c, lg = tiny_models
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(tiny_sentences(40)) + "\n")
-    tiny = [
-        f"models.compressed={c}",
-        f"models.large={lg}",
-        f"phase1.corpus={corpus}",
-        f"phase2.corpus={corpus}",
-        f"cache.dir={root / 'features'}",
-        f"runs_dir={root / 'runs'}",
-        "phase1.epochs=1",
-    ]
-    ner = [
-        *tiny,
-        "phase3.task=ner",
-        "phase3.mode=alad-frozen",
-        f"phase3.train={write_bio(root / 'train.tsv', 30, 1)}",
-        f"phase3.dev={write_bio(root / 'dev.tsv', 8, 2)}",
-        f"phase3.test={write_bio(root / 'test.tsv', 8, 3)}",
-        "phase3.epochs=2",
-    ]
+    tiny, ner = tiny_cli_overrides(root, tiny_models, phase3_epochs=2)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)  # no params.yaml here
         mp.setenv("ALAD_CACHE_HOME", str(root / "cache"))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_sentences, train_tiny_model, write_bio, write_squad
+from conftest import tiny_cli_overrides, train_tiny_model, write_bio, write_squad
 
 import alad.jobs as jobs_mod
 import alad.phases.finetune as ft_mod
@@ -70,27 +70,7 @@ class Art:
 @pytest.fixture(scope="module")
 def art(tiny_models, tmp_path_factory) -> Art:
     root = tmp_path_factory.mktemp("writes")
-    c, lg = tiny_models
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(tiny_sentences(40)) + "\n")
-    tiny = [
-        f"models.compressed={c}",
-        f"models.large={lg}",
-        f"phase1.corpus={corpus}",
-        f"phase2.corpus={corpus}",
-        f"cache.dir={root / 'features'}",
-        f"runs_dir={root / 'runs'}",
-        "phase1.epochs=1",
-    ]
-    ner = [
-        *tiny,
-        "phase3.task=ner",
-        "phase3.mode=alad-frozen",
-        f"phase3.train={write_bio(root / 'train.tsv', 30, 1)}",
-        f"phase3.dev={write_bio(root / 'dev.tsv', 8, 2)}",
-        f"phase3.test={write_bio(root / 'test.tsv', 8, 3)}",
-        "phase3.epochs=1",
-    ]
+    tiny, ner = tiny_cli_overrides(root, tiny_models, phase3_epochs=1)
     (root / "trained").mkdir()
     model = train_tiny_model(root / "trained", tiny_models)
     a_file = root / "a-file"
