@@ -273,6 +273,12 @@ class Cell:
     def model_dir(self) -> Path:
         return self.out / "model"
 
+    @property
+    def model_ready(self) -> bool:
+        """Its model folder holds the finished run: the model of a run still training (or
+        stopped: `state/` beside it) is the best epoch so far, not the cell's model."""
+        return (self.model_dir / "manifest.json").is_file() and (self.out / "metrics.json").is_file()
+
     def align_dir(self, phase: str) -> Path:
         assert self.align is not None
         a = self._named(key_config(self.align))
@@ -570,7 +576,7 @@ def ensure_teacher(cell: Cell, progress: bool = False) -> None:
         return
     t.out.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{t.out}.lock"):  # cells on several workers: one rebuild
-        if (t.model_dir / "manifest.json").is_file():
+        if t.model_ready:
             return
         record = json.loads(t.result_path.read_text())
         where = (record.get("machine") or {}).get("device", "cpu")
@@ -761,7 +767,7 @@ class Progress:
         out = {}
         for c in self.todo:
             t = c.teacher
-            if t is not None and not (t.model_dir / "manifest.json").is_file():
+            if t is not None and not t.model_ready:
                 timing = _timing(t)
                 out[t.name] = timing[0] if timing and timing[1] == self.kind else self.predict(t)
         return out

@@ -194,3 +194,22 @@ def test_a_grid_reuses_anothers_results_and_reports_its_variants_as_rows(tiny_gr
     table = write_report(tmp_path / "levers", None, tmp_path / "out", path)["table"].read_text()
     assert "alad-frozen n=3 [ft]" in table and "| 90.0 ± — (1) |" in table
     assert "| alad-frozen n=3 |" in table and "large" in table  # reused, as their own rows
+
+
+def test_a_teacher_still_training_is_not_ready(tiny_grid):
+    """A `large` run stopped mid-training has a model folder (its best epoch so far) and a
+    state/: cells must not align to it; the sweep resumes it as a rebuild first."""
+    grid = load_grid(_grid(tiny_grid, [1], ft=FINETUNED))
+    large = next(c for c in cells(grid) if c.mode == "large")
+    write_json({"dev": {"main": 0.5}, "test": {"main": 0.5}}, large.result_path)
+    grid = load_grid(tiny_grid)
+    (large.model_dir).mkdir(parents=True)
+    write_json({"format": "alad-model/1"}, large.model_dir / "manifest.json")
+    (large.out / "state").mkdir()
+    assert not large.model_ready
+    from alad.sweep import Progress
+
+    progress = Progress.of(cells(grid))
+    assert list(progress.teachers_to_rebuild()) == [large.name]
+    write_json({"run_key": "k", "dev": {"main": 0.5}}, large.out / "metrics.json")
+    assert large.model_ready and progress.teachers_to_rebuild() == {}
