@@ -581,8 +581,8 @@ def ensure_teacher(cell: Cell, progress: bool = False) -> None:
         record = json.loads(t.result_path.read_text())
         where = (record.get("machine") or {}).get("device", "cpu")
         log.info(
-            "teacher %s (%s): its model %s is not on this machine; re-training it first (its "
-            "committed result took %.0f s on %s)",
+            "teacher %s (%s): its model %s is not on this machine or its run is unfinished; "
+            "training it first (its committed result took %.0f s on %s)",
             t.name,
             t.key,
             t.model_dir,
