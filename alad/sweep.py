@@ -277,7 +277,8 @@ class Cell:
     def model_ready(self) -> bool:
         """Its model folder holds the finished run: the model of a run still training (or
         stopped: `state/` beside it) is the best epoch so far, not the cell's model."""
-        return (self.model_dir / "manifest.json").is_file() and (self.out / "metrics.json").is_file()
+        finished = (self.out / "metrics.json").is_file()
+        return finished and (self.model_dir / "manifest.json").is_file()
 
     def align_dir(self, phase: str) -> Path:
         assert self.align is not None
