@@ -2,6 +2,7 @@
 
     alad bench align --texts 1000 --epochs 3
     alad bench latency [--compressed minilm-l6,minilm-l3,mpnet-base:prune4] [--k 5]
+    alad bench latency --grid sweeps/adapter.yaml     # the grid's adapter shapes (H, rank)
 
 `bench align`:
 1. Cache effect: epoch 1 pays for running both frozen models (extraction) plus training; later
@@ -14,6 +15,9 @@ all with the same token-classification head shape, on batches of 1 and 32 sequen
 random tokens, in one process; the models alternate round-robin and each keeps its best of k
 (alad.timing.best_of). AlAd's weights are freshly initialised: values do not change its speed.
 Writes results/latency.json (what `alad report` joins into Table 1) with the machine's facts.
+With `--grid sweeps/adapter.yaml`: the grid's M_C and every adapter shape (n, H, rank) of its
+cells instead, to results/latency-<grid name>.json; each AlAd row also has its overhead, its
+time over its M_C's alone (what the report's overhead column and Pareto panel show).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from alad.adapter import AlignmentAdapter
 from alad.aligned_model import AlignedModel
 from alad.atomic import ensure_writable_file, write_json
 from alad.cache import build_cache, length_sorted_batches
-from alad.config import Settings
+from alad.config import ConfigError, Settings
 from alad.data.corpus import load_corpus, sample_split
 from alad.heads import TokenClassificationHead
 from alad.models.catalog import Encoder, load_encoder
@@ -132,15 +136,33 @@ DEFAULT_COMPRESSED = ("minilm-l6", "minilm-l3", "mpnet-base:prune4")
 UPOS_LABELS = 17  # the head every model gets (POS's shape); a head is a small share of time
 
 
+@dataclass(frozen=True)
+class AdapterShape:
+    """What decides an adapter's speed: window n, hidden width H, first-layer rank (None: full)."""
+
+    window: int
+    hidden: int
+    rank: int | None = None
+
+    @property
+    def label(self) -> str:
+        rank = f" r={self.rank}" if self.rank else ""
+        return f"n={self.window} H={self.hidden}{rank}"
+
+
 @dataclass
 class Candidate:
-    """One model to time: an encoder spec, optionally AlAd of window n, and a task head."""
+    """One model to time: an encoder spec, optionally AlAd of some shape, and a task head."""
 
     encoder: str
-    window: int | None  # None: no adapter
+    shape: AdapterShape | None  # None: no adapter
     role: str  # "large" | "compressed" | "alad"
     model: AlignedModel
     token_ids: torch.Tensor  # the encoder's ordinary (non-special) token ids
+
+    @property
+    def window(self) -> int | None:
+        return self.shape.window if self.shape else None
 
     @property
     def params(self) -> int:
@@ -156,22 +178,28 @@ def _ordinary_ids(encoder: Encoder) -> torch.Tensor:
 def candidates(
     large: Encoder,
     compressed: Sequence[Encoder],
-    windows: Sequence[int],
-    hidden: int,
+    shapes: Sequence[AdapterShape],
     num_labels: int = UPOS_LABELS,
 ) -> list[Candidate]:
-    """M_L, then per M_C: M_C alone and M_C + AlAd(n) for each window (all in eval mode)."""
+    """M_L, then per M_C: M_C alone and M_C + AlAd of each shape (all in eval mode)."""
 
-    def make(enc: Encoder, window: int | None, role: str) -> Candidate:
-        adapter = AlignmentAdapter(enc.dim, large.dim, window, hidden) if window else None
-        head = TokenClassificationHead(large.dim if window else enc.dim, num_labels)
+    def make(enc: Encoder, shape: AdapterShape | None, role: str) -> Candidate:
+        adapter = None
+        if shape is not None:
+            try:
+                adapter = AlignmentAdapter(
+                    enc.dim, large.dim, shape.window, shape.hidden, shape.rank
+                )
+            except ValueError as exc:  # e.g. a rank that is not lower-rank for this M_C
+                raise ConfigError(f"AlAd {shape.label} on {enc.name}: {exc}") from None
+        head = TokenClassificationHead(large.dim if shape else enc.dim, num_labels)
         model = AlignedModel(enc.model, head, adapter).eval()
-        return Candidate(enc.name, window, role, model, _ordinary_ids(enc))
+        return Candidate(enc.name, shape, role, model, _ordinary_ids(enc))
 
     out = [make(large, None, "large")]
     for enc in compressed:
         out.append(make(enc, None, "compressed"))
-        out += [make(enc, n, "alad") for n in windows]
+        out += [make(enc, shape, "alad") for shape in shapes]
     return out
 
 
@@ -210,39 +238,46 @@ def measure_latency(
 def latency_rows(
     models: Sequence[Candidate], seconds: dict[tuple[int, int], float], tokens: int
 ) -> list[dict[str, Any]]:
-    """One row per (model, batch): ms per batch, tokens/s, speed-up and size vs M_L (models[0])."""
+    """One row per (model, batch): ms per batch, tokens/s, speed-up and size vs M_L (models[0]);
+    an AlAd row also its shape and its overhead: its time / its M_C's alone (1.30: AlAd costs
+    30 % of M_C's time)."""
     large = models[0]
+    alone = {(c.encoder, b): s for (i, b), s in seconds.items() if (c := models[i]).shape is None}
     rows = []
     for (i, batch), s in seconds.items():
         cand = models[i]
-        rows.append(
-            {
-                "model": cand.encoder,
-                "role": cand.role,
-                "window": cand.window,
-                "batch": batch,
-                "tokens": tokens,
-                "ms_per_batch": 1000 * s,
-                "tokens_per_s": batch * tokens / s,
-                "speedup": seconds[(0, batch)] / s,
-                "params": cand.params,
-                "size_pct": 100.0 * cand.params / large.params,
-            }
-        )
+        row = {
+            "model": cand.encoder,
+            "role": cand.role,
+            "window": cand.window,
+            "batch": batch,
+            "tokens": tokens,
+            "ms_per_batch": 1000 * s,
+            "tokens_per_s": batch * tokens / s,
+            "speedup": seconds[(0, batch)] / s,
+            "params": cand.params,
+            "size_pct": 100.0 * cand.params / large.params,
+        }
+        if cand.shape is not None:
+            row.update(hidden=cand.shape.hidden, rank=cand.shape.rank)
+            row["overhead"] = s / alone[(cand.encoder, batch)]
+        rows.append(row)
     return rows
 
 
 def format_latency(rows: list[dict[str, Any]]) -> str:
     lines = [
-        f"{'model':28s} {'n':>2s} {'batch':>5s} {'ms/batch':>9s} {'tokens/s':>9s} "
-        f"{'speed-up':>8s} {'params':>12s} {'size %':>7s}"
+        f"{'model':34s} {'batch':>5s} {'ms/batch':>9s} {'tokens/s':>9s} "
+        f"{'speed-up':>8s} {'overhead':>8s} {'params':>12s} {'size %':>7s}"
     ]
-    for r in sorted(rows, key=lambda r: r["batch"]):  # stable: M_L, then each M_C, +AlAd n
-        label = f"{r['model']} + AlAd" if r["window"] else r["model"]
+    for r in sorted(rows, key=lambda r: r["batch"]):  # stable: M_L, then each M_C, +AlAd shapes
+        label = r["model"]
+        if r["window"]:
+            label += f" + AlAd {AdapterShape(r['window'], r['hidden'], r['rank']).label}"
+        over = f"{r['overhead']:>7.2f}x" if r.get("overhead") else f"{'-':>8s}"
         lines.append(
-            f"{label:28s} {r['window'] or '-':>2} {r['batch']:>5d} {r['ms_per_batch']:>9.1f} "
-            f"{r['tokens_per_s']:>9.0f} {r['speedup']:>7.2f}x {r['params']:>12,d} "
-            f"{r['size_pct']:>7.1f}"
+            f"{label:34s} {r['batch']:>5d} {r['ms_per_batch']:>9.1f} {r['tokens_per_s']:>9.0f} "
+            f"{r['speedup']:>7.2f}x {over} {r['params']:>12,d} {r['size_pct']:>7.1f}"
         )
     return "\n".join(lines)
 
@@ -257,14 +292,20 @@ def bench_latency(
     hidden: int = 1280,
     out: Path | None = Path("results/latency.json"),
     runtime: Runtime = CPU,
+    rank: int | None = None,
+    shapes: Sequence[AdapterShape] | None = None,
+    grid: str | None = None,
 ) -> dict[str, Any]:
-    """Time every candidate in this process, print the table, write `out` (atomically)."""
+    """Time every candidate in this process, print the table, write `out` (atomically).
+    AlAd's shapes: `shapes` (e.g. a sweep grid's variants, `grid` naming it), else one per
+    window of width `hidden` and first-layer `rank`."""
     from alad.provenance import git_commit, machine
 
     if out is not None:  # before the minutes of timing, not after them
         ensure_writable_file(out, "latency results", "pass another --out")
+    shapes = list(shapes) if shapes else [AdapterShape(n, hidden, rank) for n in windows]
     load_before = os.getloadavg()
-    models = candidates(load_encoder(large), [load_encoder(c) for c in compressed], windows, hidden)
+    models = candidates(load_encoder(large), [load_encoder(c) for c in compressed], shapes)
     print(
         f"bench latency: {len(models)} models x batches {list(batches)} x {tokens} tokens, "
         f"best of {k}, {torch.get_num_threads()} threads, load {load_before[0]:.2f}"
@@ -272,11 +313,14 @@ def bench_latency(
     seconds = measure_latency(models, batches, tokens, k, runtime=runtime)
     rows = latency_rows(models, seconds, tokens)
     load_after = os.getloadavg()
+    widths = {s.hidden for s in shapes}
     report = {
         "large": large,
         "compressed": list(compressed),
-        "windows": list(windows),
-        "hidden": hidden,
+        "windows": sorted({s.window for s in shapes}),
+        "hidden": widths.pop() if len(widths) == 1 else None,  # rows name each one's H
+        "shapes": [{"window": s.window, "hidden": s.hidden, "rank": s.rank} for s in shapes],
+        **({"grid": grid} if grid else {}),
         "head": f"token classification, {UPOS_LABELS} labels",
         "tokens": tokens,
         "k": k,

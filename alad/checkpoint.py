@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from alad.adapter import AlignmentAdapter
+from alad.adapter import AlignmentAdapter, check_rank
 from alad.atomic import (
     MAX_MANIFEST_BYTES,
     checksums,
@@ -47,6 +47,7 @@ from alad.atomic import (
     write_json,
     write_text,
 )
+from alad.config import AdapterConfig, ConfigError
 from alad.errors import AladError, DataFormatError
 
 log = logging.getLogger(__name__)
@@ -250,20 +251,36 @@ def _load_folder(folder: Path, with_trainer_state: bool) -> Checkpoint:
 
 
 def adapter_from(describe: dict[str, Any], source: Path) -> AlignmentAdapter:
-    """An untrained AlignmentAdapter of the shape `describe` (a manifest) gives."""
+    """An untrained AlignmentAdapter of the shape `describe` (a manifest) gives. `rank` is
+    optional: manifests without it (every adapter before low rank) are full-rank."""
     keys = ("d_compressed", "d_large", "window", "hidden")
     missing = [k for k in keys if k not in describe]
     if missing:
         raise CheckpointError(f"{source}: no {missing[0]!r} (the adapter's shape) in it")
     values = [describe[k] for k in keys]
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise CheckpointError(
-            f"{source}: adapter shape {dict(zip(keys, values, strict=True))} must be whole numbers"
-        )
+    rank = describe.get("rank")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in [*values, rank or 1]):
+        shape = {**dict(zip(keys, values, strict=True)), "rank": rank}
+        raise CheckpointError(f"{source}: adapter shape {shape} must be whole numbers")
     try:
-        return AlignmentAdapter(*values)
+        return AlignmentAdapter(*values, rank=rank)
     except ValueError as exc:
         raise CheckpointError(f"{source}: {exc}") from None
+
+
+def check_adapter_config(a: AdapterConfig, d_compressed: int) -> None:
+    """What the config alone cannot check, once M_C's width is known: adapter.rank below n·D_C
+    (a ConfigError naming the field, raised before any expensive work)."""
+    try:
+        check_rank(a.rank, a.window * d_compressed, a.hidden)
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (M_C's width D_C={d_compressed}, n={a.window})") from None
+
+
+def new_adapter(d_compressed: int, d_large: int, a: AdapterConfig) -> AlignmentAdapter:
+    """An untrained AlignmentAdapter of the configured shape (window, hidden, rank)."""
+    check_adapter_config(a, d_compressed)
+    return AlignmentAdapter(d_compressed, d_large, a.window, a.hidden, a.rank)
 
 
 def load_weights(module: nn.Module, path: Path) -> None:
@@ -377,9 +394,17 @@ def check_fits(
     window: int,
     hidden: int,
     source: Path,
+    rank: int | None = None,
 ) -> None:
-    """An adapter only fits the models and window it was built for: say which field differs."""
-    want = {"d_compressed": d_compressed, "d_large": d_large, "window": window, "hidden": hidden}
+    """An adapter only fits the models and shape it was built for: say which field differs
+    (a manifest without `rank` is a full-rank adapter)."""
+    want = {
+        "d_compressed": d_compressed,
+        "d_large": d_large,
+        "window": window,
+        "hidden": hidden,
+        "rank": rank,
+    }
     diffs = [
         f"{k}: checkpoint {manifest.get(k)} vs requested {v}"
         for k, v in want.items()

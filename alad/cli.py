@@ -300,19 +300,31 @@ def _ints(text: str) -> list[int]:
 
 
 def cmd_bench_latency(args: argparse.Namespace) -> None:
-    from alad.bench import bench_latency
+    from alad.bench import AdapterShape, bench_latency
     from alad.runtime import Runtime
 
     settings = _settings(args)
+    large, compressed = args.large or settings.models.large, args.compressed.split(",")
+    shapes, out = None, args.out or Path("results/latency.json")
+    if args.grid is not None:  # the grid's M_C, M_L and adapter shapes
+        from alad.sweep import adapter_shapes, load_grid
+
+        grid = load_grid(args.grid)
+        compressed, found = adapter_shapes(grid)
+        large, shapes = args.large or grid.large, [AdapterShape(*s) for s in found]
+        out = args.out or Path(f"results/latency-{grid.name}.json")
     bench_latency(
-        large=args.large or settings.models.large,
-        compressed=[c for c in args.compressed.split(",") if c],
+        large=large,
+        compressed=[c for c in compressed if c],
         windows=args.windows,
         batches=args.batches,
         tokens=args.tokens,
         k=args.k,
         hidden=args.hidden or settings.adapter.hidden,
-        out=args.out,
+        rank=args.rank or settings.adapter.rank,
+        shapes=shapes,
+        grid=str(args.grid) if args.grid else None,
+        out=out,
         runtime=Runtime.from_config(settings.runtime),
     )
 
@@ -605,8 +617,18 @@ def _add_bench(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--tokens", type=int, default=128, help="tokens per sequence")
     p.add_argument("--k", type=int, default=5, help="repeats per model; the best is kept")
     p.add_argument("--hidden", type=int, help="AlAd hidden width H (default: adapter.hidden)")
+    p.add_argument("--rank", type=int, help="AlAd first-layer rank (default: adapter.rank)")
     p.add_argument(
-        "--out", type=Path, default=Path("results/latency.json"), help="JSON written here"
+        "--grid",
+        type=Path,
+        help="time the M_C and every adapter shape (n, H, rank) of this sweep grid's AlAd cells "
+        "instead of --compressed/--windows/--hidden/--rank",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="JSON written here (default: results/latency.json; with --grid "
+        "results/latency-<grid name>.json)",
     )
     p.set_defaults(func=cmd_bench_latency)
 

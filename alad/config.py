@@ -76,6 +76,14 @@ class ModelsConfig(_Section):
 class AdapterConfig(_Section):
     window: Integer = Field(5, ge=1, le=15, description="Sliding window n in tokens (odd).")
     hidden: Integer = Field(1280, ge=1, le=16384, description="Hidden width H of the adapter MLP.")
+    rank: Integer | None = Field(
+        None,
+        ge=1,
+        le=16384,
+        description="Rank r of a factorised first layer n·D_C -> r -> H (two linear maps, no "
+        "nonlinearity between; a leaner, faster adapter). None: the paper's full layer. Must "
+        "be below H and below n·D_C (checked once M_C is loaded).",
+    )
 
     @field_validator("window")
     @classmethod
@@ -83,6 +91,16 @@ class AdapterConfig(_Section):
         if v % 2 == 0:
             raise ValueError(f"adapter.window must be odd (1, 3, 5, ...), got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _lower_rank(self) -> AdapterConfig:
+        # n·D_C needs M_C's width: alad.adapter.check_rank checks it where the models are loaded
+        if self.rank is not None and self.rank >= self.hidden:
+            raise ValueError(
+                f"adapter.rank={self.rank} is not below adapter.hidden={self.hidden}: the first "
+                "layer would not be lower-rank; choose a smaller rank, or null for the full layer"
+            )
+        return self
 
 
 class AlignPhaseConfig(_Section):
@@ -276,6 +294,7 @@ ADDED_AT_DEFAULT: dict[str, Any] = {
     "phase2.teacher": None,
     "phase2.target_layer": None,
     "phase3.head_init": "fresh",
+    "adapter.rank": None,
 }
 
 

@@ -90,55 +90,44 @@ def plot_histories(layout: Any, out: Path) -> list[Path]:
     return paths
 
 
+PARETO_AXES = (
+    ("size_pct", "size (% of M_L parameters)"),
+    ("ms", "ms per batch of 32 (CPU)"),
+    ("overhead", "latency overhead over M_C alone (×)"),
+)
+
+
 def plot_pareto(
     points: list[dict[str, Any]],
     tasks: list[tuple[str, str]],
     target: Path | IO[bytes],
     baselines: dict[str, tuple[float, str]] | None = None,
 ) -> None:
-    """One column per task: quality (`y` ± `yerr`) against `size_pct` (top) and `ms` (bottom).
+    """One column per task: quality (`y` ± `yerr`) against `size_pct` (top), `ms` (middle) and
+    `overhead` (bottom: (M_C + AlAd) / M_C latency, 1.0 for M_C alone; M_L not shown).
 
     `points`: dicts with task, series (the colour: one per model), mode (the marker), y, yerr,
-    size_pct and ms (None: not measured, the point is left out of that panel).
+    size_pct, ms and overhead (None: not measured, the point is left out of that panel), and
+    label (optional: written beside the point in the overhead panel, e.g. a grid's variant).
     `tasks`: (task, title) per column. `baselines`: task -> (score, label), a dashed line across
-    both of its panels (QA's always-no-answer, without which its panel cannot be read)."""
+    its panels (QA's always-no-answer, without which its panel cannot be read)."""
     from matplotlib.lines import Line2D
 
     baselines = baselines or {}
-    fig = figure(4.2 * max(1, len(tasks)), 7.4)
+    fig = figure(4.2 * max(1, len(tasks)), 10.6)
     series = sorted({p["series"] for p in points})
     colours = {s: f"C{i % 10}" for i, s in enumerate(series)}
-    axes = fig.subplots(2, max(1, len(tasks)), squeeze=False)
+    axes = fig.subplots(len(PARETO_AXES), max(1, len(tasks)), squeeze=False)
     for col, (task, title) in enumerate(tasks):
-        for row, (x, xlabel) in enumerate(
-            (("size_pct", "size (% of M_L parameters)"), ("ms", "ms per batch of 32 (CPU)"))
-        ):
+        for row, (x, xlabel) in enumerate(PARETO_AXES):
             ax = axes[row][col]
             shown = [p for p in points if p["task"] == task and p.get(x) is not None]
             for p in shown:
-                ax.errorbar(
-                    p[x],
-                    p["y"],
-                    yerr=p["yerr"] or None,
-                    fmt=MODES[p["mode"]].marker if p["mode"] in MODES else "x",
-                    color=colours[p["series"]],
-                    markersize=9 if MODES[p["mode"]].encoder == "large" else 6,
-                    capsize=3,
-                )
+                _pareto_point(ax, p, x, colours[p["series"]])
             if task in baselines:
-                score, label = baselines[task]
-                ax.axhline(score, color="0.4", ls="--", lw=1)
-                ax.annotate(
-                    label,
-                    (0.01, score),
-                    xycoords=("axes fraction", "data"),
-                    xytext=(0, 3),
-                    textcoords="offset points",
-                    fontsize=8,
-                    color="0.3",
-                )
+                _baseline(ax, *baselines[task])
             if not shown:
-                why = "no latency.json" if x == "ms" else "no sizes in the results"
+                why = "no sizes in the results" if x == "size_pct" else "no latency.json"
                 ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes)
             ax.set_xlabel(xlabel)
             ax.set_ylabel("test score × 100")
@@ -149,8 +138,37 @@ def plot_pareto(
     modes = [m for m in MODES if any(p["mode"] == m for p in points)]
     handles += [Line2D([], [], color="0.3", marker=MODES[m].marker, ls="", label=m) for m in modes]
     fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     save_figure(fig, target)
+
+
+def _pareto_point(ax: Any, p: dict[str, Any], x: str, colour: str) -> None:
+    ax.errorbar(
+        p[x],
+        p["y"],
+        yerr=p["yerr"] or None,
+        fmt=MODES[p["mode"]].marker if p["mode"] in MODES else "x",
+        color=colour,
+        markersize=9 if MODES[p["mode"]].encoder == "large" else 6,
+        capsize=3,
+    )
+    if x == "overhead" and p.get("label"):
+        ax.annotate(
+            p["label"], (p[x], p["y"]), xytext=(4, 3), textcoords="offset points", fontsize=7
+        )
+
+
+def _baseline(ax: Any, score: float, label: str) -> None:
+    ax.axhline(score, color="0.4", ls="--", lw=1)
+    ax.annotate(
+        label,
+        (0.01, score),
+        xycoords=("axes fraction", "data"),
+        xytext=(0, 3),
+        textcoords="offset points",
+        fontsize=8,
+        color="0.3",
+    )
 
 
 def plot_curves(

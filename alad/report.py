@@ -6,9 +6,11 @@ Reads only files: every result JSON under `--results` (one per finished cell, wr
 `alad sweep run`, any folder depth) and, for the speed-up column, `alad bench latency`'s JSON.
 One table per task in the paper's layout: the `large` row (M_L fine-tuned) as the reference, then
 each M_C with its modes; every score is "mean ± sample std (k seeds)" of the test set, the size
-% of M_L, the speed-up vs M_L (batch 32 from latency.json, matching M_C and n) and, for AlAd
-rows, the share of the compressed -> large gap that AlAd recovers. A cell of the grid without a
-result simply does not appear; the report says how many result files it used.
+% of M_L, the speed-up vs M_L (batch 32 from latency.json, matching M_C and the adapter's
+shape n, H, rank), AlAd's latency overhead over M_C alone and, for AlAd rows, the share of the
+compressed -> large gap that AlAd recovers. A cell of the grid without a result simply does not
+appear; the report says how many result files it used. The adapter Pareto sweep
+(sweeps/adapter.yaml) reads its own latency file: `--latency results/latency-adapter.json`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 from alad import results as result_files
 from alad.atomic import recover_dir, tmp_dir, write_text
+from alad.config import AdapterConfig
 from alad.errors import ResultError
 from alad.modes import MODES
 from alad.tasks import TASKS
@@ -148,6 +151,15 @@ class Row:
         label = f"{self.mode} n={self.window}" if self.window else self.mode
         return f"{label} [{self.variant}]" if self.variant else label
 
+    @property
+    def adapter_shape(self) -> tuple[int, int | None, int | None] | None:
+        """(n, H, rank) of the row's adapter (rank None: the full layer; results before ranks
+        have none), or None without one."""
+        if not MODES[self.mode].adapter:
+            return None
+        a = (self.results[0].record.get("config") or {}).get("adapter") or {}
+        return self.window or a.get("window"), a.get("hidden"), a.get("rank")
+
 
 def group_rows(results: Iterable[Result]) -> dict[str, list[Row]]:
     """Results -> rows per task, in the paper's order: `large` first, then each M_C (largest
@@ -185,14 +197,17 @@ def group_rows(results: Iterable[Result]) -> dict[str, list[Row]]:
 
 
 def _latency_row(row: Row, latency: dict[str, Any] | None) -> dict[str, Any] | None:
-    """latency.json's batch-32 figure for this row's encoder and window (measured against the
-    same M_L). LoRA is merged into M_C's weights when saved: a LoRA row runs as its M_C."""
+    """latency.json's batch-32 figure for this row's encoder and adapter shape (n, H, rank;
+    rows written before shapes: the file's `hidden`, full rank), measured against the same M_L.
+    LoRA is merged into M_C's weights when saved: a LoRA row runs as its M_C."""
     if latency is None or latency.get("large") != row.large:
         return None
-    encoder = row.model
-    window = row.window if MODES[row.mode].adapter else None
+    want = (row.model, row.adapter_shape, LATENCY_BATCH)
+    # a file that names no H at all was timed at the default (1280, the paper's)
+    default_h = latency.get("hidden") or AdapterConfig.model_fields["hidden"].default
     for r in latency["rows"]:
-        if (r["model"], r.get("window"), r["batch"]) == (encoder, window, LATENCY_BATCH):
+        shape = (r["window"], r.get("hidden") or default_h, r.get("rank"))
+        if (r["model"], shape if r["window"] else None, r["batch"]) == want:
             return r
     return None
 
@@ -205,6 +220,28 @@ def speedup(row: Row, latency: dict[str, Any] | None) -> float | None:
 def latency_ms(row: Row, latency: dict[str, Any] | None) -> float | None:
     r = _latency_row(row, latency)
     return float(r["ms_per_batch"]) if r else None
+
+
+def overhead(row: Row, latency: dict[str, Any] | None) -> float | None:
+    """What AlAd adds to M_C's latency: the row's time / its M_C's alone (batch 32, one file);
+    1.0 for a row that runs as its M_C (compressed, LoRA); None for M_L or where not measured."""
+    r = _latency_row(row, latency)
+    if r is None or row.is_large:
+        return None
+    if r["window"] is None:
+        return 1.0
+    alone = next(
+        (x for x in latency["rows"] if (x["model"], x["window"], x["batch"]) == (r["model"],
+         None, LATENCY_BATCH)),
+        None,
+    )  # fmt: skip
+    return float(r["ms_per_batch"]) / float(alone["ms_per_batch"]) if alone else None
+
+
+def _overhead_cell(row: Row, value: float | None) -> str:
+    if row.adapter_shape is None:
+        return ""  # no adapter, nothing added (as the gap column)
+    return f"{value:.2f}×" if value is not None else DASH
 
 
 def gap_recovered(row: Row, rows: list[Row]) -> str:
@@ -260,10 +297,11 @@ def trivial(task: str, rows: list[Row]) -> tuple[str, dict | None, str]:
 
 def task_table(task: str, rows: list[Row], latency: dict[str, Any] | None) -> str:
     cols = TASKS[task].columns
-    head = ["M_C", "mode", *(c[0] for c in cols), "size %", "speed-up", "gap recovered"]
+    head = ["M_C", "mode", *(c[0] for c in cols), "size %", "speed-up", "AlAd overhead",
+            "gap recovered"]  # fmt: skip
     lines = [_md_row(head), _md_row(["---"] * len(head))]
     for row in rows:
-        s = speedup(row, latency)
+        s, o = speedup(row, latency), overhead(row, latency)
         size = row.mean("size_pct")
         lines.append(
             _md_row(
@@ -273,6 +311,7 @@ def task_table(task: str, rows: list[Row], latency: dict[str, Any] | None) -> st
                     *(mean_std(row.values(key, scale)) for _, key, scale in cols),
                     f"{size:.1f}" if size is not None else DASH,
                     f"{s:.2f}" if s is not None else DASH,
+                    _overhead_cell(row, o),
                     gap_recovered(row, rows),
                 ]
             )
@@ -280,7 +319,7 @@ def task_table(task: str, rows: list[Row], latency: dict[str, Any] | None) -> st
     name, scores, why = trivial(task, rows)
     if scores is not None:
         values = [f"{scores[key] * scale:.1f}" for _, key, scale in cols]
-        lines.append(_md_row([name, "trivial", *values, DASH, DASH, ""]))
+        lines.append(_md_row([name, "trivial", *values, DASH, DASH, DASH, ""]))
     elif name:
         lines.append("")
         lines.append(f"(The {name} baseline is omitted: {why}.)")
@@ -443,7 +482,9 @@ def _latency_line(latency: dict[str, Any] | None, path: Path | None) -> str:
         f"from `{path}` ({latency.get('date', '?')}, {m.get('host', '?')}, "
         f"{m.get('torch_threads', '?')} torch threads, 1-min load {before[0]} before / "
         f"{after[0]} after, git {str(latency.get('git_commit', '?'))[:7]}). LoRA rows run as "
-        "fast as their M_C (LoRA is merged when saved); AlAd rows as M_C + AlAd of the same n."
+        "fast as their M_C (LoRA is merged when saved); AlAd rows as M_C + AlAd of the same "
+        "shape (n, H, rank). AlAd overhead: the row's time / its M_C's alone, same file (1.10× "
+        "= the adapter adds 10 % to M_C's latency)."
     )
 
 
@@ -551,9 +592,12 @@ def still_to_run(grid_path: Path | None, results_dir: Path) -> list[str]:
 
 
 def pareto_points(rows: dict[str, list[Row]], latency: dict[str, Any] | None) -> list[dict]:
-    """One point per row: main ×100 (mean, std) against size % and ms per batch of 32."""
+    """One point per row: main ×100 (mean, std) against size %, ms per batch of 32 and the
+    latency overhead over M_C alone (`label`: what tells apart the AlAd rows of one M_C and
+    mode in that panel, see `_shape_labels`)."""
     points = []
     for task, task_rows in rows.items():
+        labels = _shape_labels(task_rows)
         for row in task_rows:
             y = row.mean("main", 100.0)  # a fraction for every task (QA: f1 / 100)
             if y is None:
@@ -567,9 +611,29 @@ def pareto_points(rows: dict[str, list[Row]], latency: dict[str, Any] | None) ->
                     "yerr": row.std("main", 100.0),
                     "size_pct": row.mean("size_pct"),
                     "ms": latency_ms(row, latency),
+                    "overhead": overhead(row, latency),
+                    "label": labels.get(id(row)),
                 }
             )
     return points
+
+
+def _shape_labels(rows: list[Row]) -> dict[int, str]:
+    """id(row) -> its label where several AlAd rows share an M_C and mode (Table 1's window
+    ablation, a grid's variants): the variant's name, else its shape ("n=3"; "n=5 H=1280" when
+    the rows differ in more than n). A lone row needs none."""
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for row in rows:
+        if row.adapter_shape is not None:
+            groups.setdefault((row.compressed, row.mode), []).append(row)
+    out = {}
+    for group in (g for g in groups.values() if len(g) > 1):
+        more = len({(r.adapter_shape or ())[1:] for r in group}) > 1  # H or rank differ too
+        for r in group:
+            n, h, rank = r.adapter_shape or (None, None, None)
+            shape = f"n={n} H={h}" + (f" r={rank}" if rank else "") if more else f"n={n}"
+            out[id(r)] = r.variant or shape
+    return out
 
 
 def pareto_baselines(rows: dict[str, list[Row]]) -> dict[str, tuple[float, str]]:

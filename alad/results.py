@@ -392,6 +392,15 @@ class LatencyRow(_Schema):
     tokens_per_s: Positive | None = None
     params: Count | None = None
     size_pct: NonNegative | None = None
+    hidden: Whole | None = None  # AlAd rows: H (files before shapes: the file's `hidden`)
+    rank: Whole | None = None  # AlAd rows: the first layer's rank (None: full)
+    overhead: Positive | None = None  # AlAd rows: its time / its M_C's alone
+
+
+class AdapterShapeRecord(_Schema):
+    window: Whole
+    hidden: Whole
+    rank: Whole | None = None
 
 
 class Latency(_Schema):
@@ -402,6 +411,8 @@ class Latency(_Schema):
     compressed: list[str] | None = None
     windows: list[Whole] | None = None
     hidden: Whole | None = None
+    shapes: list[AdapterShapeRecord] | None = None
+    grid: str | None = None  # the sweep grid whose adapter shapes were timed
     head: str | None = None
     tokens: Whole | None = None
     k: Whole | None = None

@@ -201,6 +201,7 @@ def _register_adapter(
         "target_layer": f"{manifest['target_layer']} of {manifest['teacher_layers']}",
         "window": s.adapter.window,
         "hidden": s.adapter.hidden,
+        "rank": s.adapter.rank or "full",  # the first layer's rank (full: the paper's)
         "epochs": len(result.history),
         "git_commit": git_commit(),
         "parent_run_id": run.get("parent_run_id") or "-",

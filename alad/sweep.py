@@ -447,6 +447,21 @@ def _cell(
     return replace(cell, variant=variant, teacher=best, waits_for=waits, zero_shot=spec.zero_shot)
 
 
+def adapter_shapes(grid: Grid) -> tuple[list[str], list[tuple[int, int, int | None]]]:
+    """The M_C of the grid's AlAd cells and every adapter shape (window, hidden, rank) they use,
+    in the grid's order: what `alad bench latency --grid` times."""
+    compressed: dict[str, None] = {}
+    shapes: dict[tuple[int, int, int | None], None] = {}
+    for cell in cells(grid):
+        if cell.window is not None:
+            a = cell.settings.adapter
+            compressed[cell.compressed] = None
+            shapes[(a.window, a.hidden, a.rank)] = None
+    if not shapes:
+        raise ConfigError(f"{grid._source}: no AlAd cells, so no adapter shapes to time")
+    return list(compressed), sorted(shapes, key=lambda s: (s[0], -s[1], -(s[2] or 10**9)))
+
+
 def _best_large(large: list[Cell]) -> tuple[Cell | None, str | None]:
     """The `large` seed with the best dev score (ties: the lowest seed), once every seed has a
     result (the choice must not move as seeds finish); else (None, what it waits for)."""
@@ -938,6 +953,7 @@ __all__ = [
     "check_outputs",
     "load_grid",
     "cells",
+    "adapter_shapes",
     "plan",
     "check_limits",
     "run_cell",

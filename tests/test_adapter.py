@@ -1,7 +1,10 @@
 """AlignmentAdapter against METHOD.md "The adapter": the explicit concatenation formula,
-independence from padding and batch composition, its size formula and its argument checks."""
+independence from padding and batch composition, its size formula and its argument checks;
+the low-rank first layer (adapter.rank, issue 22): shapes, size, rank, saved and loaded."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +19,7 @@ def _explicit(adapter: AlignmentAdapter, x: torch.Tensor, mask: torch.Tensor) ->
     batch, length, d_c = x.shape
     k = adapter.window // 2
     w1 = adapter.concat_weight()
-    b1 = adapter.window_proj.bias
+    b1 = adapter.first_bias()
     out = torch.zeros(batch, length, adapter.d_large)
     for b in range(batch):
         for i in range(length):
@@ -185,3 +188,172 @@ def test_wrong_input_width_raises():
     adapter = AlignmentAdapter(8, 16, window=3, hidden=8)
     with pytest.raises(ValueError, match=r"D_C=8.*got 12"):
         adapter(torch.randn(1, 4, 12), torch.ones(1, 4))
+
+
+# ---------------------------------------------------------------------------------------------
+# A low-rank first layer: n·D_C -> r -> H (two linear maps, no nonlinearity between)
+
+
+@pytest.mark.parametrize("window", [1, 3, 5])
+@pytest.mark.parametrize(("d_c", "d_l", "hidden", "rank"), [(6, 10, 16, 4), (12, 5, 7, 2)])
+def test_low_rank_matches_the_concatenation_formula_with_w1_of_rank_r(window, d_c, d_l, hidden,
+                                                                       rank):  # fmt: skip
+    torch.manual_seed(window * 10 + rank)
+    adapter = AlignmentAdapter(d_c, d_l, window=window, hidden=hidden, rank=rank)
+    assert adapter.window_proj.weight.shape == (rank, d_c, window)  # V: n·D_C -> r, no bias
+    assert adapter.window_proj.bias is None
+    assert adapter.rank_proj.weight.shape == (hidden, rank)  # U: r -> H, with b1
+    w1 = adapter.concat_weight()
+    assert w1.shape == (hidden, window * d_c)
+    assert torch.linalg.matrix_rank(w1.detach()) <= rank
+    x = torch.randn(2, 7, d_c)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    with torch.no_grad():
+        torch.testing.assert_close(adapter(x, mask), _explicit(adapter, x, mask), atol=1e-5,
+                                   rtol=1e-5)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("d_c", "d_l", "window", "hidden", "rank", "expected"),
+    [  # n·D_C·r + r·H (in place of n·D_C·H) + H + H·D_L + D_L
+        (384, 768, 5, 1280, 64, 1920 * 64 + 64 * 1280 + 1280 + 1280 * 768 + 768),
+        (384, 768, 5, 512, 128, 1920 * 128 + 128 * 512 + 512 + 512 * 768 + 768),
+        (8, 5, 3, 16, 2, 24 * 2 + 2 * 16 + 16 + 16 * 5 + 5),
+    ],
+)
+def test_low_rank_parameter_count_and_multiply_adds(d_c, d_l, window, hidden, rank, expected):
+    adapter = AlignmentAdapter(d_c, d_l, window=window, hidden=hidden, rank=rank)
+    assert sum(p.numel() for p in adapter.parameters()) == expected
+    assert AlignmentAdapter.parameter_count(d_c, d_l, window, hidden, rank) == expected
+    full = AlignmentAdapter.parameter_count(d_c, d_l, window, hidden)
+    assert expected < full
+    # per token: the weights' multiply-adds, biases left out
+    n_dc = window * d_c
+    assert (
+        AlignmentAdapter.multiply_adds(d_c, d_l, window, hidden, rank)
+        == rank * (n_dc + hidden) + hidden * d_l
+    )
+    assert AlignmentAdapter.multiply_adds(d_c, d_l, window, hidden) == n_dc * hidden + hidden * d_l
+
+
+def test_minilm_l6_adapter_costs_what_issue_22_says():
+    """3.4 M multiply-adds per token at n=5, H=1280 (minilm-l6 -> mpnet-base); H=512, r=64:
+    under a sixth of it."""
+    full = AlignmentAdapter.multiply_adds(384, 768, 5, 1280)
+    assert full == 3_440_640
+    assert AlignmentAdapter.multiply_adds(384, 768, 5, 512, 64) < full / 6
+
+
+def test_full_rank_keeps_its_tensors_and_manifest():
+    """rank=None is the paper's layer with the tensors (and manifest) adapters always had."""
+    adapter = AlignmentAdapter(4, 6, window=3, hidden=8, rank=None)
+    assert sorted(adapter.state_dict()) == [
+        "out_proj.bias", "out_proj.weight", "window_proj.bias", "window_proj.weight",
+    ]  # fmt: skip
+    assert "rank" not in adapter.describe()
+    low = AlignmentAdapter(4, 6, window=3, hidden=8, rank=2)
+    assert low.describe()["rank"] == 2
+    assert sorted(low.state_dict()) == [
+        "out_proj.bias", "out_proj.weight", "rank_proj.bias", "rank_proj.weight",
+        "window_proj.weight",
+    ]  # fmt: skip
+    rebuilt = AlignmentAdapter(**low.describe())
+    assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in low.parameters()]
+
+
+@pytest.mark.parametrize(
+    ("d_c", "window", "hidden", "rank", "needle"),
+    [
+        (8, 3, 16, 16, r"rank=16 is not lower-rank.*at most 16"),  # r = H
+        (8, 3, 16, 20, r"rank=20 is not lower-rank"),  # r > H
+        (2, 3, 16, 6, r"n·D_C=6 to H=16.*at most 6"),  # r = n·D_C < H
+        (8, 3, 16, 0, r"whole number >= 1"),
+        (8, 3, 16, -2, r"whole number >= 1"),
+    ],
+)
+def test_a_rank_that_is_not_lower_rank_is_refused(d_c, window, hidden, rank, needle):
+    with pytest.raises(ValueError, match=needle):
+        AlignmentAdapter(d_c, 5, window=window, hidden=hidden, rank=rank)
+
+
+def test_a_rank_without_savings_is_built_with_a_warning(caplog):
+    """n·D_C = H = 16: r = 8 is lower-rank, but 8·(16 + 16) weights are as many as 16·16."""
+    with caplog.at_level("WARNING", logger="alad.adapter"):
+        AlignmentAdapter(16, 4, window=1, hidden=16, rank=8)
+    assert "ranks below 8 make it leaner" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="alad.adapter"):
+        AlignmentAdapter(16, 4, window=1, hidden=16, rank=7)
+    assert caplog.text == ""
+
+
+def test_low_rank_adapter_checkpoint_round_trip(tmp_path):
+    """Saved and loaded through the checkpoint format: same shape, bitwise the same weights;
+    a phase that asks for another rank is told which field differs."""
+    from alad.checkpoint import CheckpointError, check_fits, load_checkpoint, save_checkpoint
+
+    torch.manual_seed(5)
+    adapter = AlignmentAdapter(8, 6, window=3, hidden=16, rank=4)
+    save_checkpoint(tmp_path / "run", "epoch-0001", adapter, {"compressed": "c", "large": "l"})
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt.manifest["rank"] == 4 and ckpt.adapter.rank == 4
+    for name, weight in adapter.state_dict().items():
+        assert torch.equal(ckpt.adapter.state_dict()[name], weight), name
+    check_fits(ckpt.manifest, 8, 6, 3, 16, tmp_path, rank=4)
+    with pytest.raises(CheckpointError, match="rank: checkpoint 4 vs requested None"):
+        check_fits(ckpt.manifest, 8, 6, 3, 16, tmp_path)
+
+
+def test_low_rank_aligned_model_save_load_round_trip(tiny_models, tmp_path):
+    """The deployable folder (manifest.json's `adapter` with its rank): reloaded, the same
+    logits."""
+    from transformers import AutoTokenizer
+
+    from alad.aligned_model import AlignedModel, load_model, save_model
+    from alad.heads import TokenClassificationHead
+    from alad.models.catalog import load_hf_encoder
+
+    compressed, _ = tiny_models
+    torch.manual_seed(6)
+    encoder = load_hf_encoder(str(compressed))
+    adapter = AlignmentAdapter(32, 48, window=3, hidden=16, rank=4)
+    model = AlignedModel(encoder, TokenClassificationHead(48, 5), adapter).eval()
+    manifest = {"task": "ner", "mode": "alad-frozen", "labels": list("OABCD"), "large": "l",
+                "encoder_name": str(compressed), "max_length": 32}  # fmt: skip
+    folder = save_model(model, AutoTokenizer.from_pretrained(compressed), manifest,
+                        tmp_path / "model")  # fmt: skip
+    loaded, _, saved = load_model(folder)
+    assert saved["adapter"] == {"d_compressed": 32, "d_large": 48, "window": 3, "hidden": 16,
+                                "rank": 4}  # fmt: skip
+    assert loaded.adapter.rank == 4 and loaded.adapter_parameters() == model.adapter_parameters()
+    ids = torch.randint(5, 30, (2, 9))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids, mask), model(ids, mask), atol=0, rtol=0)
+
+
+COMMITTED = sorted(
+    (Path(__file__).resolve().parents[1] / "results" / "align").glob("phase1-*/manifest.json")
+)
+
+
+@pytest.mark.parametrize("manifest", COMMITTED, ids=lambda p: p.parent.name)
+def test_committed_full_rank_phase1_adapters_still_load(manifest):
+    """results/align's adapters (written before ranks existed: no `rank` in their manifests)
+    load as full-rank adapters of the paper's size and fit a full-rank config."""
+    from alad.checkpoint import CheckpointError, check_fits, load_checkpoint
+
+    ckpt = load_checkpoint(manifest.parent)
+    m = ckpt.manifest
+    assert "rank" not in m and ckpt.adapter.rank is None
+    shape = (m["d_compressed"], m["d_large"], m["window"], m["hidden"])
+    assert sum(p.numel() for p in ckpt.adapter.parameters()) == AlignmentAdapter.parameter_count(
+        *shape
+    )
+    check_fits(m, *shape, manifest.parent)
+    with pytest.raises(CheckpointError, match="rank: checkpoint None vs requested 64"):
+        check_fits(m, *shape, manifest.parent, rank=64)
+
+
+def test_the_committed_adapters_are_there():
+    assert len(COMMITTED) >= 6  # Table 1's phase-1 adapters (fp16) in results/align

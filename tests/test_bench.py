@@ -70,3 +70,51 @@ def test_bench_latency_cli(tiny_models, tmp_path, capsys, monkeypatch):
     assert "speed-up" in out and "1.00x" in out
     rows = json.loads((tmp_path / "results" / "latency.json").read_text())["rows"]
     assert [(r["window"], r["batch"]) for r in rows] == [(None, 1), (None, 1), (5, 1)]
+
+
+def test_bench_latency_grid_times_every_adapter_shape_of_the_grid(tiny_grid, tmp_path, capsys,
+                                                                   monkeypatch):  # fmt: skip
+    """`--grid`: M_L, M_C and M_C + AlAd of each (n, H, rank) the grid's cells use, written to
+    results/latency-<grid name>.json with each AlAd row's shape and overhead over M_C."""
+    import yaml
+
+    from alad.adapter import AlignmentAdapter
+
+    data = yaml.safe_load(tiny_grid.read_text())  # n=3, H=16; modes compressed + alad-frozen
+    data["name"] = "lean"
+    data["modes"] = ["alad-frozen"]
+    data["variants"] = {
+        "full": {"modes": ["compressed", "alad-frozen"]},
+        "r4": {"set": {"adapter.rank": 4}},
+        "h8": {"set": {"adapter.hidden": 8}},
+    }
+    tiny_grid.write_text(yaml.safe_dump(data))
+    monkeypatch.chdir(tmp_path)
+    argv = ["bench", "latency", "--grid", str(tiny_grid), "--batches", "1", "--tokens", "8"]
+    assert main([*argv, "--k", "1"]) == 0
+    assert "+ AlAd n=3 H=16 r=4" in capsys.readouterr().out
+    report = read_latency(tmp_path / "results" / "latency-lean.json")
+    assert report["grid"] == str(tiny_grid) and report["hidden"] is None
+    rows = report["rows"]
+    compressed, large = (data["compressed"][0], data["large"])
+    assert [(r["model"], r["window"], r.get("hidden"), r.get("rank")) for r in rows] == [
+        (large, None, None, None),
+        (compressed, None, None, None),
+        (compressed, 3, 16, None),
+        (compressed, 3, 16, 4),
+        (compressed, 3, 8, None),
+    ]
+    alone = rows[1]
+    for r in rows[2:]:
+        assert r["overhead"] == pytest.approx(r["ms_per_batch"] / alone["ms_per_batch"])
+        shape = (32, 48, 3, r["hidden"], r["rank"])  # D_C=32, D_L=48
+        assert r["params"] - alone["params"] == AlignmentAdapter.parameter_count(*shape)
+
+
+def test_bench_latency_refuses_a_rank_that_is_not_lower_rank(tiny_models, tmp_path, capsys):
+    compressed, large = tiny_models
+    argv = ["bench", "latency", "--large", str(large), "--compressed", str(compressed), "--k", "1"]
+    argv += ["--windows", "1", "--hidden", "64", "--rank", "32", "--out", str(tmp_path / "l.json")]
+    assert main(argv) == 2
+    assert "adapter.rank=32 is not lower-rank" in capsys.readouterr().err
+    assert not (tmp_path / "l.json").exists()

@@ -175,6 +175,17 @@ def test_even_window_message_explains(in_empty_dir):
         load_settings(overrides=["adapter.window=4"])
 
 
+def test_adapter_rank_is_optional_and_must_be_lower_rank(in_empty_dir):
+    assert load_settings().adapter.rank is None  # the paper's full first layer
+    assert load_settings(overrides=["adapter.rank=64"]).adapter.rank == 64
+    with pytest.raises(ConfigError, match=r"adapter\.rank: Input should be greater than or equal"):
+        load_settings(overrides=["adapter.rank=0"])
+    with pytest.raises(ConfigError, match=r"adapter\.rank: expected a number, got the boolean"):
+        load_settings(overrides=["adapter.rank=true"])
+    with pytest.raises(ConfigError, match=r"adapter\.rank=512 is not below adapter\.hidden=512"):
+        load_settings(overrides=["adapter.hidden=512", "adapter.rank=512"])
+
+
 def test_unknown_profile_lists_known_ones(in_empty_dir):
     with pytest.raises(ConfigError) as info:
         load_settings(profile="huge")

@@ -202,15 +202,16 @@ def test_table1_means_gaps_speedups_and_plot(results, latency, tmp_path):
     # gap recovered: (78 - 71) / (82 - 71) = 64%
     assert (
         joint
-        == "| minilm-l6 | alad-joint n=5 | 78.0 ± 1.0 (3) | 39.0 ± 0.5 (3) | 23.0 | 3.50 | 64% |"
-    )
+        == "| minilm-l6 | alad-joint n=5 | 78.0 ± 1.0 (3) | 39.0 ± 0.5 (3) | 23.0 | 3.50 | 1.14× "
+        "| 64% |"
+    )  # AlAd overhead: (1000 / 3.5) / 250 ms
     frozen = _line(pos_md, "minilm-l6", "alad-frozen n=5")
-    assert frozen.endswith("| 75.0 ± 1.0 (3) | 37.5 ± 0.5 (3) | 23.0 | 3.50 | 36% |")
+    assert frozen.endswith("| 75.0 ± 1.0 (3) | 37.5 ± 0.5 (3) | 23.0 | 3.50 | 1.14× | 36% |")
     compressed = _line(pos_md, "minilm-l6", "compressed")
-    assert compressed.endswith("| 71.0 ± 1.0 (3) | 35.5 ± 0.5 (3) | 20.7 | 4.00 |  |")
+    assert compressed.endswith("| 71.0 ± 1.0 (3) | 35.5 ± 0.5 (3) | 20.7 | 4.00 |  |  |")
     # M_C beats M_L: no gap to recover; no latency measured for minilm-l3: "–"
     assert _line(pos_md, "minilm-l3", "alad-joint n=5").endswith(
-        "| 88.0 ± — (1) | 44.0 ± — (1) | 18.1 | – | n/a |"
+        "| 88.0 ± — (1) | 44.0 ± — (1) | 18.1 | – | – | n/a |"
     )
     assert _line(pos_md, "minilm-l3", "compressed").startswith(
         f"| minilm-l3 | compressed | {_ms([86.0, 85.0, 87.0])} |"
@@ -233,12 +234,12 @@ def test_table1_means_gaps_speedups_and_plot(results, latency, tmp_path):
     # EM, F1, HasAns F1, NoAns F1; gap (61 - 56) / (77 - 56) = 24%
     assert joint == (
         "| minilm-l6 | alad-joint n=5 | 56.0 ± 1.0 (3) | 61.0 ± 1.0 (3) | 51.0 ± 1.0 (3) | "
-        "71.0 ± 1.0 (3) | 23.0 | 3.50 | 24% |"
+        "71.0 ± 1.0 (3) | 23.0 | 3.50 | 1.14× | 24% |"
     )
     lora = _line(qa_md, "minilm-l6", "lora")  # LoRA merged: as fast as M_C; not an AlAd row
-    assert lora.endswith("| 52.0 ± 2.0 (3) | 42.0 ± 2.0 (3) | 62.0 ± 2.0 (3) | 20.7 | 4.00 |  |")
+    assert lora.endswith("| 52.0 ± 2.0 (3) | 42.0 ± 2.0 (3) | 62.0 ± 2.0 (3) | 20.7 | 4.00 |  |  |")
     # always no-answer: 40 of 100 test questions are unanswerable
-    assert "| always no-answer | trivial | 40.0 | 40.0 | 0.0 | 100.0 | – | – |  |" in qa_md
+    assert "| always no-answer | trivial | 40.0 | 40.0 | 0.0 | 100.0 | – | – | – |  |" in qa_md
 
     per_seed = md.split("## Per seed")[1]
     assert per_seed.count("| minilm-l6 | alad-joint n=5 | ") == 2 * 3  # POS + QA, every seed
@@ -256,7 +257,9 @@ def test_table1_means_gaps_speedups_and_plot(results, latency, tmp_path):
 def test_without_latency_the_speedup_column_is_a_dash(results, tmp_path):
     md = write_report(results, tmp_path / "none.json", tmp_path / "out")["table"].read_text()
     assert "no latency file" in md
-    assert _line(_section(md, "POS"), "minilm-l6", "alad-joint n=5").endswith("| 23.0 | – | 64% |")
+    assert _line(_section(md, "POS"), "minilm-l6", "alad-joint n=5").endswith(
+        "| 23.0 | – | – | 64% |"
+    )
 
 
 def test_an_older_result_of_the_same_seed_is_superseded(results, tmp_path):
@@ -358,3 +361,55 @@ def test_the_qa_panels_carry_the_always_no_answer_line(results):
     rows = group_rows(load_results(results))
     assert pareto_baselines(rows) == {"qa": (pytest.approx(40.0), "always no-answer")}
     assert pareto_baselines({"pos": rows["pos"]}) == {}
+
+
+def test_adapter_shapes_get_their_own_latency_overhead_and_pareto_points(tmp_path):
+    """A grid of adapter shapes (sweeps/adapter.yaml): each row joins latency.json's row of its
+    (n, H, rank); its overhead is that row's time over M_C's alone; full rank at H=1280 (Table
+    1's row, no variant) joins a file written before shapes were recorded (`hidden` at the top)."""
+    from alad.report import group_rows, load_results, pareto_points
+
+    root = tmp_path / "results" / "adapter"
+    shapes = {None: {}, "h512-r64": {"hidden": 512, "rank": 64}, "h256": {"hidden": 256}}
+    for variant, adapter in shapes.items():
+        for seed, score in zip(SEEDS, (0.77, 0.78, 0.79), strict=True):
+            config = cell_config("pos", "minilm-l6", "alad-joint", 5, seed,
+                                 adapter={"window": 5, **adapter})  # fmt: skip
+            cell = {"task": "pos", "compressed": "minilm-l6", "large": LARGE, "seed": seed,
+                    "mode": "alad-joint", "window": 5, "variant": variant}  # fmt: skip
+            group = "pos/minilm-l6/alad-joint-n5" + (f"+{variant}" if variant else "")
+            write_result(root, "pos", "minilm-l6", "alad-joint", 5, seed, pos(score, 23.0),
+                         config=config, cell=cell, group=group)  # fmt: skip
+    for seed in SEEDS:
+        write_result(root, "pos", "minilm-l6", "compressed", None, seed, pos(0.70, 20.7))
+
+    def row(window, ms, **shape):
+        return {"model": "minilm-l6", "window": window, "batch": 32, "ms_per_batch": ms,
+                "speedup": 1000.0 / ms, **shape}  # fmt: skip
+
+    latency = tmp_path / "latency.json"
+    latency.write_text(json.dumps({
+        "large": LARGE, "hidden": 1280,
+        "rows": [
+            {"model": LARGE, "window": None, "batch": 32, "ms_per_batch": 1000.0, "speedup": 1.0},
+            row(None, 200.0),
+            row(5, 260.0),  # no hidden/rank: the file's H=1280, full rank
+            row(5, 210.0, hidden=512, rank=64),
+            row(5, 220.0, hidden=512),  # another shape: not h512-r64's figure
+            row(5, 230.0, hidden=256),
+        ],
+    }))  # fmt: skip
+    md = write_report(root, latency, tmp_path / "out")["table"].read_text()
+    pos_md = _section(md, "POS tagging")
+    assert "| 23.0 | 3.85 | 1.30× |" in _line(pos_md, "minilm-l6", "alad-joint n=5")
+    assert "| 23.0 | 4.76 | 1.05× |" in _line(pos_md, "minilm-l6", "alad-joint n=5 [h512-r64]")
+    assert "| 23.0 | 4.35 | 1.15× |" in _line(pos_md, "minilm-l6", "alad-joint n=5 [h256]")
+    assert _line(pos_md, "minilm-l6", "compressed").endswith("| 20.7 | 5.00 |  |  |")
+    points = pareto_points(group_rows(load_results(root)), json.loads(latency.read_text()))
+    got = {(p["mode"], p["label"]): p["overhead"] for p in points}
+    assert got == {
+        ("compressed", None): 1.0,  # M_C alone: the panel's reference
+        ("alad-joint", "n=5 H=1280"): pytest.approx(1.3),  # Table 1's row, among the shapes
+        ("alad-joint", "h512-r64"): pytest.approx(1.05),
+        ("alad-joint", "h256"): pytest.approx(1.15),
+    }

@@ -24,10 +24,12 @@ from alad.adapter import AlignmentAdapter
 from alad.cache import FeatureCache, build_cache, feature_root, paired_batches
 from alad.checkpoint import (
     Checkpoint,
+    check_adapter_config,
     check_fits,
     clear_checkpoints,
     has_checkpoints,
     load_checkpoint,
+    new_adapter,
     quarantine_dir,
     save_checkpoint,
 )
@@ -103,12 +105,13 @@ def prepare_data(
     teacher = load_teacher(cfg.teacher, m.large, cfg.target_layer, where=phase)
     check_width(teacher, m.large, phase)
     compressed, large = load_encoder(m.compressed), teacher.encoder
+    check_adapter_config(a, compressed.dim)  # before the extraction, not after it
     device = Runtime.from_config(settings.runtime).device
     for enc in (compressed, large):  # extraction on the device; shards are stored from the CPU
         if "int8" not in enc.name:  # dynamic int8 kernels are CPU-only
             enc.model.to(device)
     if init_manifest is not None:
-        check_fits(init_manifest, compressed.dim, large.dim, a.window, a.hidden, init)
+        check_fits(init_manifest, compressed.dim, large.dim, a.window, a.hidden, init, a.rank)
     texts = load_corpus(cfg.corpus)
     train, held = sample_split(texts, cfg.max_texts, cfg.heldout_fraction, settings.seed)
     check_token_alignment(
@@ -234,10 +237,11 @@ def _manifest(
 def _init_adapter(settings: Settings, data: AlignData, init: Path | None) -> AlignmentAdapter:
     a = settings.adapter
     torch.manual_seed(settings.seed)
-    adapter = AlignmentAdapter(data.compressed.dim, data.large.dim, a.window, a.hidden)
+    adapter = new_adapter(data.compressed.dim, data.large.dim, a)
     if init is not None:
         ckpt = load_checkpoint(init)
-        check_fits(ckpt.manifest, data.compressed.dim, data.large.dim, a.window, a.hidden, init)
+        dims = (data.compressed.dim, data.large.dim)
+        check_fits(ckpt.manifest, *dims, a.window, a.hidden, init, a.rank)
         adapter.load_state_dict(ckpt.adapter.state_dict())
         log.info("initialised from %s", ckpt.dir)
     return adapter

@@ -27,11 +27,16 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from alad import stopping
-from alad.adapter import AlignmentAdapter
 from alad.aligned_model import AlignedModel, save_model
 from alad.atomic import read_json, write_json
 from alad.cache import FrozenOutputs, feature_root, grouped_batches
-from alad.checkpoint import check_fits, load_checkpoint, load_trainer_state, save_trainer_state
+from alad.checkpoint import (
+    check_fits,
+    load_checkpoint,
+    load_trainer_state,
+    new_adapter,
+    save_trainer_state,
+)
 from alad.config import ConfigError, Phase3Config, Settings
 from alad.errors import DataFormatError
 from alad.heads import build_head
@@ -102,7 +107,7 @@ def build_model(
     torch.manual_seed(settings.seed)
     adapter, ckpt = None, None
     if mode.adapter:
-        adapter = AlignmentAdapter(compressed.dim, large.dim, a.window, a.hidden)
+        adapter = new_adapter(compressed.dim, large.dim, a)
         if cfg.init is not None:
             if str(cfg.init).startswith(("models:/", "runs:/")):
                 raise ConfigError(
@@ -111,7 +116,8 @@ def build_model(
                 )
             init = Path(cfg.init)
             ckpt = load_checkpoint(init)
-            check_fits(ckpt.manifest, compressed.dim, large.dim, a.window, a.hidden, init)
+            dims = (compressed.dim, large.dim)
+            check_fits(ckpt.manifest, *dims, a.window, a.hidden, init, a.rank)
             adapter.load_state_dict(ckpt.adapter.state_dict())
     elif cfg.init is not None:
         log.warning("phase3.init is ignored: mode %s has no adapter", cfg.mode)

@@ -55,7 +55,7 @@ def run_key(settings: Settings, section: str) -> dict[str, Any]:
     phase = getattr(settings, section).model_dump(mode="json")
     return {
         "models": settings.models.model_dump(mode="json"),
-        "adapter": settings.adapter.model_dump(mode="json"),
+        "adapter": without_added_defaults("adapter", settings.adapter.model_dump(mode="json")),
         "phase": without_added_defaults(section, phase),
         "seed": settings.seed,
     }

@@ -270,3 +270,44 @@ def test_evaluate_writes_predictions_the_official_scorers_read(tiny_settings, tm
     assert sorted(answers) == sorted(odds) == [f"q{i}" for i in range(6)]
     gold = {e.id: [t for t, _ in e.answers] for e in read_squad(Path(p3["test"]))}
     assert squad_v2_metrics(gold, answers)["f1"] == pytest.approx(report["f1"])
+
+
+def test_low_rank_adapter_phases_1_to_3(tiny_settings, tmp_path):
+    """adapter.rank through the method: phase 1 -> phase 2 -> phase 3 (joint) keep the rank in
+    every manifest, the saved model is the leaner size and reloads; a config of another rank is
+    told which field differs."""
+    from alad.adapter import AlignmentAdapter
+
+    a = tiny_settings.adapter  # tiny: n=3, H=32; D_C=32, D_L=48
+    s = tiny_settings.model_copy(update={"adapter": a.model_copy(update={"rank": 4})})
+    p1 = run_alignment(s, "phase1", progress=False)
+    assert json.loads((p1.checkpoint / "manifest.json").read_text())["rank"] == 4
+    assert p1.after["mse"] < p1.before["mse"]
+    p2 = run_alignment(s, "phase2", init=p1.checkpoint, progress=False)
+    s3 = finetune_settings(s, tmp_path, mode="alad-joint", init=str(p2.checkpoint))
+    result = finetune_job(s3, out=tmp_path / "lean", progress=False)  # + test scores, size %
+    manifest = json.loads((result.model_dir / "manifest.json").read_text())
+    assert manifest["adapter"] == {"d_compressed": 32, "d_large": 48, "window": 3, "hidden": 32,
+                                   "rank": 4}  # fmt: skip
+    model, _, _ = load_model(result.model_dir)
+    lean = AlignmentAdapter.parameter_count(32, 48, 3, 32, 4)
+    assert model.adapter_parameters() == lean < AlignmentAdapter.parameter_count(32, 48, 3, 32)
+    encoder = load_encoder(s.models.compressed).num_parameters
+    large = load_encoder(s.models.large).num_parameters
+    assert result.test["size_pct"] == pytest.approx(100 * (encoder + lean) / large, rel=1e-6)
+    assert Predictor(result.model_dir).tag(["the king of the city"])[0]
+    full = finetune_settings(tiny_settings, tmp_path, mode="alad-joint", init=str(p2.checkpoint))
+    with pytest.raises(CheckpointError, match="rank: checkpoint 4 vs requested None"):
+        finetune(full, out=tmp_path / "full", progress=False)
+
+
+def test_a_rank_not_below_n_times_d_c_fails_before_any_extraction(tiny_settings, tmp_path):
+    """H=64 > n·D_C=32 (n=1): the config alone cannot see that r=32 is not lower-rank; the
+    phase says so once M_C is loaded, before its outputs are computed."""
+    a = tiny_settings.adapter.model_copy(update={"window": 1, "hidden": 64, "rank": 32})
+    s = tiny_settings.model_copy(update={"adapter": a})
+    with pytest.raises(ConfigError, match=r"adapter\.rank=32 is not lower-rank.*D_C=32, n=1"):
+        run_alignment(s, "phase1", progress=False)
+    assert not s.cache.dir.exists()
+    with pytest.raises(ConfigError, match=r"adapter\.rank=32"):
+        finetune(finetune_settings(s, tmp_path), out=tmp_path / "x", progress=False)
