@@ -8,6 +8,7 @@
     alad bench align | latency
     alad probe --task pos --models mpnet-base --train ...   # pick phaseN.target_layer on dev
     alad compose --adapter runs/phase2 --out runs/zero-shot  # M_C + AlAd + the teacher's head
+    alad export runs/ner-alad-joint/model --format onnx --int8 --out onnx-ner   # deploy
     alad report                                # reports/table1.md + pareto.png from results/
 
 Every command reads one validated config: params.yaml (if present) < --profile < ALAD_* env <
@@ -216,6 +217,27 @@ def cmd_predict(args: argparse.Namespace) -> None:
         return
     for sentence in predictor.tag(args.text or [line for line in _stdin_lines() if line.strip()]):
         print(" ".join(f"{w}/{t}" for w, t in sentence))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from alad.export import export_model
+
+    done = export_model(args.model, args.format, args.out, int8=args.int8)
+    if args.format == "hf":
+        print(
+            f"wrote {args.out}: {done['class']} (transformers); `import alad` registers it, then "
+            f"transformers' from_pretrained / pipeline take the folder (README 'Deploying')"
+        )
+        return
+    diff = done["max_abs_diff"]
+    check = f"fp32 graph vs PyTorch: max |diff| {diff['fp32']:.1e}"
+    if "int8" in diff:
+        check += f"; INT8 graph vs PyTorch fp32: {diff['int8']:.1e}"
+    print(
+        f"wrote {args.out}: model.onnx ({'INT8 weights' if args.int8 else 'fp32'}, outputs "
+        f"{', '.join(done['outputs'])}) + tokenizer; {check}; serve it with "
+        "alad.onnx_predict.OnnxPredictor (no torch)"
+    )
 
 
 def _stdin_lines() -> list[str]:
@@ -510,6 +532,30 @@ def _add_predict(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     p.set_defaults(func=cmd_predict)
 
 
+def _add_export(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "export",
+        parents=[common],
+        help="write a saved model for deployment: a transformers folder (hf) or one ONNX graph",
+    )
+    p.add_argument("model", help="saved model folder (…/model) or models:/<name>@<alias>")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=["hf", "onnx"],
+        help="hf: AladFor... for from_pretrained / pipeline; onnx: model.onnx for onnxruntime",
+    )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="onnx: INT8 weights (onnxruntime dynamic quantization, QInt8)",
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="the folder to write (replaced if an export)"
+    )
+    p.set_defaults(func=cmd_export)
+
+
 def _add_compose(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "compose",
@@ -713,6 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_finetune,
         _add_evaluate,
         _add_predict,
+        _add_export,
         _add_compose,
         _add_probe,
         _add_stage,

@@ -189,9 +189,7 @@ class _TokenTask:
         return int((batch["labels"] != tagging.IGNORE).sum())
 
     def decode(self, examples, feats, outputs, labels, cfg) -> list[list[str]]:
-        window_preds = [o.argmax(-1).tolist() for o in outputs]
-        per_sentence = tagging.words_from_windows(feats, window_preds, len(examples))
-        return [[labels[i] for i in ids] for ids in per_sentence]
+        return tagging.decode_tags(feats, outputs, labels, len(examples))
 
     def gold(self, examples: Sequence[TaggedSentence]) -> list[list[str]]:
         return [list(s.tags) for s in examples]

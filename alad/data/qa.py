@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from alad.data.readers import QAExample
+from alad.data.records import QAExample
 from alad.errors import DataFormatError
 from alad.metrics import f1_token, normalize_answer
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,34 +20,10 @@ from conllu.exceptions import ParseException
 from conllu.parser import parse_id_value
 
 from alad.atomic import read_json, text_lines
+from alad.data.records import QAExample, TaggedSentence  # the readers' records, named here too
 from alad.errors import DataFormatError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TaggedSentence:
-    words: tuple[str, ...]
-    tags: tuple[str, ...]
-
-    @property
-    def text(self) -> str:
-        return " ".join(self.words)
-
-
-@dataclass(frozen=True)
-class QAExample:
-    id: str
-    question: str
-    context: str
-    answers: tuple[tuple[str, int], ...] = field(
-        default=()
-    )  # (text, char start); () = unanswerable
-    title: str = ""  # the article: questions of one article share contexts (split by it)
-
-    @property
-    def is_impossible(self) -> bool:
-        return not self.answers
 
 
 def _lines(path: Path):

@@ -11,6 +11,9 @@ A word the tokenizer turns into no tokens at all (a zero-width space, a byte-ord
 control character or NUL, a lone combining accent: its normalizer removes them) is encoded as the
 tokenizer's unknown token, so it keeps its position and gets a label like any other word (the
 model tags it from its context); without this the words and the labels fall out of step.
+
+Importing this module loads neither torch nor transformers (only `collate` needs torch): the ONNX
+predictor (alad/onnx_predict.py) encodes and decodes with it, through a `tokenizers` tokenizer.
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import torch
-from transformers import PreTrainedTokenizerBase
+from alad.data.records import TaggedSentence
+from alad.errors import DataFormatError
 
-from alad.data.readers import DataFormatError, TaggedSentence
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -141,6 +147,8 @@ def encode_tagged(
 
 
 def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    import torch  # here, not at the top: the rest of the module serves without torch
+
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
@@ -160,3 +168,13 @@ def words_from_windows(
     for si, labels, preds in zip(feats.sentence_index, feats.labels, window_preds, strict=True):
         out[si].extend(p for p, lab in zip(preds, labels, strict=False) if lab != IGNORE)
     return out
+
+
+def decode_tags(
+    feats: TaggedFeatures, outputs: Sequence[Any], labels: Sequence[str], n_sentences: int
+) -> list[list[str]]:
+    """Per-window logits [tokens, labels] (torch tensors or numpy arrays) -> the tag of each
+    word of each sentence: the arg-max at its first sub-token."""
+    window_preds = [o.argmax(-1).tolist() for o in outputs]
+    per_sentence = words_from_windows(feats, window_preds, n_sentences)
+    return [[labels[i] for i in ids] for ids in per_sentence]
