@@ -43,7 +43,13 @@ ODD = [
 
 
 def save_tiny(
-    root: Path, encoder_dir: Path, task: str, seed: int, spec: str | None = None, alad=True
+    root: Path,
+    encoder_dir: Path,
+    task: str,
+    seed: int,
+    spec: str | None = None,
+    alad=True,
+    rank: int | None = None,
 ) -> Path:
     """A saved model folder: the tiny encoder (or the `spec` int8 one) -> AlAd (unless not
     `alad`: mode "compressed") -> a head with random weights large enough that the tags differ
@@ -53,7 +59,7 @@ def save_tiny(
     encoder = load_encoder(spec).model if spec else load_hf_encoder(str(encoder_dir))
     dim = encoder.config.hidden_size
     torch.manual_seed(seed)
-    adapter = AlignmentAdapter(dim, 48, window=3, hidden=16) if alad else None
+    adapter = AlignmentAdapter(dim, 48, window=3, hidden=16, rank=rank) if alad else None
     kind, labels = ("span", []) if task == "qa" else ("token", LABELS)
     head = build_head(kind, 48 if alad else dim, len(labels) or 2)
     for p in head.parameters():
@@ -66,7 +72,8 @@ def save_tiny(
         "max_answer_length": 30, "null_threshold": 0.0,
     }  # fmt: skip
     tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
-    out = root / f"{task}-{Path(encoder_dir).name}{'-int8' if spec else ''}{'' if alad else '-c'}"
+    name = f"{task}-{Path(encoder_dir).name}{'-int8' if spec else ''}{'' if alad else '-c'}"
+    out = root / f"{name}{f'-r{rank}' if rank else ''}"
     return save_model(AlignedModel(encoder, head, adapter), tokenizer, manifest, out)
 
 
@@ -220,6 +227,22 @@ def test_a_model_without_alad_exports_both_ways(tiny_models, sentences, tmp_path
     export_model(folder, "onnx", tmp_path / "onnx")
     hf = AutoModelForTokenClassification.from_pretrained(tmp_path / "hf").eval()
     assert hf.adapter is None and hf.config.encoder.model_type == "mpnet"
+    model, tokenizer, _ = load_model(folder)
+    ids, mask = _batch(tokenizer, sentences)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=ids, attention_mask=mask).logits, model(ids, mask))
+    assert OnnxPredictor(tmp_path / "onnx").tag(sentences) == Predictor(folder).tag(sentences)
+
+
+def test_a_low_rank_adapter_exports_both_ways(tiny_models, sentences, tmp_path):
+    """adapter.rank (a factorised first layer) survives both exports with PyTorch's logits."""
+    from transformers import AutoModelForTokenClassification
+
+    folder = save_tiny(tmp_path, tiny_models[0], "ner", 7, rank=4)
+    export_model(folder, "hf", tmp_path / "hf")
+    export_model(folder, "onnx", tmp_path / "onnx")
+    hf = AutoModelForTokenClassification.from_pretrained(tmp_path / "hf").eval()
+    assert hf.adapter.rank == 4
     model, tokenizer, _ = load_model(folder)
     ids, mask = _batch(tokenizer, sentences)
     with torch.no_grad():
