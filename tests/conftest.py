@@ -336,8 +336,11 @@ def finetune_settings(tiny_settings, tmp_path, n_train=60, **phase3):
     return tiny_settings.model_copy(update={"phase3": p3})
 
 
-def train_tiny_model(root: Path, tiny_models: tuple[Path, Path]) -> Path:
-    """Phase 3 (alad-frozen, 1 epoch) on the in-test models; returns the saved model folder."""
+def train_tiny_model(
+    root: Path, tiny_models: tuple[Path, Path], mode: str = "alad-frozen", epochs: int = 1
+) -> Path:
+    """Phase 3 (`mode`, `epochs`) of toy NER on the in-test models; returns the saved model
+    folder (a `large` one is a distillation teacher of `finetune_settings`' labels)."""
     from alad.config import load_settings
     from alad.phases.finetune import finetune
 
@@ -351,11 +354,11 @@ def train_tiny_model(root: Path, tiny_models: tuple[Path, Path]) -> Path:
             "cache": {"dir": str(root / "features")},
             "phase3": {
                 "task": "ner",
-                "mode": "alad-frozen",
+                "mode": mode,
                 "train": str(write_bio(root / "train.tsv", 40, 1)),
                 "dev": str(write_bio(root / "dev.tsv", 8, 2)),
                 "test": str(write_bio(root / "test.tsv", 8, 3)),
-                "epochs": 1,
+                "epochs": epochs,
                 "lr": 3e-3,
             },
         },

@@ -19,12 +19,13 @@ LAYERS: list[tuple[str, ...]] = [
     # foundations: no knowledge of the method
     ("errors", "atomic", "provenance", "timing", "runtime", "stopping"),
     # what every piece is built from: data formats, metrics, models, the adapter, heads, modes
-    ("data", "metrics", "models", "adapter", "heads", "modes"),
+    ("data", "metrics", "models", "adapter", "heads", "modes", "losses"),
     ("tasks",),  # a task: its reader, encoding, loss and metric
     ("config",),  # validated against the tasks and modes below it
     ("results",),  # the records alad reads back (cell results, latency): schemas, the cell key
-    # saved models, frozen outputs, registered versions as files, the teacher of phases 1-2
-    ("checkpoint", "cache", "aligned_model", "inference", "store", "teacher"),
+    # saved models, frozen outputs, registered versions as files, the teacher of phases 1-2,
+    # the distillation teacher of phase 3 and its cached logits
+    ("checkpoint", "cache", "aligned_model", "inference", "store", "teacher", "distill"),
     # the method's phases; using a saved model; linear probes of encoders' layers
     ("phases", "evaluation", "predict", "plots", "probe"),
     ("tracking", "pyfunc", "registry", "bench"),  # MLflow runs, the model registry

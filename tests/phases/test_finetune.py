@@ -10,6 +10,7 @@ import torch
 from conftest import (
     finetune_settings,
     interrupt_on_call,
+    train_tiny_model,
     write_conllu,
     write_squad,
 )
@@ -17,7 +18,7 @@ from conftest import (
 import alad.phases.finetune as ft_mod
 from alad.aligned_model import load_model
 from alad.checkpoint import CheckpointError
-from alad.config import ConfigError
+from alad.config import AdaLoraSettings, ConfigError, DistillConfig
 from alad.data.readers import DataFormatError
 from alad.jobs import finetune_job
 from alad.models.catalog import load_encoder
@@ -28,8 +29,13 @@ from alad.predict import Predictor
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_each_mode_trains_saves_and_reloads_identically(mode, tiny_settings, tmp_path):
-    s = finetune_settings(tiny_settings, tmp_path, mode=mode)
+def test_each_mode_trains_saves_and_reloads_identically(mode, tiny_settings, tiny_models, tmp_path):
+    distill = None
+    if MODES[mode].distills:  # kd: a fine-tuned teacher of these labels (tests/test_distill.py)
+        (tmp_path / "teacher").mkdir()
+        teacher = train_tiny_model(tmp_path / "teacher", tiny_models, mode="large")
+        distill = DistillConfig(teacher=str(teacher))
+    s = finetune_settings(tiny_settings, tmp_path, mode=mode, distill=distill)
     result = finetune_job(s, out=tmp_path / mode, progress=False)
     manifest = json.loads((result.model_dir / "manifest.json").read_text())
     assert manifest["mode"] == mode and manifest["labels"][0] == "O"
@@ -270,3 +276,31 @@ def test_evaluate_writes_predictions_the_official_scorers_read(tiny_settings, tm
     assert sorted(answers) == sorted(odds) == [f"q{i}" for i in range(6)]
     gold = {e.id: [t for t, _ in e.answers] for e in read_squad(Path(p3["test"]))}
     assert squad_v2_metrics(gold, answers)["f1"] == pytest.approx(report["f1"])
+
+
+def test_adalora_prunes_its_ranks_to_the_budget_while_training(tiny_settings, tmp_path):
+    budget = AdaLoraSettings(init_r=6, target_r=2, tinit=0.1, tfinal=0.2, delta_t=2)
+    s = finetune_settings(tiny_settings, tmp_path, mode="adalora", epochs=3, adalora=budget)
+    result = finetune(s, out=tmp_path / "ada", progress=False)
+    matrices = 4  # tiny BERT: 2 layers x (query, value)
+    ranks = [h["adalora_rank"] for h in result.history]
+    assert ranks[0] < 6 * matrices and ranks == sorted(ranks, reverse=True), ranks
+    assert ranks[-1] <= 2 * matrices  # the final budget: target_r on average
+    manifest = json.loads((result.model_dir / "manifest.json").read_text())
+    saved = manifest["adalora"]["ranks"]  # of the best epoch's weights
+    assert len(saved) == matrices and sum(saved.values()) < 6 * matrices
+    assert manifest["adalora"]["init_r"] == 6 and manifest["lora_lr"] == MODES["adalora"].lora_lr
+
+
+def test_saving_a_lora_model_leaves_its_training_model_as_it_was(tiny_settings, tmp_path):
+    from alad.aligned_model import save_model
+    from alad.tasks import TASKS
+
+    s = finetune_settings(tiny_settings, tmp_path, mode="lora")
+    encoders = (load_encoder(s.models.compressed), load_encoder(s.models.large))
+    model = ft_mod.build_model(s, MODES["lora"], TASKS["ner"], ["O", "B-X"], encoders)
+    before = {n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n}
+    save_model(model, encoders[0].tokenizer, {"task": "ner"}, tmp_path / "m")
+    # training goes on after the best epoch so far is saved: the LoRA layers must still be there
+    after = {n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n}
+    assert before and after == before
