@@ -431,6 +431,7 @@ class FinetuneRecipe(Recipe):
         # the training model, its optimizer and cached outputs are done with: their memory
         # goes before the test loads the saved model
         del self.model, self.optimizer, self.scheduler, self.train_feats, self.dev_feats
+        self.targets = None  # the teacher's logits
         test = self.test(self.out / "model") if self.test is not None else {}
         if is_main():
             record = {"run_key": self.key, "history": history, "dev": dev_best}
