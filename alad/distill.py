@@ -52,7 +52,7 @@ from torch import nn
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from alad.aligned_model import load_model, read_manifest, verify_model_folder
-from alad.atomic import sha256
+from alad.atomic import checksums, sha256
 from alad.cache import atomic_save, tokenizer_hash
 from alad.data import tagging
 from alad.data.qa import QAFeatures
@@ -137,7 +137,10 @@ def resolve_teacher(spec: str) -> KDTeacher:
     if (folder / "manifest.json").is_file():
         manifest = read_manifest(folder)
         verify_model_folder(folder, manifest)
-        files = {"files": manifest.get("files"), "encoder_spec": manifest.get("encoder_spec")}
+        # its files' checksums (from the manifest, verified just now; or computed where an
+        # unchecked folder is allowed): the same weights give the same cache, whatever the path
+        sums = manifest.get("files") or checksums(folder)
+        files = {"files": sums, "encoder_spec": manifest.get("encoder_spec")}
         return KDTeacher(
             spec, folder, False, manifest["head"]["kind"], manifest["task"],
             list(manifest["labels"]), AutoTokenizer.from_pretrained(folder / "encoder"),
@@ -176,8 +179,8 @@ def _hf_teacher(spec: str) -> KDTeacher:
             f"LABEL_{len(labels) - 1}); write the label names into its id2label/label2id "
             "(experiments/parity.sh does for the peer harness's teacher)"
         )
-    weights = [p for p in source.iterdir() if p.suffix == ".safetensors" or p.name.startswith(
-        "pytorch_model")]  # fmt: skip
+    weights = [p for p in source.iterdir() if p.suffix == ".safetensors"]
+    weights += source.glob("pytorch_model*.bin")
     files = sorted([source / "config.json", *weights])
     listing = json.dumps([[p.name, sha256(p)] for p in files]).encode()
     tok = AutoTokenizer.from_pretrained(source)
@@ -194,7 +197,7 @@ def label_order(teacher: KDTeacher, task: str, labels: Sequence[str], train: str
     when the teacher is of another task or has another label set."""
     kind = TASKS[task].head_kind
     if teacher.head_kind != kind or (teacher.task is not None and teacher.task != task):
-        what = teacher.task or ("a QA" if teacher.head_kind == "span" else "a token-tagging")
+        what = teacher.task or ("QA" if teacher.head_kind == "span" else "token-tagging")
         raise TeacherError(
             f"{WHERE}={teacher.spec}: a {what} model; phase 3 trains {task}: distil from a "
             f"model of the same task"
@@ -232,7 +235,6 @@ def teacher_logits(
     runtime: Runtime,
     max_length: int,
     batch_size: int = 32,
-    progress: bool = False,
 ) -> TeacherLogits:
     """The teacher `spec`'s targets for the training rows `feats` (of `examples`, windows of
     `max_length` tokens), read from the cache under `root` or computed once and written there
@@ -260,7 +262,7 @@ def teacher_logits(
             with FileLock(f"{path}.lock"):  # sweep cells on several workers: one computation
                 found = _read(path, key)
                 if found is None:
-                    found = _compute(teacher, task, inputs, feats, runtime, batch_size, progress)
+                    found = _compute(teacher, task, inputs, feats, runtime, batch_size)
                     _write(found, path, key)
         barrier()
     logits, lengths = found
@@ -373,7 +375,6 @@ def _compute(
     feats: Any,
     runtime: Runtime,
     batch_size: int,
-    progress: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The teacher's forward passes over every row: (targets back to back, rows' lengths)."""
     log.info("phase 3: computing the teacher's logits once (%s)", teacher.spec)

@@ -178,6 +178,13 @@ def tiny_models(tmp_path_factory) -> tuple[Path, Path]:
     return make_tiny_bert(root / "bert"), make_tiny_mpnet(root / "mpnet")
 
 
+@pytest.fixture(scope="session")
+def tiny_ner_teacher(tiny_models, tmp_path_factory) -> Path:
+    """A fine-tuned `large` (tiny MPNet) toy-NER model: a distillation teacher with the labels
+    of `finetune_settings`' data (every BIO label of `write_bio`)."""
+    return train_tiny_model(tmp_path_factory.mktemp("ner-teacher"), tiny_models, mode="large")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("ALAD_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "alad-cache"))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import finetune_settings, train_tiny_model, write_conllu, write_squad
+from conftest import finetune_settings, write_conllu, write_squad
 
 import alad.distill as distill_mod
 from alad.aligned_model import load_model
@@ -24,13 +24,6 @@ from alad.predict import Predictor
 from alad.runtime import Runtime
 from alad.tasks import TASKS, load_splits
 from alad.teacher import TeacherError
-
-
-@pytest.fixture(scope="module")
-def ner_teacher(tiny_models, tmp_path_factory) -> Path:
-    """A fine-tuned `large` (tiny MPNet) toy-NER model: the labels of finetune_settings' data."""
-    return train_tiny_model(tmp_path_factory.mktemp("teacher"), tiny_models, mode="large")
-
 
 SPLITS = ("train", "dev", "test")
 
@@ -69,14 +62,14 @@ def test_kd_mode_needs_a_teacher_in_one_line():
         load_settings(params=None, overrides=["phase3.distill.teacher=m", "phase3.distill.alpha=2"])
 
 
-def test_kd_trains_saves_loads_and_predicts(tiny_settings, tmp_path, ner_teacher):
+def test_kd_trains_saves_loads_and_predicts(tiny_settings, tmp_path, tiny_ner_teacher):
     result = finetune_job(
-        _kd(tiny_settings, tmp_path, ner_teacher), out=tmp_path / "kd", progress=False
+        _kd(tiny_settings, tmp_path, tiny_ner_teacher), out=tmp_path / "kd", progress=False
     )
     manifest = json.loads((result.model_dir / "manifest.json").read_text())
     assert manifest["mode"] == "kd" and manifest["adapter"] is None
     d = manifest["distill"]
-    assert (d["teacher"], d["temperature"], d["alpha"]) == (str(ner_teacher), 2.0, 0.5)
+    assert (d["teacher"], d["temperature"], d["alpha"]) == (str(tiny_ner_teacher), 2.0, 0.5)
     assert 0 <= result.test["f1_micro"] <= 1 and [h["epoch"] for h in result.history] == [1, 2]
     model, _, _ = load_model(result.model_dir)
     assert model.encoder.config.hidden_size == 32  # the compressed student, not the teacher
@@ -85,9 +78,9 @@ def test_kd_trains_saves_loads_and_predicts(tiny_settings, tmp_path, ner_teacher
 
 
 def test_teacher_logits_are_computed_once_and_reused(
-    tiny_settings, tmp_path, ner_teacher, counted_teacher, caplog
+    tiny_settings, tmp_path, tiny_ner_teacher, counted_teacher, caplog
 ):
-    s = _kd(tiny_settings, tmp_path, ner_teacher, epochs=2)
+    s = _kd(tiny_settings, tmp_path, tiny_ner_teacher, epochs=2)
     finetune(s, out=tmp_path / "s13", progress=False)
     # one pass over the training rows in epoch 1, none in epoch 2
     splits = load_splits(s.phase3, s.seed)
@@ -114,21 +107,26 @@ def test_teacher_logits_are_computed_once_and_reused(
 
 
 def test_a_teacher_with_another_label_set_is_refused_in_one_line(
-    tiny_settings, tmp_path, ner_teacher
+    tiny_settings, tmp_path, tiny_ner_teacher
 ):
     words = ["the", "king", "of", "the", "city", "."]
     lines = [f"{w}\t{'B-PER' if w == 'king' else 'O'}" for w in words]
     (tmp_path / "few.tsv").write_text(("\n".join(lines) + "\n\n") * 20)
     s = _kd(
-        tiny_settings, tmp_path, ner_teacher, train=str(tmp_path / "few.tsv"), dev=None, test=None
+        tiny_settings,
+        tmp_path,
+        tiny_ner_teacher,
+        train=str(tmp_path / "few.tsv"),
+        dev=None,
+        test=None,
     )
     with pytest.raises(TeacherError) as err:
         finetune(s, out=tmp_path / "few", progress=False)
     message = str(err.value)
     assert "\n" not in message and "['O', 'B-PER']" in message and "few.tsv" in message
-    assert "'B-LOC', 'B-ORG'" in message and str(ner_teacher) in message
+    assert "'B-LOC', 'B-ORG'" in message and str(tiny_ner_teacher) in message
     files = {k: str(write_conllu(tmp_path / f"{k}.conllu", 12, i)) for i, k in enumerate(SPLITS)}
-    pos = _kd(tiny_settings, tmp_path, ner_teacher, task="pos", **files)
+    pos = _kd(tiny_settings, tmp_path, tiny_ner_teacher, task="pos", **files)
     with pytest.raises(TeacherError, match="a ner model; phase 3 trains pos"):
         finetune(pos, out=tmp_path / "pos", progress=False)
 

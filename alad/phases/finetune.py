@@ -313,7 +313,7 @@ class FinetuneRecipe(Recipe):
         targets = teacher_logits(
             d.teacher, self.task, self.splits.train, self.train_feats, self.tok, self.labels,
             self.splits.sources["train"], feature_root(settings.cache.dir), self.runtime,
-            self.cfg.window_tokens, settings.cache.extract_batch_size, self.progress,
+            self.cfg.window_tokens, settings.cache.extract_batch_size,
         )  # fmt: skip
         self.extract_seconds += time.perf_counter() - t0
         return targets

@@ -10,7 +10,6 @@ import torch
 from conftest import (
     finetune_settings,
     interrupt_on_call,
-    train_tiny_model,
     write_conllu,
     write_squad,
 )
@@ -29,12 +28,10 @@ from alad.predict import Predictor
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_each_mode_trains_saves_and_reloads_identically(mode, tiny_settings, tiny_models, tmp_path):
+def test_each_mode_trains_saves_and_reloads_identically(mode, tiny_settings, tmp_path, request):
     distill = None
     if MODES[mode].distills:  # kd: a fine-tuned teacher of these labels (tests/test_distill.py)
-        (tmp_path / "teacher").mkdir()
-        teacher = train_tiny_model(tmp_path / "teacher", tiny_models, mode="large")
-        distill = DistillConfig(teacher=str(teacher))
+        distill = DistillConfig(teacher=str(request.getfixturevalue("tiny_ner_teacher")))
     s = finetune_settings(tiny_settings, tmp_path, mode=mode, distill=distill)
     result = finetune_job(s, out=tmp_path / mode, progress=False)
     manifest = json.loads((result.model_dir / "manifest.json").read_text())
