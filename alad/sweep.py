@@ -90,6 +90,8 @@ class Ablation(_Strict):
 
 
 LARGE_TEACHER = "@large"  # a grid's phase1/2.teacher: the task's best-dev `large` cell's model
+# Where a variant may aim at it: AlAd's alignment target and phase 3's distillation teacher.
+TEACHER_KEYS = ("phase1.teacher", "phase2.teacher", "phase3.distill.teacher")
 
 
 class Variant(_Strict):
@@ -98,9 +100,10 @@ class Variant(_Strict):
 
     set: dict[str, Any] = Field(
         default_factory=dict,
-        description="Overrides of this variant's cells. phase1.teacher / phase2.teacher "
-        f"'{LARGE_TEACHER}': the model of the task's `large` cell of this grid with the best dev "
-        "score (all its seeds done; rebuilt first where its folder is not on this machine).",
+        description="Overrides of this variant's cells. phase1.teacher / phase2.teacher / "
+        f"phase3.distill.teacher '{LARGE_TEACHER}': the model of the task's `large` cell of this "
+        "grid with the best dev score (all its seeds done; rebuilt first where its folder is "
+        "not on this machine).",
     )
     modes: list[str] | None = Field(None, description="None: the grid's (or the task's) modes.")
     seeds: list[int] | None = Field(
@@ -229,10 +232,13 @@ class Cell:
         """`config` with a `large` cell's model as teacher named by that cell's key, not by
         its folder on this machine."""
         if self.teacher is not None:
-            for phase in ("phase1", "phase2"):
-                section = config.get(phase, {})
-                if section.get("teacher") == str(self.teacher.model_dir):
-                    section["teacher"] = f"{LARGE_TEACHER}:{self.teacher.key}"
+            for dotted in TEACHER_KEYS:
+                *parents, leaf = dotted.split(".")
+                section = config
+                for part in parents:
+                    section = section.get(part) or {}
+                if section.get(leaf) == str(self.teacher.model_dir):
+                    section[leaf] = f"{LARGE_TEACHER}:{self.teacher.key}"
         return config
 
     @property
@@ -385,6 +391,11 @@ def _task_cells(grid: Grid, task: str, axis: TaskAxis) -> list[Cell]:
         **_dotted(axis.set),
     }
     seeds = axis.seeds or grid.seeds
+    if base.get("phase3.distill.teacher") == LARGE_TEACHER:
+        raise ConfigError(
+            f"{where}: phase3.distill.teacher '{LARGE_TEACHER}' is set for every cell, the "
+            "`large` cells included (they would distil from themselves); set it in a variant"
+        )
     make = partial(_cell, grid, task, base, where)
     large = [make(grid.large, "large", None, s) for s in (grid.large_seeds or seeds)]
     large = large if axis.large else []
@@ -432,7 +443,7 @@ def _cell(
         "seed": seed,
         **({"adapter.window": window} if window else {}),
     }
-    uses = [k for k in ("phase1.teacher", "phase2.teacher") if over.get(k) == LARGE_TEACHER]
+    uses = [k for k in TEACHER_KEYS if over.get(k) == LARGE_TEACHER]
     best, waits = teacher if uses and teacher else (None, None)
     if best is not None:
         over.update({k: str(best.model_dir) for k in uses})
@@ -678,7 +689,11 @@ def _run_cell(cell: Cell, progress: bool) -> dict[str, Any]:
     from alad.provenance import git_commit, machine
     from alad.runtime import Runtime
 
-    ensure_teacher(cell, progress)  # a teacher's rebuild is its own run, not this cell's time
+    if cell.waits_for:
+        raise ConfigError(f"{cell.name}: its teacher is not chosen yet: waits for {cell.waits_for}")
+    # the teacher (of phases 1-2 or of the distillation, for cells without phases 1-2) first:
+    # its rebuild is its own run, not this cell's time
+    ensure_teacher(cell, progress)
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
     settings, alignment = cell.settings, None
     if cell.align is not None:

@@ -34,6 +34,7 @@ from alad.data.readers import (
     write_conllu,
     write_squad,
 )
+from alad.losses import soft_kl
 from alad.metrics import ner_metrics, pos_metrics, squad_v2_metrics
 
 if TYPE_CHECKING:  # tasks sit below the config: alad.config validates against TASKS
@@ -101,6 +102,16 @@ class Task(Protocol):
     # ranks holding parts of one batch add up to the whole batch's mean.
     def loss_sum(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
     def loss_count(self, batch: dict[str, torch.Tensor]) -> int: ...
+    # Distillation (alad/distill.py): the sum over the batch's loss terms (the same terms
+    # loss_count counts) of T^2 * KL(teacher || student); `teacher` holds one tensor per row,
+    # the teacher's logits at what that row's loss scores (alad.losses.soft_kl).
+    def kd_sum(
+        self,
+        logits: torch.Tensor,
+        teacher: Sequence[torch.Tensor],
+        batch: dict[str, torch.Tensor],
+        temperature: float,
+    ) -> torch.Tensor: ...
     def decode(
         self,
         examples: Sequence[Any],
@@ -187,6 +198,13 @@ class _TokenTask:
 
     def loss_count(self, batch) -> int:
         return int((batch["labels"] != tagging.IGNORE).sum())
+
+    def kd_sum(self, logits, teacher, batch, temperature):
+        """On the scored positions (first sub-tokens), row by row as the mask orders them:
+        `teacher[r]` is [words of row r, labels]."""
+        student = logits[batch["labels"] != tagging.IGNORE]
+        target = torch.cat(list(teacher)).to(student.device)
+        return soft_kl(student, target, temperature).sum()
 
     def decode(self, examples, feats, outputs, labels, cfg) -> list[list[str]]:
         return tagging.decode_tags(feats, outputs, labels, len(examples))
@@ -393,6 +411,23 @@ class QaTask:
 
     def loss_count(self, batch) -> int:
         return len(batch["input_ids"])
+
+    def kd_sum(self, logits, teacher, batch, temperature):
+        """Per window, over its answer candidates ([CLS] and the context tokens; the teacher's
+        logit is -inf elsewhere, see alad/distill.py): start and end distributions, halved as
+        in `loss_sum`. `teacher[r]` is [tokens of window r, 2]."""
+        width = logits.shape[1]
+        target = torch.full_like(logits, -math.inf)
+        for r, t in enumerate(teacher):
+            target[r, : len(t)] = t.to(logits.device)
+        candidate = torch.isfinite(target[..., 0]) & batch["attention_mask"].bool()
+        student = logits.masked_fill(~candidate.unsqueeze(-1), -1e4)
+        terms = soft_kl(
+            student.transpose(1, 2).reshape(-1, width),
+            target.transpose(1, 2).reshape(-1, width),
+            temperature,
+        )
+        return terms.sum() / 2
 
     def _postprocess(self, examples, feats, outputs, cfg):
         return qa_data.postprocess_qa(

@@ -1,7 +1,11 @@
 """Mean ± std (sample std, n-1) of experiments/results/parity/*.json per (model, harness), test
 accuracy in %.
 
-    .venv/bin/python experiments/parity_summary.py
+    .venv/bin/python experiments/parity_summary.py [FOLDER]   # default experiments/results/parity
+
+Distillation runs (experiments/parity.sh with KD="T ALPHA") are the harnesses `alad-kd-T<T>-a<A>`
+and `reference-kd-T<T>-a<A>`; the last table pairs them: the means' difference against the
+target (within 1.5 points).
 
 The Table-1 sweep's POS cells `mpnet-base/large` and `minilm-l6/compressed` are the same
 `alad finetune` runs (same data, lr, epochs, batch, seeds; results/table1/pos/): they are listed
@@ -12,11 +16,13 @@ of a model per harness: the figures the parity target (means within 1.5 points) 
 
 import json
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
+FOLDER = Path(sys.argv[1] if len(sys.argv) > 1 else "experiments/results/parity")
 runs: dict[tuple[str, str], list[dict]] = defaultdict(list)
-for f in sorted(Path("experiments/results/parity").glob("*.json")):
+for f in sorted(FOLDER.glob("*.json")):
     r = json.loads(f.read_text())
     runs[r["model"], r["harness"]].append(r)
 SWEEP = {("mpnet-base", "large"), ("minilm-l6", "compressed")}
@@ -70,3 +76,23 @@ for (model, harness), by_seed in sorted(pooled.items()):
     print(
         f"| {model} | {harness} | {','.join(map(str, seeds))} | {ms([by_seed[s] for s in seeds])} |"
     )
+
+kd = sorted((m, h) for m, h in runs if h.startswith("alad-kd-"))
+if kd:
+    print()
+    print("| model | KD (T, alpha) | seeds | alad test | reference test | difference |")
+    print("|---|---|---|---|---|---|")
+for model, harness in kd:
+    setting = harness.removeprefix("alad-kd-")
+    ours, peer = runs[model, harness], runs.get((model, f"reference-kd-{setting}"), [])
+    t, a = setting.removeprefix("T").split("-a")
+    a_test = {r["seed"]: r["test"] for r in ours}
+    r_test = {r["seed"]: r["test"] for r in peer}
+    common = sorted(set(a_test) & set(r_test))  # the same seeds on both sides
+    if not common:
+        print(f"| {model} | {t}, {a} | – | – | – | – |")
+        continue
+    ours_m, peer_m = ([by[x] for x in common] for by in (a_test, r_test))
+    diff = 100 * (statistics.mean(ours_m) - statistics.mean(peer_m))
+    seeds = ",".join(map(str, common))
+    print(f"| {model} | {t}, {a} | {seeds} | {ms(ours_m)} | {ms(peer_m)} | {diff:+.1f} |")

@@ -178,6 +178,13 @@ def tiny_models(tmp_path_factory) -> tuple[Path, Path]:
     return make_tiny_bert(root / "bert"), make_tiny_mpnet(root / "mpnet")
 
 
+@pytest.fixture(scope="session")
+def tiny_ner_teacher(tiny_models, tmp_path_factory) -> Path:
+    """A fine-tuned `large` (tiny MPNet) toy-NER model: a distillation teacher with the labels
+    of `finetune_settings`' data (every BIO label of `write_bio`)."""
+    return train_tiny_model(tmp_path_factory.mktemp("ner-teacher"), tiny_models, mode="large")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("ALAD_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "alad-cache"))
@@ -336,8 +343,11 @@ def finetune_settings(tiny_settings, tmp_path, n_train=60, **phase3):
     return tiny_settings.model_copy(update={"phase3": p3})
 
 
-def train_tiny_model(root: Path, tiny_models: tuple[Path, Path]) -> Path:
-    """Phase 3 (alad-frozen, 1 epoch) on the in-test models; returns the saved model folder."""
+def train_tiny_model(
+    root: Path, tiny_models: tuple[Path, Path], mode: str = "alad-frozen", epochs: int = 1
+) -> Path:
+    """Phase 3 (`mode`, `epochs`) of toy NER on the in-test models; returns the saved model
+    folder (a `large` one is a distillation teacher of `finetune_settings`' labels)."""
     from alad.config import load_settings
     from alad.phases.finetune import finetune
 
@@ -351,11 +361,11 @@ def train_tiny_model(root: Path, tiny_models: tuple[Path, Path]) -> Path:
             "cache": {"dir": str(root / "features")},
             "phase3": {
                 "task": "ner",
-                "mode": "alad-frozen",
+                "mode": mode,
                 "train": str(write_bio(root / "train.tsv", 40, 1)),
                 "dev": str(write_bio(root / "dev.tsv", 8, 2)),
                 "test": str(write_bio(root / "test.tsv", 8, 3)),
-                "epochs": 1,
+                "epochs": epochs,
                 "lr": 3e-3,
             },
         },

@@ -19,16 +19,17 @@ LAYERS: list[tuple[str, ...]] = [
     # foundations: no knowledge of the method
     ("errors", "atomic", "provenance", "timing", "runtime", "stopping"),
     # what every piece is built from: data formats, metrics, models, the adapter, heads, modes
-    # (hf_config: the transformers config of an exported model, no modeling code)
-    ("data", "metrics", "models", "adapter", "heads", "modes", "hf_config"),
+    # (hf_config: the transformers config of an exported model, no modeling code; losses: the
+    # distillation loss on logits)
+    ("data", "metrics", "models", "adapter", "heads", "modes", "hf_config", "losses"),
     # serving without torch: raw text in, tags or answers out; the ONNX predictor
     ("text_predictor", "onnx_predict"),
     ("tasks",),  # a task: its reader, encoding, loss and metric
     ("config",),  # validated against the tasks and modes below it
     ("results",),  # the records alad reads back (cell results, latency): schemas, the cell key
     # saved models (and as transformers models), frozen outputs, registered versions as files,
-    # the teacher of phases 1-2
-    ("checkpoint", "cache", "aligned_model", "hf", "inference", "store", "teacher"),
+    # the teacher of phases 1-2, the distillation teacher of phase 3 and its cached logits
+    ("checkpoint", "cache", "aligned_model", "hf", "inference", "store", "teacher", "distill"),
     # the method's phases; using a saved model; exporting it; linear probes of encoders' layers
     ("phases", "evaluation", "predict", "export", "plots", "probe"),
     ("tracking", "pyfunc", "registry", "bench"),  # MLflow runs, the model registry

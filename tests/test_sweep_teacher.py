@@ -213,3 +213,37 @@ def test_a_teacher_still_training_is_not_ready(tiny_grid):
     assert list(progress.teachers_to_rebuild()) == [large.name]
     write_json({"run_key": "k", "dev": {"main": 0.5}}, large.out / "metrics.json")
     assert large.model_ready and progress.teachers_to_rebuild() == {}
+
+
+KD = {"modes": ["kd"], "set": {"phase3.distill.teacher": "@large"}}
+
+
+def test_a_kd_variant_distils_from_the_best_large_cell_rebuilt_where_missing(tiny_grid):
+    grid = load_grid(_grid(tiny_grid, [1], kd=KD))
+    (kd,) = (c for c in cells(grid) if c.variant == "kd")
+    assert kd.waits_for and kd.window is None  # no adapter: no phases 1-2
+    ran = [cell.name for cell, _, _ in run_sweep(grid)]
+    large = next(c for c in cells(grid) if c.mode == "large")
+    (kd,) = (c for c in cells(grid) if c.variant == "kd")
+    assert ran == [large.name, kd.name]
+    assert kd.settings.phase3.distill.teacher == str(large.model_dir)
+    record = json.loads(kd.result_path.read_text())
+    assert record["teacher"]["key"] == large.key
+    # named by the large cell's key, not its folder: the same key on any machine
+    assert record["config"]["phase3"]["distill"]["teacher"] == f"@large:{large.key}"
+    manifest = json.loads((Path(record["model_dir"]) / "manifest.json").read_text())
+    assert manifest["distill"]["teacher_dir"] == str(large.model_dir)
+    # a fresh machine: the teacher's model is rebuilt before the kd cell runs
+    shutil.rmtree(large.out)
+    kd.result_path.unlink()
+    assert [cell.name for cell, _, _ in run_sweep(load_grid(tiny_grid))] == [kd.name]
+    assert large.model_ready
+    assert json.loads(kd.result_path.read_text())["teacher"]["rebuilt"]["same"]
+
+
+def test_at_large_for_every_cell_would_make_large_distil_from_itself(tiny_grid):
+    data = yaml.safe_load(_grid(tiny_grid, [1]).read_text())
+    data["set"]["phase3.distill.teacher"] = "@large"
+    tiny_grid.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="`large` cells included.*set it in a variant"):
+        cells(load_grid(tiny_grid))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from alad.data.records import TaggedSentence
@@ -43,6 +43,9 @@ class TaggedFeatures:
     sentence_index: list[int]
     num_words: list[int]  # words in this window (their labels are the non-ignored positions)
     split_sentences: int = 0
+    # the window's first word in its sentence: words[word_start : word_start + num_words]
+    # (a distillation teacher reads the same words with its own tokenizer, alad/distill.py)
+    word_start: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -135,6 +138,7 @@ def encode_tagged(
         feats.input_ids.append(enc["input_ids"][row])
         feats.labels.append(labels)
         feats.sentence_index.append(si)
+        feats.word_start.append(a)
         feats.num_words.append(sum(lab != IGNORE for lab in labels))
     if feats.split_sentences:
         log.info(

@@ -38,13 +38,23 @@ from alad.checkpoint import (
     save_trainer_state,
 )
 from alad.config import ConfigError, Phase3Config, Settings
+from alad.distill import TeacherLogits, teacher_logits
 from alad.errors import DataFormatError
 from alad.heads import build_head
 from alad.inference import predict_outputs
+from alad.losses import distill_mix
 from alad.models.catalog import Encoder, load_encoder
 from alad.models.compress import split_spec
 from alad.modes import MODES, ModeSpec
-from alad.phases.recipe import Recipe, optimizer_step, progress_bar, resume_state, run, run_key
+from alad.phases.recipe import (
+    Recipe,
+    no_rows_loss,
+    optimizer_step,
+    progress_bar,
+    resume_state,
+    run,
+    run_key,
+)
 from alad.runtime import Runtime, barrier, is_main, rank_world
 from alad.tasks import TASKS, Splits, Task, load_splits
 from alad.teacher import head_for
@@ -72,20 +82,62 @@ class FinetuneResult:
         return f"best dev {self.dev['main']:.4f}; {test}model {self.model_dir}"
 
 
-def _lora(encoder: torch.nn.Module, cfg: Phase3Config) -> torch.nn.Module:
-    from peft import LoraConfig, get_peft_model
+def _low_rank(
+    encoder: torch.nn.Module, cfg: Phase3Config, mode: ModeSpec, steps: int | None
+) -> torch.nn.Module:
+    """LoRA (r, alpha) or AdaLoRA (phase3.adalora; its schedule needs the `steps` of
+    phase 3) on the attention query/value projections of the frozen encoder."""
+    from peft import AdaLoraConfig, LoraConfig, get_peft_model
 
     names = {n.rsplit(".", 1)[-1] for n, _ in encoder.named_modules()}
     # Attention projections: BERT calls them query/value, MPNet q/v.
     targets = ["query", "value"] if "query" in names else ["q", "v"]
-    config = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=0.1,
-        target_modules=targets,
+    common = {"lora_alpha": cfg.lora_alpha, "lora_dropout": 0.1, "target_modules": targets}
+    if mode.encoder_training == "lora":
+        return get_peft_model(encoder, LoraConfig(r=cfg.lora_r, bias="none", **common))
+    if not steps:
+        raise ValueError("AdaLoRA needs the number of optimizer steps of phase 3 (steps=)")
+    a = cfg.adalora
+    config = AdaLoraConfig(
+        init_r=a.init_r,
+        target_r=a.target_r,
+        tinit=int(a.tinit * steps),
+        tfinal=int(a.tfinal * steps),
+        deltaT=a.delta_t,
+        total_step=steps,
+        orth_reg_weight=a.orth_reg,
         bias="none",
+        **common,
     )
     return get_peft_model(encoder, config)
+
+
+def adalora_ranks(encoder: torch.nn.Module) -> dict[str, int] | None:
+    """AdaLoRA: the rank each adapted matrix holds now (its budget allocation so far: init_r
+    everywhere before the first one); None for any other encoder."""
+    config = getattr(encoder, "peft_config", {}).get("default")
+    if config is None or type(config).__name__ != "AdaLoraConfig":
+        return None
+    # rank_pattern: {name of a lora_E in the wrapped model: which of its init_r ranks stay}
+    pattern = config.rank_pattern or {
+        n: [True] * config.init_r
+        for n, _ in encoder.base_model.model.named_parameters()
+        if "lora_E.default" in n
+    }
+    return {n.replace(".lora_E.default", ""): int(sum(kept)) for n, kept in pattern.items()}
+
+
+def adalora_penalty(encoder: torch.nn.Module, weight: float) -> torch.Tensor:
+    """AdaLoRA's orthogonality regulariser: weight x the mean of ||P P^T - I||_F and
+    ||Q^T Q - I||_F. peft adds it inside forward only when the model computes a loss from
+    labels, which alad's encoder never does, so phase 3 adds it to its loss."""
+    terms = []
+    for name, p in encoder.named_parameters():
+        if p.requires_grad and ("lora_A" in name or "lora_B" in name):
+            cov = p @ p.T if "lora_A" in name else p.T @ p
+            eye = torch.eye(cov.shape[0], device=cov.device, dtype=cov.dtype)
+            terms.append(torch.linalg.norm(cov - eye, "fro"))
+    return weight * torch.stack(terms).mean()
 
 
 def build_model(
@@ -94,8 +146,10 @@ def build_model(
     task: Task,
     labels: list[str],
     encoders: tuple[Encoder, Encoder],
+    steps: int | None = None,
 ) -> AlignedModel:
-    """Encoder per mode, AlAd (from `phase3.init` or fresh), a fresh head."""
+    """Encoder per mode, AlAd (from `phase3.init` or fresh), a fresh head. `steps`: phase 3's
+    optimizer steps (AdaLoRA's schedule)."""
     cfg, a = settings.phase3, settings.adapter
     compressed, large = encoders
     encoder = large if mode.encoder == "large" else compressed
@@ -135,8 +189,8 @@ def build_model(
     model.train()
     if mode.encoder_training == "frozen":
         model.requires_grad_(False)
-    elif mode.encoder_training == "lora":
-        model = _lora(model, cfg)
+    elif mode.low_rank:
+        model = _low_rank(model, cfg, mode, steps)
     else:
         model.requires_grad_(True)
     return AlignedModel(model, head, adapter)
@@ -194,11 +248,13 @@ class FinetuneRecipe(Recipe):
         self.earlier_seconds = 0.0
 
     def outputs(self) -> dict[Path, tuple[str, str]]:
-        if self.mode.encoder_training != "frozen" or not self.cfg.cache_frozen:
+        frozen = self.mode.encoder_training == "frozen" and self.cfg.cache_frozen
+        if not frozen and self.cfg.distill is None:
             return super().outputs()
         cache = feature_root(self.settings.cache.dir)
         fix = "set cache.dir (or ALAD_CACHE_HOME) to a folder you can write"
-        return {**super().outputs(), cache: ("frozen-output cache", fix)}
+        what = "frozen-output cache" if frozen else "teacher-logit cache"
+        return {**super().outputs(), cache: (what, fix)}
 
     def finished_result(self) -> FinetuneResult | None:
         if not self.metrics_path.is_file():
@@ -229,9 +285,6 @@ class FinetuneRecipe(Recipe):
         m = settings.models
         encoders = self.encoders or (load_encoder(m.compressed), load_encoder(m.large))
         self.encoders = encoders
-        self.model = build_model(settings, self.mode, task, self.labels, encoders)
-        self.model.to(self.runtime.device)
-        self.scaler = self.runtime.grad_scaler()
         self.tok = (encoders[1] if self.mode.encoder == "large" else encoders[0]).tokenizer
         self.pad_id = self.tok.pad_token_id or 0
         self.train_feats = task.encode(self.tok, splits.train, self.labels, cfg, True)
@@ -241,22 +294,43 @@ class FinetuneRecipe(Recipe):
                 "examples gives a training row; check the file's answers and phase3.max_length"
             )
         self.dev_feats = task.encode(self.tok, splits.dev, self.labels, cfg, False)
+        self.steps_per_epoch = math.ceil(task.num_rows(self.train_feats) / cfg.batch_size)
+        steps = self.epochs * self.steps_per_epoch
+        self.model = build_model(settings, self.mode, task, self.labels, encoders, steps)
+        self.model.to(self.runtime.device)
+        self.scaler = self.runtime.grad_scaler()
         self.extract_seconds = _cache_frozen_outputs(
             settings, self.model, encoders[0], self.train_feats, self.dev_feats, self.pad_id,
             self.progress,
         )  # fmt: skip
+        self.targets = self._teacher_targets()
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, self.mode, cfg, self.lr))
-        steps = self.epochs * math.ceil(task.num_rows(self.train_feats) / cfg.batch_size)
         warmup = int(cfg.warmup_ratio * steps)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup, steps)
         self.manifest = _model_manifest(self)
 
+    def _teacher_targets(self) -> TeacherLogits | None:
+        """phase3.distill: the teacher's logits of every training row, from the cache or
+        computed once (its seconds count as epoch 1's, as a frozen encoder's extraction)."""
+        d, settings = self.cfg.distill, self.settings
+        if d is None:
+            return None
+        t0 = time.perf_counter()
+        targets = teacher_logits(
+            d.teacher, self.task, self.splits.train, self.train_feats, self.tok, self.labels,
+            self.splits.sources["train"], feature_root(settings.cache.dir), self.runtime,
+            self.cfg.window_tokens, settings.cache.extract_batch_size,
+        )  # fmt: skip
+        self.extract_seconds += time.perf_counter() - t0
+        return targets
+
     def announce(self) -> None:
-        cfg, task = self.cfg, self.task
+        cfg, task, d = self.cfg, self.task, self.cfg.distill
         log.info(
-            "phase 3: %s/%s, %d train rows, %d epochs, lr %g%s", cfg.task, cfg.mode,
+            "phase 3: %s/%s, %d train rows, %d epochs, lr %g%s%s", cfg.task, cfg.mode,
             task.num_rows(self.train_feats), self.epochs, self.lr,
-            f" (LoRA {self.mode.lora_lr:g})" if self.mode.encoder_training == "lora" else "",
+            f" (LoRA {self.mode.lora_lr:g})" if self.mode.low_rank else "",
+            f", distilling from {d.teacher} (T {d.temperature:g}, alpha {d.alpha:g})" if d else "",
         )  # fmt: skip
 
     def saved_state(self) -> dict[str, Any] | None:
@@ -268,18 +342,26 @@ class FinetuneRecipe(Recipe):
         self.scheduler.load_state_dict(state["scheduler"])
         self.best = state["best"]
         self.partial = state.get("partial")
+        if "adalora" in state:  # its importance scores and ranks so far: the budget goes on
+            _set_allocator_state(self.model.encoder, state["adalora"])
         self.earlier_seconds = sum(h.get("seconds", 0.0) for h in state["history"])
         self.earlier_seconds += self.partial["seconds"] if self.partial else 0.0
 
     def state_extra(self) -> dict[str, Any]:
         trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
         weights = {k: v for k, v in self.model.state_dict().items() if k in trainable}
+        extra = {"adalora": _allocator_state(self.model.encoder)} if self._adalora else {}
         return {
             "weights": weights,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "best": self.best,
+            **extra,
         }
+
+    @property
+    def _adalora(self) -> bool:
+        return self.mode.encoder_training == "adalora"
 
     def restarted(self) -> None:
         shutil.rmtree(self.out / "state", ignore_errors=True)
@@ -288,7 +370,10 @@ class FinetuneRecipe(Recipe):
         partial, self.partial = self.partial, None
         # an epoch resumed from a save inside it counts the seconds spent before the stop
         self._t0 = time.perf_counter() - (partial["seconds"] if partial else 0.0)
-        return {"train_loss": _train_epoch(self, epoch, partial)}
+        record = {"train_loss": _train_epoch(self, epoch, partial)}
+        if self._adalora:  # the budget as it shrinks: the sum of every matrix's rank
+            record["adalora_rank"] = sum(adalora_ranks(self.model.encoder).values())
+        return record
 
     def save_inside_epoch(self, epoch: int, step: int, total: float, count: int) -> None:
         """The resume state after batch `step` of `epoch` (rank 0): a rerun skips those batches
@@ -326,6 +411,8 @@ class FinetuneRecipe(Recipe):
     def save(self, state: dict[str, Any], finished: bool) -> None:
         if self.improved:
             best = {**self.manifest, **self.tuned, "dev": self.dev, "best_epoch": state["epoch"]}
+            if self._adalora:  # the ranks this epoch's weights hold
+                best["adalora"]["ranks"] = adalora_ranks(self.model.encoder)
             save_model(self.model, self.tok, best, self.out / "model")
         save_trainer_state(self.out / "state", state, self._progress(state["epoch"], 0, 0.0))
 
@@ -350,6 +437,7 @@ class FinetuneRecipe(Recipe):
         # the training model, its optimizer and cached outputs are done with: their memory
         # goes before the test loads the saved model
         del self.model, self.optimizer, self.scheduler, self.train_feats, self.dev_feats
+        self.targets = None  # the teacher's logits
         test = self.test(self.out / "model") if self.test is not None else {}
         if is_main():
             record = {"run_key": self.key, "history": history, "dev": dev_best}
@@ -382,7 +470,13 @@ def _model_manifest(r: FinetuneRecipe) -> dict[str, Any]:
         "init": str(cfg.init) if cfg.init else None,
         "head_init": cfg.head_init,
         "lr": r.lr,
-        "lora_lr": mode.lora_lr if mode.encoder_training == "lora" else None,
+        "lora_lr": mode.lora_lr if mode.low_rank else None,
+        "adalora": cfg.adalora.model_dump() if mode.encoder_training == "adalora" else None,
+        "distill": (
+            {**r.targets.teacher.describe(), **cfg.distill.model_dump(exclude={"teacher"})}
+            if r.targets is not None
+            else None
+        ),
         "epochs": r.epochs,
         "seed": r.settings.seed,
         "sources": r.splits.sources,
@@ -480,7 +574,8 @@ def _train_epoch(r: FinetuneRecipe, epoch: int, partial: dict[str, Any] | None =
         if step < start:  # done before the stop; the order is the same (seeded by epoch)
             bar.update(len(batch["input_ids"]))
             continue
-        loss = _step_loss(model, task, batch, r.runtime, rank, world, trainable)
+        rows = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]  # Task.batches' cut
+        loss = _step_loss(r, batch, rows, rank, world, trainable)
         where = (
             f"epoch {epoch + 1}, step {step}: phase 3 diverged; lower phase3.lr (now {r.lr}); "
             "the best model so far is kept"
@@ -488,6 +583,9 @@ def _train_epoch(r: FinetuneRecipe, epoch: int, partial: dict[str, Any] | None =
         value = optimizer_step(
             loss, trainable, r.optimizer, r.scaler, where, clip=1.0, scheduler=r.scheduler
         )
+        if r._adalora:  # after the update, before the next zero_grad (peft's contract):
+            # importance scores from this step's gradients, ranks pruned on the schedule
+            model.encoder.base_model.update_and_allocate(epoch * r.steps_per_epoch + step + 1)
         total, count = total + value, count + 1
         bar.update(len(batch["input_ids"]))
         bar.set_postfix(loss=f"{total / count:.4f}")
@@ -506,28 +604,57 @@ def _train_epoch(r: FinetuneRecipe, epoch: int, partial: dict[str, Any] | None =
 
 
 def _step_loss(
-    model: AlignedModel,
-    task: Task,
+    r: FinetuneRecipe,
     batch: dict[str, torch.Tensor],
-    runtime: Runtime,
+    rows: list[int],
     rank: int,
     world: int,
     trainable: list[torch.nn.Parameter],
 ) -> torch.Tensor:
     """The batch's mean loss; under torchrun this rank's rows' share of it (rows rank::world;
-    the shares sum to the mean). One process computes exactly `task.loss` of the batch."""
-    if world == 1:
+    the shares sum to the mean). One process computes exactly `task.loss` of the batch, mixed
+    with the distillation term on `rows`' teacher logits when phase3.distill is set (alpha *
+    KD + (1 - alpha) * task, both means over the task loss's terms), + AdaLoRA's penalty."""
+    model, task, runtime, d = r.model, r.task, r.runtime, r.cfg.distill
+    terms = task.loss_count(batch)  # of the whole batch, before it is split
+    if world > 1:
+        batch = {k: v[rank::world] for k, v in batch.items()}
+        rows = rows[rank::world]
+    if len(batch["input_ids"]) == 0:
+        loss = no_rows_loss(trainable)  # no rows, but still in the gradient sum
+    else:
         batch = runtime.move(batch)
         with runtime.autocast():
-            logits = model(batch["input_ids"], batch["attention_mask"])
-        return task.loss(logits.float(), batch)
-    terms = task.loss_count(batch)  # of the whole batch, before it is split
-    mine = runtime.move({k: v[rank::world] for k, v in batch.items()})
-    if len(mine["input_ids"]) == 0:
-        return sum(p.sum() * 0.0 for p in trainable)  # no rows, but still in the gradient sum
-    with runtime.autocast():
-        logits = model(mine["input_ids"], mine["attention_mask"])
-    return task.loss_sum(logits.float(), mine) / max(1, terms)
+            logits = model(batch["input_ids"], batch["attention_mask"]).float()
+        if world == 1:
+            loss = task.loss(logits, batch)
+        else:
+            loss = task.loss_sum(logits, batch) / max(1, terms)
+        if d is not None:
+            kd = task.kd_sum(logits, r.targets.rows(rows), batch, d.temperature) / max(1, terms)
+            loss = distill_mix(loss, kd, d.alpha)
+    if r._adalora:  # a term of the weights, not of the rows: each rank adds its share
+        loss = loss + adalora_penalty(model.encoder, r.cfg.adalora.orth_reg) / world
+    return loss
+
+
+def _allocator_state(encoder: torch.nn.Module) -> dict[str, Any]:
+    """AdaLoRA's budget state (importance averages, ranks so far), for the resume state."""
+    allocator = encoder.base_model.rankallocator
+    return {
+        "ipt": allocator.ipt,
+        "exp_avg_ipt": allocator.exp_avg_ipt,
+        "exp_avg_unc": allocator.exp_avg_unc,
+        "rank_pattern": encoder.peft_config["default"].rank_pattern,
+    }
+
+
+def _set_allocator_state(encoder: torch.nn.Module, state: dict[str, Any]) -> None:
+    allocator = encoder.base_model.rankallocator
+    device = next(encoder.parameters()).device
+    for name in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
+        setattr(allocator, name, {k: v.to(device) for k, v in state[name].items()})
+    encoder.peft_config["default"].rank_pattern = state["rank_pattern"]
 
 
 __all__ = ["FinetuneResult", "Splits", "build_model", "finetune"]

@@ -17,7 +17,7 @@ from conftest import (
 import alad.phases.finetune as ft_mod
 from alad.aligned_model import load_model
 from alad.checkpoint import CheckpointError
-from alad.config import ConfigError
+from alad.config import AdaLoraSettings, ConfigError, DistillConfig
 from alad.data.readers import DataFormatError
 from alad.jobs import finetune_job
 from alad.models.catalog import load_encoder
@@ -28,8 +28,11 @@ from alad.predict import Predictor
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_each_mode_trains_saves_and_reloads_identically(mode, tiny_settings, tmp_path):
-    s = finetune_settings(tiny_settings, tmp_path, mode=mode)
+def test_each_mode_trains_saves_and_reloads_identically(mode, tiny_settings, tmp_path, request):
+    distill = None
+    if MODES[mode].distills:  # kd: a fine-tuned teacher of these labels (tests/test_distill.py)
+        distill = DistillConfig(teacher=str(request.getfixturevalue("tiny_ner_teacher")))
+    s = finetune_settings(tiny_settings, tmp_path, mode=mode, distill=distill)
     result = finetune_job(s, out=tmp_path / mode, progress=False)
     manifest = json.loads((result.model_dir / "manifest.json").read_text())
     assert manifest["mode"] == mode and manifest["labels"][0] == "O"
@@ -311,3 +314,31 @@ def test_a_rank_not_below_n_times_d_c_fails_before_any_extraction(tiny_settings,
     assert not s.cache.dir.exists()
     with pytest.raises(ConfigError, match=r"adapter\.rank=32"):
         finetune(finetune_settings(s, tmp_path), out=tmp_path / "x", progress=False)
+
+
+def test_adalora_prunes_its_ranks_to_the_budget_while_training(tiny_settings, tmp_path):
+    budget = AdaLoraSettings(init_r=6, target_r=2, tinit=0.1, tfinal=0.2, delta_t=2)
+    s = finetune_settings(tiny_settings, tmp_path, mode="adalora", epochs=3, adalora=budget)
+    result = finetune(s, out=tmp_path / "ada", progress=False)
+    matrices = 4  # tiny BERT: 2 layers x (query, value)
+    ranks = [h["adalora_rank"] for h in result.history]
+    assert ranks[0] < 6 * matrices and ranks == sorted(ranks, reverse=True), ranks
+    assert ranks[-1] <= 2 * matrices  # the final budget: target_r on average
+    manifest = json.loads((result.model_dir / "manifest.json").read_text())
+    saved = manifest["adalora"]["ranks"]  # of the best epoch's weights
+    assert len(saved) == matrices and sum(saved.values()) < 6 * matrices
+    assert manifest["adalora"]["init_r"] == 6 and manifest["lora_lr"] == MODES["adalora"].lora_lr
+
+
+def test_saving_a_lora_model_leaves_its_training_model_as_it_was(tiny_settings, tmp_path):
+    from alad.aligned_model import save_model
+    from alad.tasks import TASKS
+
+    s = finetune_settings(tiny_settings, tmp_path, mode="lora")
+    encoders = (load_encoder(s.models.compressed), load_encoder(s.models.large))
+    model = ft_mod.build_model(s, MODES["lora"], TASKS["ner"], ["O", "B-X"], encoders)
+    before = {n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n}
+    save_model(model, encoders[0].tokenizer, {"task": "ner"}, tmp_path / "m")
+    # training goes on after the best epoch so far is saved: the LoRA layers must still be there
+    after = {n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n}
+    assert before and after == before

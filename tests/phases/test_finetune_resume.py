@@ -14,6 +14,7 @@ from conftest import interrupt_on_call
 import alad.phases.finetune as ft_mod
 from alad import stopping
 from alad.aligned_model import load_model
+from alad.config import AdaLoraSettings
 from alad.checkpoint import load_trainer_state, saved_progress
 from alad.phases.finetune import finetune
 
@@ -33,10 +34,15 @@ def _straight_counting_steps(s, tmp_path, monkeypatch):
     return real, counted, straight, len(counted.calls) // 3
 
 
-def test_resumed_phase3_is_identical_to_an_uninterrupted_run(tiny_settings, tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["alad-joint", "adalora"])
+def test_resumed_phase3_is_identical_to_an_uninterrupted_run(
+    mode, tiny_settings, tmp_path, monkeypatch
+):
     # alad-joint trains M_C with dropout on: without the saved RNG state, epoch 2 of the
     # resumed run draws other dropout masks (max weight difference ~5e-3 before the fix).
-    s = _settings(tiny_settings, tmp_path, n_train=30, mode="alad-joint", epochs=3)
+    # AdaLoRA: its importance averages and ranks so far are part of the state too.
+    budget = AdaLoraSettings(init_r=6, target_r=2, delta_t=2)
+    s = _settings(tiny_settings, tmp_path, n_train=30, mode=mode, epochs=3, adalora=budget)
     straight = finetune(s, out=tmp_path / "straight", progress=False)
 
     real = ft_mod._train_epoch
@@ -44,6 +50,9 @@ def test_resumed_phase3_is_identical_to_an_uninterrupted_run(tiny_settings, tmp_
     monkeypatch.setattr(ft_mod, "_train_epoch", dies_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         finetune(s, out=tmp_path / "resumed", progress=False)
+    if mode == "adalora":
+        allocator = load_trainer_state(tmp_path / "resumed" / "state")["adalora"]
+        assert allocator["exp_avg_ipt"] and allocator["rank_pattern"]  # 5 steps: pruned once
     torch.manual_seed(12345)  # a new process would start from another RNG state
     monkeypatch.setattr(ft_mod, "_train_epoch", real)
     resumed = finetune(s, out=tmp_path / "resumed", progress=False)
