@@ -220,9 +220,17 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from alad.errors import UsageError
     from alad.export import export_model
 
-    done = export_model(args.model, args.format, args.out, int8=args.int8)
+    if args.register and args.format != "onnx":
+        raise UsageError("--register logs the ONNX graph with MLflow: use it with --format onnx")
+    if args.register:
+        from alad.jobs import export_and_register
+
+        done, published = export_and_register(_settings(args), args.model, args.out, args.int8)
+    else:
+        done = export_model(args.model, args.format, args.out, int8=args.int8)
     if args.format == "hf":
         print(
             f"wrote {args.out}: {done['class']} (transformers); `import alad` registers it, then "
@@ -238,6 +246,11 @@ def cmd_export(args: argparse.Namespace) -> None:
         f"{', '.join(done['outputs'])}) + tokenizer; {check}; serve it with "
         "alad.onnx_predict.OnnxPredictor (no torch)"
     )
+    if args.register:
+        print(
+            f"{published.line()}; serve it with `mlflow models serve -m "
+            f"models:/{published.name}/{published.version} --env-manager local`"
+        )
 
 
 def _stdin_lines() -> list[str]:
@@ -552,6 +565,12 @@ def _add_export(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     )
     p.add_argument(
         "--out", type=Path, required=True, help="the folder to write (replaced if an export)"
+    )
+    p.add_argument(
+        "--register",
+        action="store_true",
+        help="onnx, MODEL a models:/ version: log the graph with MLflow's ONNX flavor and "
+        "register it as <name>-onnx[-int8] in MODEL's lineage, through the promotion gate",
     )
     p.set_defaults(func=cmd_export)
 
