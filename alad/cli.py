@@ -361,6 +361,7 @@ def cmd_bench_latency(args: argparse.Namespace) -> None:
         grid=str(args.grid) if args.grid else None,
         out=out,
         runtime=Runtime.from_config(settings.runtime),
+        runtimes=[r.strip() for r in args.runtime.split(",") if r.strip()],
     )
 
 
@@ -683,6 +684,13 @@ def _add_bench(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--k", type=int, default=5, help="repeats per model; the best is kept")
     p.add_argument("--hidden", type=int, help="AlAd hidden width H (default: adapter.hidden)")
     p.add_argument("--rank", type=int, help="AlAd first-layer rank (default: adapter.rank)")
+    p.add_argument(
+        "--runtime",
+        default="torch",
+        help="comma-separated: torch (PyTorch eager, runtime.device/precision), onnx (the "
+        "`alad export --format onnx` graph in onnxruntime, CPU, as many threads as torch), "
+        "onnx-int8 (the same with --int8) (default: %(default)s)",
+    )
     p.add_argument(
         "--grid",
         type=Path,
