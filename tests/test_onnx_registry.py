@@ -30,7 +30,7 @@ from alad.atomic import sha256
 from alad.cli import main
 from alad.onnx_predict import OnnxFolderError, OnnxPredictor
 from alad.predict import Predictor
-from alad.registry import Registry
+from alad.registry import Registry, registry_table
 from alad.tracking import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,6 +112,11 @@ def test_the_export_is_a_version_of_its_own_name_in_the_sources_lineage(store):
         logged = client.get_logged_model(output.model_id)
         assert logged.model_type == "alad-onnx" and str(logged.status) == "READY"
         assert version.source == logged.artifact_location
+    listed = {(r["name"], r["version"]): r for r in registry_table(Tracker(store["uri"]))}
+    assert listed[(f"{source.name}-onnx", "1")]["kind"] == "onnx"
+    assert listed[(f"{source.name}-onnx-int8", "1")]["kind"] == "onnx int8"
+    assert listed[(f"{source.name}-onnx-int8", "1")]["from"] == f"{source.name}/1"
+    assert listed[(f"{source.name}-onnx", "1")]["aliases"] == "champion"
 
 
 def test_registering_the_same_export_again_goes_through_the_gate(store, monkeypatch, capsys):
