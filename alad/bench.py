@@ -25,9 +25,10 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +204,80 @@ def candidates(
     return out
 
 
+RUNTIMES = ("torch", "onnx", "onnx-int8")
+
+
+def check_runtimes(runtimes: Sequence[str], runtime: Runtime) -> list[str]:
+    """The runtimes to time, torch first (the reference every ratio is taken against)."""
+    unknown = [r for r in runtimes if r not in RUNTIMES]
+    if unknown or not runtimes:
+        raise ConfigError(
+            f"--runtime {','.join(runtimes)}: expected a comma-separated list of "
+            f"{', '.join(RUNTIMES)}"
+        )
+    onnx = [r for r in runtimes if r != "torch"]
+    if onnx and runtime.device.type != "cpu":
+        raise ConfigError(
+            f"--runtime {','.join(onnx)}: onnxruntime is timed on the CPU, so torch must be too: "
+            "set runtime.device=cpu (or time torch alone on the GPU)"
+        )
+    return [r for r in RUNTIMES if r in runtimes]
+
+
+def _torch_int8(encoder: str) -> bool:
+    from alad.models.compress import split_spec
+
+    return "int8" in split_spec(encoder)[1]
+
+
+def onnx_session(cand: Candidate, folder: Path, int8: bool, threads: int, gen: torch.Generator):
+    """`cand.model` as the ONNX graph `alad export` writes (alad/export.py write_graph: traced
+    with padding, checked against PyTorch; INT8: onnxruntime dynamic quantization), in an
+    onnxruntime session on the CPU with `threads` intra-op threads (torch's), one inter-op
+    thread, no spinning."""
+    import onnxruntime as ort
+
+    from alad.export import write_graph
+
+    def rows(n: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = cand.token_ids[torch.randint(len(cand.token_ids), (n, width), generator=gen)]
+        mask = torch.ones(n, width, dtype=torch.long)
+        mask[-1, width // 2 :] = 0  # padding: the mask's path must be in the traced graph
+        return ids, mask
+
+    path = folder / f"{len(list(folder.iterdir()))}{'-int8' if int8 else ''}.onnx"
+    write_graph(cand.model.cpu(), "token", (rows(2, 16), rows(3, 24)), path, int8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    # Idle threads sleep instead of spinning after a run: spinning ones would take the CPU from
+    # the next model timed (the calls alternate). Conservative for ONNX: spinning is, if
+    # anything, faster for small batches.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _caller(
+    name: str, cand: Candidate, runtime: Runtime, folder: Path, gen: torch.Generator
+) -> Callable[[torch.Tensor, torch.Tensor], Callable[[], Any]]:
+    """(ids, mask) -> a call that runs `cand` on them under `name` (inputs placed beforehand:
+    on the device for torch, as numpy arrays for onnxruntime, so only the model is timed)."""
+    if name == "torch":
+        model, device = cand.model.to(runtime.device), runtime.device
+
+        def forward(ids: torch.Tensor, mask: torch.Tensor) -> None:
+            with runtime.autocast():
+                model(ids, mask)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+
+        return lambda ids, mask: partial(forward, ids.to(device), mask.to(device))
+    threads = torch.get_num_threads()
+    session = onnx_session(cand, folder, name == "onnx-int8", threads, gen)
+    return lambda ids, mask: partial(
+        session.run, None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    )
+
+
 @torch.no_grad()
 def measure_latency(
     models: Sequence[Candidate],
@@ -211,75 +286,132 @@ def measure_latency(
     k: int,
     seed: int = 0,
     runtime: Runtime = CPU,
-) -> dict[tuple[int, int], float]:
-    """Best-of-k seconds per (index into `models`, batch size) of one forward pass over a batch
-    of `tokens` random ordinary tokens (full attention mask); everything alternates. On
-    `runtime`'s device and precision; a GPU is synchronised so the time includes its work."""
+    runtimes: Sequence[str] = ("torch",),
+) -> dict[tuple[str, int, int], float]:
+    """Best-of-k seconds per (runtime, index into `models`, batch size) of one forward pass over
+    a batch of `tokens` random ordinary tokens (full attention mask); every model under every
+    runtime alternates with all others. torch: on `runtime`'s device and precision (a GPU is
+    synchronised so the time includes its work). onnx / onnx-int8: the model exported to ONNX
+    (fp32 / INT8 weights) in onnxruntime on the CPU, given the same inputs; a model whose encoder
+    is PyTorch int8 has no ONNX graph of its own and is timed in torch only."""
     gen = torch.Generator().manual_seed(seed)
-    device = runtime.device
-
-    def forward(m: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> None:
-        with runtime.autocast():
-            m(ids, mask)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    calls = {}
+    inputs = {}
     for i, cand in enumerate(models):
-        cand.model.to(device)
         for batch in batches:
             pick = torch.randint(len(cand.token_ids), (batch, tokens), generator=gen)
-            ids = cand.token_ids[pick].to(device)
-            mask = torch.ones(batch, tokens, dtype=torch.long, device=device)
-            calls[(i, batch)] = lambda m=cand.model, ids=ids, mask=mask: forward(m, ids, mask)
-    return best_of(calls, k)
+            inputs[(i, batch)] = (cand.token_ids[pick], torch.ones(batch, tokens, dtype=torch.long))
+    calls = {}
+    with tempfile.TemporaryDirectory(prefix="alad-bench-onnx-") as tmp:
+        for name in runtimes:
+            for i, cand in enumerate(models):
+                if name != "torch" and _torch_int8(cand.encoder):
+                    continue
+                caller = _caller(name, cand, runtime, Path(tmp), gen)
+                for batch in batches:
+                    calls[(name, i, batch)] = caller(*inputs[(i, batch)])
+        return best_of(calls, k)
 
 
 def latency_rows(
-    models: Sequence[Candidate], seconds: dict[tuple[int, int], float], tokens: int
+    models: Sequence[Candidate], seconds: dict[tuple[str, int, int], float], tokens: int
 ) -> list[dict[str, Any]]:
-    """One row per (model, batch): ms per batch, tokens/s, speed-up and size vs M_L (models[0]);
-    an AlAd row also its shape and its overhead: its time / its M_C's alone (1.30: AlAd costs
-    30 % of M_C's time)."""
+    """One row per (runtime, model, batch): ms per batch, tokens/s, speed-up vs M_L (models[0])
+    in the same runtime, size vs M_L; an AlAd row also its shape and its overhead: its time / its
+    M_C's alone in the same runtime (1.30: AlAd costs 30 % of M_C's time). A row of another
+    runtime than torch also its speed-up over the same model in torch (`speedup_vs_torch`) and
+    over M_L in torch (`speedup_vs_large_torch`): what deploying it through ONNX gains."""
     large = models[0]
-    alone = {(c.encoder, b): s for (i, b), s in seconds.items() if (c := models[i]).shape is None}
+    alone = {
+        (rt, c.encoder, b): s for (rt, i, b), s in seconds.items() if (c := models[i]).shape is None
+    }
     rows = []
-    for (i, batch), s in seconds.items():
+    for (rt, i, batch), s in seconds.items():
         cand = models[i]
         row = {
             "model": cand.encoder,
             "role": cand.role,
+            "runtime": rt,
             "window": cand.window,
             "batch": batch,
             "tokens": tokens,
             "ms_per_batch": 1000 * s,
             "tokens_per_s": batch * tokens / s,
-            "speedup": seconds[(0, batch)] / s,
+            "speedup": seconds[(rt, 0, batch)] / s,
             "params": cand.params,
             "size_pct": 100.0 * cand.params / large.params,
         }
         if cand.shape is not None:
             row.update(hidden=cand.shape.hidden, rank=cand.shape.rank)
-            row["overhead"] = s / alone[(cand.encoder, batch)]
+            row["overhead"] = s / alone[(rt, cand.encoder, batch)]
+        if rt != "torch":
+            for key, ref in (("speedup_vs_torch", i), ("speedup_vs_large_torch", 0)):
+                if ("torch", ref, batch) in seconds:
+                    row[key] = seconds[("torch", ref, batch)] / s
         rows.append(row)
     return rows
 
 
+def _label(r: dict[str, Any]) -> str:
+    label = r["model"]
+    if r["window"]:
+        label += f" + AlAd {AdapterShape(r['window'], r['hidden'], r['rank']).label}"
+    return label
+
+
 def format_latency(rows: list[dict[str, Any]]) -> str:
     lines = [
-        f"{'model':34s} {'batch':>5s} {'ms/batch':>9s} {'tokens/s':>9s} "
+        f"{'model':34s} {'runtime':9s} {'batch':>5s} {'ms/batch':>9s} {'tokens/s':>9s} "
         f"{'speed-up':>8s} {'overhead':>8s} {'params':>12s} {'size %':>7s}"
     ]
-    for r in sorted(rows, key=lambda r: r["batch"]):  # stable: M_L, then each M_C, +AlAd shapes
-        label = r["model"]
-        if r["window"]:
-            label += f" + AlAd {AdapterShape(r['window'], r['hidden'], r['rank']).label}"
+    # stable: per batch, each runtime's M_L, then each M_C and its AlAd shapes
+    for r in sorted(rows, key=lambda r: r["batch"]):
         over = f"{r['overhead']:>7.2f}x" if r.get("overhead") else f"{'-':>8s}"
         lines.append(
-            f"{label:34s} {r['batch']:>5d} {r['ms_per_batch']:>9.1f} {r['tokens_per_s']:>9.0f} "
-            f"{r['speedup']:>7.2f}x {over} {r['params']:>12,d} {r['size_pct']:>7.1f}"
+            f"{_label(r):34s} {r.get('runtime', 'torch'):9s} {r['batch']:>5d} "
+            f"{r['ms_per_batch']:>9.1f} {r['tokens_per_s']:>9.0f} {r['speedup']:>7.2f}x {over} "
+            f"{r['params']:>12,d} {r['size_pct']:>7.1f}"
         )
     return "\n".join(lines)
+
+
+# The issue-22 deployment goal for minilm-l6 + AlAd under onnx-int8 (batch 32 x 128)
+GOAL_VS_TORCH, GOAL_VS_LARGE_TORCH = 2.0, 12.0
+
+
+def format_deployment(rows: list[dict[str, Any]], torch_label: str) -> str:
+    """Each ONNX row against PyTorch: the same model, and M_L (the deployment ratios)."""
+    onnx = [r for r in rows if r.get("runtime", "torch") != "torch" and r["role"] != "large"]
+    if not onnx:
+        return ""
+    lines = [
+        f"ONNX vs {torch_label} (goal for minilm-l6 + AlAd under onnx-int8: >= "
+        f"{GOAL_VS_TORCH:g}x the same model, >= {GOAL_VS_LARGE_TORCH:g}x M_L):",
+        f"{'model':34s} {'runtime':9s} {'batch':>5s} {'x same model':>12s} {'x M_L':>8s}",
+    ]
+    for r in sorted(onnx, key=lambda r: r["batch"]):
+        same, large = r.get("speedup_vs_torch"), r.get("speedup_vs_large_torch")
+        lines.append(
+            f"{_label(r):34s} {r['runtime']:9s} {r['batch']:>5d} "
+            + (f"{same:>11.2f}x" if same else f"{'-':>12s}")
+            + (f" {large:>7.2f}x" if large else f" {'-':>8s}")
+        )
+    return "\n".join(lines)
+
+
+def onnx_facts(threads: int) -> dict[str, Any]:
+    """How the ONNX rows were made and run (the JSON's `onnx`)."""
+    import onnxruntime
+
+    from alad.export import OPSET
+
+    return {
+        "onnxruntime": onnxruntime.__version__,
+        "provider": "CPUExecutionProvider",
+        "intra_op_num_threads": threads,  # = torch's threads
+        "inter_op_num_threads": 1,
+        "opset": OPSET,
+        "int8": "onnxruntime quantize_dynamic, QInt8 weights, one scale per tensor",
+    }
 
 
 def bench_latency(
@@ -295,22 +427,31 @@ def bench_latency(
     rank: int | None = None,
     shapes: Sequence[AdapterShape] | None = None,
     grid: str | None = None,
+    runtimes: Sequence[str] = ("torch",),
 ) -> dict[str, Any]:
     """Time every candidate in this process, print the table, write `out` (atomically).
     AlAd's shapes: `shapes` (e.g. a sweep grid's variants, `grid` naming it), else one per
-    window of width `hidden` and first-layer `rank`."""
+    window of width `hidden` and first-layer `rank`. `runtimes`: torch, onnx, onnx-int8."""
     from alad.provenance import git_commit, machine
 
+    runtimes = check_runtimes(runtimes, runtime)
     if out is not None:  # before the minutes of timing, not after them
         ensure_writable_file(out, "latency results", "pass another --out")
     shapes = list(shapes) if shapes else [AdapterShape(n, hidden, rank) for n in windows]
     load_before = os.getloadavg()
     models = candidates(load_encoder(large), [load_encoder(c) for c in compressed], shapes)
+    threads = torch.get_num_threads()
     print(
-        f"bench latency: {len(models)} models x batches {list(batches)} x {tokens} tokens, "
-        f"best of {k}, {torch.get_num_threads()} threads, load {load_before[0]:.2f}"
+        f"bench latency: {len(models)} models x runtimes {','.join(runtimes)} x batches "
+        f"{list(batches)} x {tokens} tokens, best of {k}, {threads} threads, load "
+        f"{load_before[0]:.2f}"
+        + (
+            f"; onnxruntime: intra_op_num_threads = torch's {threads}"
+            if runtimes[-1] != "torch"
+            else ""
+        )
     )
-    seconds = measure_latency(models, batches, tokens, k, runtime=runtime)
+    seconds = measure_latency(models, batches, tokens, k, runtime=runtime, runtimes=runtimes)
     rows = latency_rows(models, seconds, tokens)
     load_after = os.getloadavg()
     widths = {s.hidden for s in shapes}
@@ -324,6 +465,8 @@ def bench_latency(
         "head": f"token classification, {UPOS_LABELS} labels",
         "tokens": tokens,
         "k": k,
+        "runtimes": runtimes,
+        **({"onnx": onnx_facts(threads)} if runtimes[-1] != "torch" else {}),
         "rows": rows,
         "machine": {
             **machine(runtime.device),
@@ -335,6 +478,8 @@ def bench_latency(
         "git_commit": git_commit(),
     }
     print(format_latency(rows))
+    if deployment := format_deployment(rows, f"PyTorch {runtime.precision}"):
+        print(deployment)
     print(f"load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     if out is not None:
         write_json(report, Path(out))

@@ -220,9 +220,17 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from alad.errors import UsageError
     from alad.export import export_model
 
-    done = export_model(args.model, args.format, args.out, int8=args.int8)
+    if args.register and args.format != "onnx":
+        raise UsageError("--register logs the ONNX graph with MLflow: use it with --format onnx")
+    if args.register:
+        from alad.jobs import export_and_register
+
+        done, published = export_and_register(_settings(args), args.model, args.out, args.int8)
+    else:
+        done = export_model(args.model, args.format, args.out, int8=args.int8)
     if args.format == "hf":
         print(
             f"wrote {args.out}: {done['class']} (transformers); `import alad` registers it, then "
@@ -238,6 +246,11 @@ def cmd_export(args: argparse.Namespace) -> None:
         f"{', '.join(done['outputs'])}) + tokenizer; {check}; serve it with "
         "alad.onnx_predict.OnnxPredictor (no torch)"
     )
+    if args.register:
+        print(
+            f"{published.line()}; serve it with `mlflow models serve -m "
+            f"models:/{published.name}/{published.version} --env-manager local`"
+        )
 
 
 def _stdin_lines() -> list[str]:
@@ -348,6 +361,7 @@ def cmd_bench_latency(args: argparse.Namespace) -> None:
         grid=str(args.grid) if args.grid else None,
         out=out,
         runtime=Runtime.from_config(settings.runtime),
+        runtimes=[r.strip() for r in args.runtime.split(",") if r.strip()],
     )
 
 
@@ -553,6 +567,12 @@ def _add_export(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p.add_argument(
         "--out", type=Path, required=True, help="the folder to write (replaced if an export)"
     )
+    p.add_argument(
+        "--register",
+        action="store_true",
+        help="onnx, MODEL a models:/ version: log the graph with MLflow's ONNX flavor and "
+        "register it as <name>-onnx[-int8] in MODEL's lineage, through the promotion gate",
+    )
     p.set_defaults(func=cmd_export)
 
 
@@ -664,6 +684,13 @@ def _add_bench(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--k", type=int, default=5, help="repeats per model; the best is kept")
     p.add_argument("--hidden", type=int, help="AlAd hidden width H (default: adapter.hidden)")
     p.add_argument("--rank", type=int, help="AlAd first-layer rank (default: adapter.rank)")
+    p.add_argument(
+        "--runtime",
+        default="torch",
+        help="comma-separated: torch (PyTorch eager, runtime.device/precision), onnx (the "
+        "`alad export --format onnx` graph in onnxruntime, CPU, as many threads as torch), "
+        "onnx-int8 (the same with --int8) (default: %(default)s)",
+    )
     p.add_argument(
         "--grid",
         type=Path,

@@ -3,6 +3,8 @@
     alad finetune ...              # finetune_job
     alad stage phase3              # finetune_job inside the pipeline's phase-3 MLflow run
     alad sweep run GRID            # finetune_job per cell (alad/sweep.py adds the cell record)
+    alad export models:/alad-ner-minilm-l6@champion --format onnx --out onnx-ner --register
+                                   # export_and_register
 
 The other shared workflow, "register a version with its lineage and run the promotion gate",
 is `Registry.publish` (alad/registry.py).
@@ -75,4 +77,32 @@ def finetune_job(
     return result
 
 
-__all__ = ["finetune_job", "with_resolved_init"]
+def export_and_register(
+    settings: Settings, model: str, out: Path, int8: bool = False
+) -> tuple[dict[str, Any], Any]:
+    """Export the registered version `model` to ONNX in `out` (alad/export.py), then log it with
+    MLflow's ONNX flavor and register it in its source's lineage through the promotion gate
+    (Registry.publish: val.main, `tracking.promotion_margin`, as for any task model). Returns
+    (what the export wrote, the Published version)."""
+    from alad.errors import UsageError
+    from alad.export import export_model
+    from alad.provenance import git_commit
+    from alad.registry import Gate, Registry
+    from alad.store import is_registry_uri
+    from alad.tracking import Tracker
+
+    if not (is_registry_uri(model) and str(model).startswith("models:/")):
+        raise UsageError(
+            f"--register: {model} is not a registered version; an ONNX version is registered in "
+            "its source's lineage, so export models:/<name>@<alias> or models:/<name>/<version>"
+        )
+    done = export_model(model, "onnx", out, int8=int8)
+    tracker = Tracker(experiment=settings.tracking.experiment)
+    gate = Gate("main", settings.tracking.promotion_margin)
+    published = Registry(tracker).publish(
+        Path(out), {}, {"git_commit": git_commit()}, gate, None, onnx=True
+    )
+    return done, published
+
+
+__all__ = ["export_and_register", "finetune_job", "with_resolved_init"]

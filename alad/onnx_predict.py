@@ -5,6 +5,9 @@
                print(P('onnx-ner').tag(['Empire State Building is in New York']))"
     python -c "from alad.onnx_predict import OnnxPredictor as P
                print(P('onnx-qa').answer([('Who?', 'The king was born in 1990.')]))"
+    python -c "import mlflow; from alad.onnx_predict import OnnxPredictor as P
+               d = mlflow.artifacts.download_artifacts('models:/alad-ner-minilm-l6-onnx@champion')
+               print(P(d).tag(['Empire State Building is in New York']))"
 
 Tags text and answers questions exactly as `alad predict` does: the same word splitting and
 request handling (alad/text_predictor.py), the same windows and first-sub-token labels
@@ -16,7 +19,8 @@ from onnxruntime instead of PyTorch (fp32: within 1e-4 of them, tests/test_expor
 The folder (alad/export.py writes it): model.onnx (inputs input_ids, attention_mask; outputs
 `logits`, or `start_logits` / `end_logits`; batch and sequence axes dynamic), tokenizer.json (+
 transformers' tokenizer files), manifest.json (format alad-onnx/1: task, labels, the decoding
-settings, sha256 of every file, checked on load as for a saved model folder).
+settings, sha256 of every file, checked on load as for a saved model folder). A registered ONNX
+version (alad/onnx_flavor.py) holds the same files in MLflow's layout; the predictor reads both.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from alad.atomic import read_folder_manifest, verify_manifest_files
+from alad.atomic import read_folder_manifest, verify_checksums, verify_manifest_files
 from alad.data import qa as qa_data
 from alad.data import tagging
 from alad.data.records import QAExample, TaggedSentence
@@ -128,21 +132,45 @@ class RustTokenizer:
         return Encoded(flat, sample, return_offsets_mapping, return_overflowing_tokens)
 
 
+GRAPH = "model.onnx"
+MLFLOW_EXTRA = "extra_files"  # where MLflow's ONNX flavor keeps the export's other files
+
+
+def export_files(folder: Path) -> Path:
+    """The folder of an export's manifest.json and tokenizer: the export folder itself, or, for
+    a registered ONNX version as MLflow downloads it (alad/onnx_flavor.py: the graph as its
+    model.onnx, every other file of the export under extra_files/), its extra_files/."""
+    extra = folder / MLFLOW_EXTRA
+    return (
+        extra if (folder / "MLmodel").is_file() and (extra / "manifest.json").is_file() else folder
+    )
+
+
 def read_export_manifest(folder: Path) -> dict[str, Any]:
-    """The export's manifest.json, its keys and its files' checksums checked."""
-    path = folder / "manifest.json"
+    """The export's manifest.json, its keys and its files' checksums checked (in either layout
+    of `export_files`: the graph is model.onnx of `folder`)."""
+    files = export_files(folder)
+    path = files / "manifest.json"
     if not path.is_file():
         raise OnnxFolderError(f"{folder}: not an alad ONNX export (no manifest.json)")
     manifest = read_folder_manifest(path, FORMAT, OnnxFolderError)
     missing = [k for k in REQUIRED if k not in manifest]
     if missing:
         raise OnnxFolderError(f"{path}: no {missing[0]!r}; the manifest is damaged or incomplete")
-    verify_manifest_files(folder, manifest, OnnxFolderError)
+    if files == folder:
+        verify_manifest_files(folder, manifest, OnnxFolderError)
+        return manifest
+    listed = dict(manifest.get("files") or {})
+    graph = {GRAPH: listed.pop(GRAPH, "")}
+    verify_manifest_files(files, {**manifest, "files": listed}, OnnxFolderError)
+    if problem := verify_checksums(folder, graph):
+        raise OnnxFolderError(f"{folder}: {problem}")
     return manifest
 
 
 class OnnxPredictor(TextPredictor):
-    """Loads an ONNX export once; answers many calls (`tag`, `answer`). `threads`: onnxruntime's
+    """Loads an ONNX export once; answers many calls (`tag`, `answer`). `folder`: an export, or a
+    registered ONNX version downloaded by MLflow (`export_files`). `threads`: onnxruntime's
     intra-op threads (default: onnxruntime's choice, one per core)."""
 
     def __init__(self, folder: Path | str, threads: int | None = None):
@@ -152,14 +180,14 @@ class OnnxPredictor(TextPredictor):
         self.folder = Path(folder)
         self.manifest = m = read_export_manifest(self.folder)
         self.task_name, self.head_kind = m["task"], m["head_kind"]
-        backend = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+        backend = Tokenizer.from_file(str(export_files(self.folder) / "tokenizer.json"))
         self.tokenizer = RustTokenizer(backend, m.get("unk_token"))
         self.pre_tokenizer = backend.pre_tokenizer
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(
-            str(self.folder / "model.onnx"), options, providers=["CPUExecutionProvider"]
+            str(self.folder / GRAPH), options, providers=["CPUExecutionProvider"]
         )
 
     def logits(self, rows: Sequence[Sequence[int]]) -> list[np.ndarray]:

@@ -24,9 +24,10 @@ from typing import Any
 
 import mlflow.pyfunc
 import pandas as pd
-from mlflow.entities import LoggedModel, LoggedModelOutput, LoggedModelStatus
+from mlflow.entities import LoggedModel
 
 from alad.errors import UsageError
+from alad.tracking import logged_model
 
 COLUMNS = {"token": ("text",), "span": ("question", "context")}
 
@@ -144,37 +145,31 @@ def log_pyfunc(
     from alad.tasks import TASKS
 
     read_manifest(model_dir)  # fail before logging anything if it is not a model folder
-    logged = client.create_logged_model(
-        experiment_id, name="model", source_run_id=run_id, model_type="alad"
-    )
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            # alad ships as code: copy it without bytecode caches, which are not portable.
-            code = Path(tmp) / "code" / "alad"
-            shutil.copytree(
-                Path(alad.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__")
-            )
-            local = Path(tmp) / "model"
-            mlflow.pyfunc.save_model(
-                path=str(local),
-                python_model=AladPyfunc(),
-                artifacts={"model": str(model_dir)},
-                code_paths=[str(code)],
-                pip_requirements=pip_requirements(),
-                # A DataFrame, not a dict of lists: MLflow reads {"text": [...]} as one
-                # row holding an array, and would then reject a column of plain strings.
-                input_example=pd.DataFrame(TASKS[task].input_example),
-                mlflow_model=Model(
-                    artifact_path=logged.artifact_location,
-                    run_id=run_id,
-                    model_uuid=logged.model_id,
-                    model_id=logged.model_id,
-                ),
-            )
-            client.log_model_artifacts(logged.model_id, str(local))
-    except BaseException:
-        client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
-        raise
-    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
-    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    with (
+        logged_model(client, experiment_id, run_id, "alad") as logged,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        # alad ships as code: copy it without bytecode caches, which are not portable.
+        code = Path(tmp) / "code" / "alad"
+        shutil.copytree(
+            Path(alad.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__")
+        )
+        local = Path(tmp) / "model"
+        mlflow.pyfunc.save_model(
+            path=str(local),
+            python_model=AladPyfunc(),
+            artifacts={"model": str(model_dir)},
+            code_paths=[str(code)],
+            pip_requirements=pip_requirements(),
+            # A DataFrame, not a dict of lists: MLflow reads {"text": [...]} as one
+            # row holding an array, and would then reject a column of plain strings.
+            input_example=pd.DataFrame(TASKS[task].input_example),
+            mlflow_model=Model(
+                artifact_path=logged.artifact_location,
+                run_id=run_id,
+                model_uuid=logged.model_id,
+                model_id=logged.model_id,
+            ),
+        )
+        client.log_model_artifacts(logged.model_id, str(local))
     return logged

@@ -25,18 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 from mlflow.exceptions import MlflowException
 
 from alad.errors import RegistryError
 from alad.pyfunc import log_pyfunc
 from alad.store import REGISTRY_URI, download, is_registry_uri
-from alad.tracking import (
-    Tracker,
-    mlflow_key,
-    numeric_items,
-    slug,
-)
+from alad.tracking import Tracker, logged_model, mlflow_key, numeric_items, slug
 
 CHAMPION, PREVIOUS = "champion", "previous"
 STATUS, PROMOTION, REASON = "alad.status", "alad.promotion", "alad.promotion_reason"
@@ -105,6 +99,14 @@ def model_name(task: str, compressed: str) -> str:
     return f"alad-{task}-{slug(compressed)}"
 
 
+def onnx_name(source: str, int8: bool) -> str:
+    """Where ONNX exports of versions of `source` are registered: `<source>-onnx`, INT8 ones
+    `<source>-onnx-int8`. Names of their own, not versions of `source`: one registered name
+    serves one interface (these take token ids, `source` takes text) and its @champion is judged
+    against exports of the same precision only."""
+    return f"{source}-onnx{'-int8' if int8 else ''}"
+
+
 class Registry:
     """Register, gate, promote and roll back, in the store (and under the lock) of `tracker`."""
 
@@ -155,19 +157,9 @@ class Registry:
         manifest = load_checkpoint(checkpoint).manifest  # verifies every file before logging
         window = manifest["config"]["adapter"]["window"]
         name = adapter_name(manifest["compressed"], manifest["large"], window)
-        logged = self.client.create_logged_model(
-            self.tracker.experiment_id,
-            name="adapter",
-            source_run_id=run_id,
-            model_type="alad-adapter",
-        )
-        try:
+        experiment = self.tracker.experiment_id
+        with logged_model(self.client, experiment, run_id, "alad-adapter", "adapter") as logged:
             self.client.log_model_artifacts(logged.model_id, str(checkpoint))
-        except BaseException:
-            self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
-            raise
-        self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
-        self.client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
         self._ensure_registered_model(
             name,
             {"kind": "adapter", "compressed": manifest["compressed"], "large": manifest["large"]},
@@ -178,6 +170,70 @@ class Registry:
         )
         return RegisteredVersion(name, version, run_id, f"models:/{name}/{version}")
 
+    def register_onnx(
+        self, folder: Path, metrics: Mapping[str, Any], tags: Mapping[str, str]
+    ) -> RegisteredVersion:
+        """Log an ONNX export of a registered task model version (alad/export.py) with MLflow's
+        ONNX flavor (alad/onnx_flavor.py) and register it as a new version of
+        `onnx_name(source, int8)`, from a run nested under the source version's run.
+
+        Lineage tags: the source's name, version and run, INT8 or not, the export's max abs
+        difference to PyTorch (manifest.json), the opset. Its val.* metrics are the source
+        version's (what the gate compares), unless `metrics` gives others: the export is checked
+        against PyTorch, not re-evaluated (fp32 is within 1e-3 of it by construction; INT8's
+        score change is measured by experiments/onnx_exactness.py)."""
+        from alad.onnx_flavor import log_onnx
+        from alad.onnx_predict import read_export_manifest
+
+        manifest = read_export_manifest(Path(folder))
+        name, version, source = self._export_source(manifest)
+        int8 = bool(manifest["int8"])
+        target = onnx_name(name, int8)
+        lineage = onnx_lineage(manifest, name, version, source.run_id or "")
+        inherited = {k[4:]: float(v) for k, v in source.tags.items() if k.startswith("val.")}
+        params = {"export": str(folder), "source": f"{name}/{version}"}
+        with self.tracker.phase_run(source.run_id or None, "register-onnx", params) as run_id:
+            logged = log_onnx(self.client, self.tracker.experiment_id, run_id, Path(folder))
+            self._ensure_registered_model(
+                target,
+                {"task": manifest["task"], "source": name, "format": "onnx", "int8": str(int8)},
+                f"ONNX exports ({'INT8' if int8 else 'fp32'}) of {name}: input_ids and "
+                "attention_mask in, logits out (MLflow's ONNX flavor)",
+            )
+            version = self._new_version(
+                target,
+                logged,
+                run_id,
+                {**inherited, **metrics},
+                {**lineage, **tags},
+                "alad.registered_onnx",
+            )
+        return RegisteredVersion(target, version, run_id, f"models:/{target}/{version}")
+
+    def _export_source(self, manifest: Mapping[str, Any]) -> tuple[str, str, Any]:
+        """(name, version, the MLflow version) of the registered version an export was made
+        from; it must be one, and ready."""
+        ref = str(manifest["source"]["model"])
+        name, _, version = ref.removeprefix("models:/").rpartition("/")
+        if not ref.startswith("models:/") or not name or "@" in ref:
+            raise RegistryError(
+                f"the export was made from {ref}, not from a registered version: an ONNX "
+                "version is registered in its source's lineage, so export "
+                "models:/<name>@<alias> or models:/<name>/<version>"
+            )
+        try:
+            found = self.client.get_model_version(name, version)
+        except MlflowException as exc:
+            raise RegistryError(
+                f"the export's source {ref} is not in {self.tracker.uri}: register the export in "
+                f"the store it was exported from ({exc.error_code})"
+            ) from None
+        if found.tags.get(STATUS) != "ready":
+            raise RegistryError(
+                f"the export's source {ref} has {STATUS}={found.tags.get(STATUS)}, not ready"
+            )
+        return name, str(found.version), found
+
     def publish(
         self,
         folder: Path,
@@ -187,14 +243,20 @@ class Registry:
         run_id: str | None,
         task: str | None = None,
         compressed: str | None = None,
+        onnx: bool = False,
     ) -> Published:
         """Register `folder` as a new version with its lineage tags, then run the promotion
-        gate: the one way the pipeline, its stages and the sweep register anything.
+        gate: the one way the pipeline, its stages, the sweep and `alad export --register`
+        register anything.
 
         With `task`, `folder` is a saved task model: a pyfunc registered as a version of
-        `alad-<task>-<compressed>` from a nested run of `run_id`. Without, it is an adapter
-        checkpoint registered from run `run_id` as a version of `alad-adapter-...`."""
-        if task is not None:
+        `alad-<task>-<compressed>` from a nested run of `run_id`. With `onnx`, an ONNX export
+        of a registered version (`register_onnx`; `run_id` is not used: the run is nested under
+        the source version's). Else it is an adapter checkpoint registered from run `run_id` as
+        a version of `alad-adapter-...`."""
+        if onnx:
+            info = self.register_onnx(folder, metrics, lineage)
+        elif task is not None:
             if compressed is None:
                 raise ValueError("publish: a task model needs its compressed model's name")
             info = self.register(run_id, folder, task, compressed, metrics, lineage)
@@ -406,16 +468,30 @@ def registry_table(tracker: Tracker) -> list[dict[str, str]]:
                 {
                     "name": model.name,
                     "version": str(v.version),
-                    "kind": "adapter" if model.name.startswith("alad-adapter-") else "task model",
+                    "kind": _kind(model.name, tags),
                     "aliases": ",".join(sorted(aliases.get(str(v.version), []))) or "-",
                     "status": tags.get(STATUS, "?"),
                     "metrics": " ".join(f"{k} {metrics[k]:.4f}" for k in shown if k in metrics),
-                    "from": tags.get("adapter")
+                    "from": _source(tags)
+                    or tags.get("adapter")
                     or tags.get("phase", "")
                     + (f"/{tags['task']}" if tags.get("phase") == "phase2" else ""),
                 }
             )
     return sorted(rows, key=lambda r: (r["name"], int(r["version"])))
+
+
+def _kind(name: str, tags: Mapping[str, str]) -> str:
+    if "alad.source_model" in tags:
+        return "onnx int8" if tags.get("alad.int8") == "true" else "onnx"
+    return "adapter" if name.startswith("alad-adapter-") else "task model"
+
+
+def _source(tags: Mapping[str, str]) -> str | None:
+    """An ONNX version's source version, as `<name>/<version>`."""
+    if "alad.source_model" not in tags:
+        return None
+    return f"{tags['alad.source_model']}/{tags.get('alad.source_version', '?')}"
 
 
 @dataclass(frozen=True)
@@ -424,6 +500,23 @@ class Version:
 
     version: str
     tags: dict[str, str]
+
+
+def onnx_lineage(
+    manifest: Mapping[str, Any], name: str, version: str, run_id: str
+) -> dict[str, str]:
+    """An ONNX version's tags from its export's manifest: the source and how close it is."""
+    tags = {
+        "alad.source_model": name,
+        "alad.source_version": version,
+        "alad.source_run": run_id,
+        "alad.int8": str(bool(manifest["int8"])).lower(),
+        "alad.opset": str(manifest.get("opset", "")),
+        "task": str(manifest["task"]),
+    }
+    for key, diff in (manifest.get("max_abs_diff") or {}).items():
+        tags[f"alad.max_abs_diff.{key}"] = repr(float(diff))  # vs PyTorch fp32 (fp32 / int8)
+    return tags
 
 
 def version_tags(metrics: Mapping[str, Any], tags: Mapping[str, Any]) -> dict[str, str]:

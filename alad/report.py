@@ -205,11 +205,23 @@ def _latency_row(row: Row, latency: dict[str, Any] | None) -> dict[str, Any] | N
     want = (row.model, row.adapter_shape, LATENCY_BATCH)
     # a file that names no H at all was timed at the default (1280, the paper's)
     default_h = latency.get("hidden") or AdapterConfig.model_fields["hidden"].default
-    for r in latency["rows"]:
+    for r in torch_rows(latency):
         shape = (r["window"], r.get("hidden") or default_h, r.get("rank"))
         if (r["model"], shape if r["window"] else None, r["batch"]) == want:
             return r
     return None
+
+
+def torch_rows(latency: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows timed in PyTorch: Table 1's speed-up and overhead (a row without `runtime`, as
+    written before runtimes, is torch's)."""
+    return [r for r in latency["rows"] if r.get("runtime", "torch") == "torch"]
+
+
+def torch_label(latency: dict[str, Any] | None) -> str:
+    """What Table 1's speed-ups were timed in: "PyTorch fp32" (the file's torch precision)."""
+    precision = ((latency or {}).get("machine") or {}).get("precision") or "fp32"
+    return f"PyTorch {precision}"
 
 
 def speedup(row: Row, latency: dict[str, Any] | None) -> float | None:
@@ -231,7 +243,7 @@ def overhead(row: Row, latency: dict[str, Any] | None) -> float | None:
     if r["window"] is None:
         return 1.0
     alone = next(
-        (x for x in latency["rows"] if (x["model"], x["window"], x["batch"]) == (r["model"],
+        (x for x in torch_rows(latency) if (x["model"], x["window"], x["batch"]) == (r["model"],
          None, LATENCY_BATCH)),
         None,
     )  # fmt: skip
@@ -297,8 +309,8 @@ def trivial(task: str, rows: list[Row]) -> tuple[str, dict | None, str]:
 
 def task_table(task: str, rows: list[Row], latency: dict[str, Any] | None) -> str:
     cols = TASKS[task].columns
-    head = ["M_C", "mode", *(c[0] for c in cols), "size %", "speed-up", "AlAd overhead",
-            "gap recovered"]  # fmt: skip
+    head = ["M_C", "mode", *(c[0] for c in cols), "size %",
+            f"speed-up ({torch_label(latency)})", "AlAd overhead", "gap recovered"]  # fmt: skip
     lines = [_md_row(head), _md_row(["---"] * len(head))]
     for row in rows:
         s, o = speedup(row, latency), overhead(row, latency)
@@ -476,8 +488,10 @@ def _latency_line(latency: dict[str, Any] | None, path: Path | None) -> str:
         )
     m = latency.get("machine", {})
     before, after = m.get("loadavg_before", ["?"]), m.get("loadavg_after", ["?"])
+    onnx = " (ONNX Runtime: the deployment table below)" if deployment_table(latency) else ""
     return (
-        f"Speed-up: M_L's time / the row's time for one batch of {LATENCY_BATCH} × "
+        f"Speed-up ({torch_label(latency)}): M_L's time / the row's time, both in PyTorch "
+        f"eager{onnx}, for one batch of {LATENCY_BATCH} × "
         f"{latency.get('tokens', '?')} tokens, best of {latency.get('k', '?')} alternating runs, "
         f"from `{path}` ({latency.get('date', '?')}, {m.get('host', '?')}, "
         f"{m.get('torch_threads', '?')} torch threads, 1-min load {before[0]} before / "
@@ -485,6 +499,56 @@ def _latency_line(latency: dict[str, Any] | None, path: Path | None) -> str:
         "fast as their M_C (LoRA is merged when saved); AlAd rows as M_C + AlAd of the same "
         "shape (n, H, rank). AlAd overhead: the row's time / its M_C's alone, same file (1.10× "
         "= the adapter adds 10 % to M_C's latency)."
+    )
+
+
+def _ratio(r: dict[str, Any], key: str) -> str:
+    return f"{r[key]:.2f}×" if r.get(key) else DASH
+
+
+def _shape_label(r: dict[str, Any], latency: dict[str, Any]) -> str:
+    """A latency row as "minilm-l6 + AlAd n=5 H=1280 r=64"."""
+    if not r["window"]:
+        return r["model"]
+    hidden = r.get("hidden") or latency.get("hidden")
+    rank = f" r={r['rank']}" if r.get("rank") else ""
+    return f"{r['model']} + AlAd n={r['window']}" + (f" H={hidden}" if hidden else "") + rank
+
+
+def deployment_table(latency: dict[str, Any] | None) -> str:
+    """The ONNX rows of the latency file (`alad bench latency --runtime torch,onnx,onnx-int8`)
+    at batch LATENCY_BATCH: each model's time, its speed-up over M_L in the same runtime, over
+    the same model in PyTorch and over M_L in PyTorch (what deploying it through ONNX gains), and
+    AlAd's overhead over M_C in that runtime. Empty when the file has no ONNX rows."""
+    latency = latency or {}
+    rows = [
+        r
+        for r in latency.get("rows", [])
+        if r.get("runtime", "torch") != "torch" and r["batch"] == LATENCY_BATCH
+    ]
+    if not rows:
+        return ""
+    ref, onnx = torch_label(latency), latency.get("onnx") or {}
+    head = ["model", "runtime", "ms / batch", "speed-up vs M_L (same runtime)",
+            f"× same model in {ref}", f"× M_L in {ref}", "AlAd overhead"]  # fmt: skip
+    lines = [_md_row(head), _md_row(["---"] * len(head))]
+    for r in rows:
+        cells = [_shape_label(r, latency), r["runtime"], f"{r['ms_per_batch']:.1f}"]
+        cells += [_ratio(r, k) for k in ("speedup", "speedup_vs_torch", "speedup_vs_large_torch")]
+        lines.append(_md_row([*cells, _ratio(r, "overhead") if r["window"] else ""]))
+    return "\n".join(
+        [
+            "## Deployment latency: ONNX Runtime",
+            "",
+            "From the same latency file: each model as `alad export --format onnx [--int8]` "
+            f"writes it, run in onnxruntime {onnx.get('onnxruntime', '?')} on the CPU with "
+            f"{onnx.get('intra_op_num_threads', '?')} intra-op threads (torch's), batch "
+            f"{LATENCY_BATCH} × {latency.get('tokens', '?')} tokens, alternating with the "
+            "PyTorch runs. INT8: onnxruntime dynamic quantization (QInt8 weights). Goal (issue "
+            f"22): minilm-l6 + AlAd under onnx-int8 ≥ 2× the same model and ≥ 12× M_L in {ref}.",
+            "",
+            *lines,
+        ]
     )
 
 
@@ -509,6 +573,8 @@ def build_markdown(
         "",
         "![quality vs size and latency](pareto.png)",
     ]
+    if deployment := deployment_table(latency):
+        parts += ["", deployment]
     for task, task_rows in rows.items():
         parts += [
             "",

@@ -22,7 +22,7 @@ import json
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -395,7 +395,11 @@ class LatencyRow(_Schema):
     size_pct: NonNegative | None = None
     hidden: Whole | None = None  # AlAd rows: H (files before shapes: the file's `hidden`)
     rank: Whole | None = None  # AlAd rows: the first layer's rank (None: full)
-    overhead: Positive | None = None  # AlAd rows: its time / its M_C's alone
+    overhead: Positive | None = None  # AlAd rows: its time / its M_C's alone (same runtime)
+    # what ran it (alad/bench.py RUNTIMES); rows written before runtimes were torch's
+    runtime: Literal["torch", "onnx", "onnx-int8"] = "torch"
+    speedup_vs_torch: Positive | None = None  # ONNX rows: the same model's torch time / its own
+    speedup_vs_large_torch: Positive | None = None  # ONNX rows: M_L's torch time / its own
 
 
 class AdapterShapeRecord(_Schema):
@@ -417,6 +421,8 @@ class Latency(_Schema):
     head: str | None = None
     tokens: Whole | None = None
     k: Whole | None = None
+    runtimes: list[Literal["torch", "onnx", "onnx-int8"]] | None = None
+    onnx: dict[str, Any] | None = None  # how the ONNX rows were made and run (bench.onnx_facts)
     machine: Machine | None = None
     date: str | None = None
     git_commit: str | None = None

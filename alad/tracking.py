@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
-from mlflow.entities import Metric, Param
+from mlflow.entities import LoggedModel, LoggedModelOutput, LoggedModelStatus, Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -287,6 +287,24 @@ class Tracker:
                 self.end(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             raise
         self.end(run_id)
+
+
+@contextlib.contextmanager
+def logged_model(
+    client: MlflowClient, experiment_id: str, run_id: str, model_type: str, name: str = "model"
+) -> Iterator[LoggedModel]:
+    """A LoggedModel of run `run_id` for the body to fill (`client.log_model_artifacts`): READY
+    and an output of the run when the body returns, FAILED when it raises (never half-made)."""
+    logged = client.create_logged_model(
+        experiment_id, name=name, source_run_id=run_id, model_type=model_type
+    )
+    try:
+        yield logged
+    except BaseException:
+        client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        raise
+    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
 
 
 class NullTracker:

@@ -343,6 +343,50 @@ def finetune_settings(tiny_settings, tmp_path, n_train=60, **phase3):
     return tiny_settings.model_copy(update={"phase3": p3})
 
 
+TINY_NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
+
+def save_tiny_model(
+    root: Path,
+    encoder_dir: Path,
+    task: str,
+    seed: int,
+    spec: str | None = None,
+    alad=True,
+    rank: int | None = None,
+) -> Path:
+    """A saved model folder: the tiny encoder (or the `spec` int8 one) -> AlAd (unless not
+    `alad`: mode "compressed") -> a head with random weights large enough that the tags differ
+    from word to word."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from alad.adapter import AlignmentAdapter
+    from alad.aligned_model import AlignedModel, save_model
+    from alad.heads import build_head
+    from alad.models.catalog import load_encoder, load_hf_encoder
+
+    encoder = load_encoder(spec).model if spec else load_hf_encoder(str(encoder_dir))
+    dim = encoder.config.hidden_size
+    torch.manual_seed(seed)
+    adapter = AlignmentAdapter(dim, 48, window=3, hidden=16, rank=rank) if alad else None
+    kind, labels = ("span", []) if task == "qa" else ("token", TINY_NER_LABELS)
+    head = build_head(kind, 48 if alad else dim, len(labels) or 2)
+    for p in head.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    manifest = {
+        "task": task, "mode": "alad-frozen" if alad else "compressed", "labels": labels,
+        "large": "tiny-mpnet", "compressed": str(encoder_dir), "encoder_name": str(encoder_dir),
+        "encoder_spec": spec,
+        "max_length": 64 if task != "qa" else 32, "stride": 8, "n_best": 20,
+        "max_answer_length": 30, "null_threshold": 0.0,
+    }  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
+    name = f"{task}-{Path(encoder_dir).name}{'-int8' if spec else ''}{'' if alad else '-c'}"
+    out = root / f"{name}{f'-r{rank}' if rank else ''}"
+    return save_model(AlignedModel(encoder, head, adapter), tokenizer, manifest, out)
+
+
 def train_tiny_model(
     root: Path, tiny_models: tuple[Path, Path], mode: str = "alad-frozen", epochs: int = 1
 ) -> Path:

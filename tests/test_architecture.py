@@ -32,7 +32,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("checkpoint", "cache", "aligned_model", "hf", "inference", "store", "teacher", "distill"),
     # the method's phases; using a saved model; exporting it; linear probes of encoders' layers
     ("phases", "evaluation", "predict", "export", "plots", "probe"),
-    ("tracking", "pyfunc", "registry", "bench"),  # MLflow runs, the model registry
+    # MLflow runs, the registered pyfunc and ONNX flavor, the model registry; benchmarks
+    ("tracking", "pyfunc", "onnx_flavor", "registry", "bench"),
     ("jobs", "stages", "sweep", "report"),  # each workflow once; the pipeline; Table 1
     ("cli",),
 ]

@@ -118,3 +118,81 @@ def test_bench_latency_refuses_a_rank_that_is_not_lower_rank(tiny_models, tmp_pa
     assert main(argv) == 2
     assert "adapter.rank=32 is not lower-rank" in capsys.readouterr().err
     assert not (tmp_path / "l.json").exists()
+
+
+def test_bench_latency_times_each_model_under_each_runtime(tiny_models, tmp_path, capsys):
+    """--runtime torch,onnx,onnx-int8: every model under every runtime, in one alternating round;
+    ONNX rows carry their speed-up over the same model and over M_L in torch. A PyTorch-int8
+    M_C has no ONNX graph of its own: torch rows only."""
+    import torch
+
+    compressed, large = tiny_models
+    out = tmp_path / "latency.json"
+    report = bench_latency(
+        large=str(large),
+        compressed=[str(compressed), f"{compressed}:int8"],
+        windows=[3],
+        batches=[1, 2],
+        tokens=16,
+        k=1,
+        hidden=8,
+        out=out,
+        runtimes=["onnx-int8", "torch", "onnx"],
+    )
+    assert read_latency(out) == json.loads(json.dumps(report))
+    assert report["runtimes"] == ["torch", "onnx", "onnx-int8"]  # torch first: the reference
+    assert report["onnx"]["intra_op_num_threads"] == torch.get_num_threads()
+    rows = report["rows"]
+    key = {(r["runtime"], r["model"], r["window"], r["batch"]): r for r in rows}
+    models = [(str(large), None), (str(compressed), None), (str(compressed), 3)]
+    int8 = [(f"{compressed}:int8", None), (f"{compressed}:int8", 3)]
+    assert set(key) == {
+        (rt, m, w, b)
+        for rt in ("torch", "onnx", "onnx-int8")
+        for m, w in models + (int8 if rt == "torch" else [])
+        for b in (1, 2)
+    }
+    assert len(rows) == len(key)
+    for (rt, model, window, batch), r in key.items():
+        torch_row, large_row = (
+            key[("torch", model, window, batch)],
+            key[(rt, str(large), None, batch)],
+        )
+        assert r["speedup"] == pytest.approx(large_row["ms_per_batch"] / r["ms_per_batch"])
+        assert r["params"] == torch_row["params"] and r["size_pct"] == torch_row["size_pct"]
+        if window:
+            alone = key[(rt, model, None, batch)]
+            assert r["overhead"] == pytest.approx(r["ms_per_batch"] / alone["ms_per_batch"])
+        if rt == "torch":
+            assert "speedup_vs_torch" not in r and "speedup_vs_large_torch" not in r
+            continue
+        assert r["speedup_vs_torch"] == pytest.approx(torch_row["ms_per_batch"] / r["ms_per_batch"])
+        large_torch = key[("torch", str(large), None, batch)]
+        assert r["speedup_vs_large_torch"] == pytest.approx(
+            large_torch["ms_per_batch"] / r["ms_per_batch"]
+        )
+    printed = capsys.readouterr().out
+    assert "onnxruntime: intra_op_num_threads = torch's" in printed
+    assert "ONNX vs PyTorch fp32" in printed and "x same model" in printed
+    assert f"{compressed} + AlAd n=3 H=8" in printed
+
+
+def test_bench_latency_refuses_unknown_runtimes_and_onnx_beside_a_gpu(
+    tiny_models, tmp_path, capsys
+):
+    import torch
+
+    from alad.bench import check_runtimes
+    from alad.config import ConfigError
+    from alad.runtime import Runtime
+
+    compressed, large = tiny_models
+    argv = ["bench", "latency", "--large", str(large), "--compressed", str(compressed), "--k", "1"]
+    assert main([*argv, "--runtime", "torch,tf", "--out", str(tmp_path / "l.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--runtime torch,tf: expected a comma-separated list of torch, onnx, onnx-int8" in err
+    assert not (tmp_path / "l.json").exists()
+    # torch on a GPU against onnxruntime on the CPU would compare two machines
+    with pytest.raises(ConfigError, match="onnxruntime is timed on the CPU"):
+        check_runtimes(["torch", "onnx"], Runtime(torch.device("cuda")))
+    assert check_runtimes(["torch"], Runtime(torch.device("cuda"))) == ["torch"]

@@ -19,20 +19,18 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import write_bio, write_squad
+from conftest import TINY_NER_LABELS, write_bio, write_squad
+from conftest import save_tiny_model as save_tiny
 
-from alad.adapter import AlignmentAdapter
-from alad.aligned_model import AlignedModel, load_model, save_model
+from alad.aligned_model import load_model
 from alad.cli import main
 from alad.data.readers import read_bio, read_squad
 from alad.export import export_model
-from alad.heads import build_head
-from alad.models.catalog import load_encoder, load_hf_encoder
 from alad.onnx_predict import OnnxFolderError, OnnxPredictor
 from alad.predict import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
-LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+LABELS = TINY_NER_LABELS
 RAW = ["The King of the City, north (1990).", "queen-river 19th team", "a"]
 # What alad predict takes (alad/text_predictor.py): NUL and control characters, zero-width and
 # byte-order marks (no tokens: read as the unknown token), RTL, emoji, lone accents, surrogates
@@ -40,41 +38,6 @@ ODD = [
     "the\x00king \x07 of", "a \u200b city \ufeff", "\u05e9\u05dc\u05d5\u05dd the king",
     "emoji \U0001f600 river", "e\u0301 \u0301 north", "\ud800 queen \udcff", "", "  \t ",
 ]  # fmt: skip
-
-
-def save_tiny(
-    root: Path,
-    encoder_dir: Path,
-    task: str,
-    seed: int,
-    spec: str | None = None,
-    alad=True,
-    rank: int | None = None,
-) -> Path:
-    """A saved model folder: the tiny encoder (or the `spec` int8 one) -> AlAd (unless not
-    `alad`: mode "compressed") -> a head with random weights large enough that the tags differ
-    from word to word."""
-    from transformers import AutoTokenizer
-
-    encoder = load_encoder(spec).model if spec else load_hf_encoder(str(encoder_dir))
-    dim = encoder.config.hidden_size
-    torch.manual_seed(seed)
-    adapter = AlignmentAdapter(dim, 48, window=3, hidden=16, rank=rank) if alad else None
-    kind, labels = ("span", []) if task == "qa" else ("token", LABELS)
-    head = build_head(kind, 48 if alad else dim, len(labels) or 2)
-    for p in head.parameters():
-        torch.nn.init.normal_(p, std=0.5)
-    manifest = {
-        "task": task, "mode": "alad-frozen" if alad else "compressed", "labels": labels,
-        "large": "tiny-mpnet", "compressed": str(encoder_dir), "encoder_name": str(encoder_dir),
-        "encoder_spec": spec,
-        "max_length": 64 if task != "qa" else 32, "stride": 8, "n_best": 20,
-        "max_answer_length": 30, "null_threshold": 0.0,
-    }  # fmt: skip
-    tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
-    name = f"{task}-{Path(encoder_dir).name}{'-int8' if spec else ''}{'' if alad else '-c'}"
-    out = root / f"{name}{f'-r{rank}' if rank else ''}"
-    return save_model(AlignedModel(encoder, head, adapter), tokenizer, manifest, out)
 
 
 @pytest.fixture(scope="module")
@@ -282,6 +245,7 @@ def test_int8_quantizes_the_weights_and_stays_close(folders, exports, sentences)
     assert manifest["int8"] is True and manifest["max_abs_diff"]["fp32"] <= 1e-4
     ops = {n.op_type for n in onnx.load(str(exports["ner-bert-int8"] / "model.onnx")).graph.node}
     assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
+    assert "Conv" in ops and "ConvInteger" not in ops  # AlAd's window layer stays fp32
     tags = Predictor(folders["ner-bert"]).tag(sentences)
     int8 = OnnxPredictor(exports["ner-bert-int8"]).tag(sentences)
     same = sum(a == b for s, t in zip(tags, int8, strict=True) for a, b in zip(s, t, strict=True))

@@ -254,6 +254,48 @@ def test_table1_means_gaps_speedups_and_plot(results, latency, tmp_path):
     assert not list((tmp_path / "reports").glob(".*"))  # no temporary files left behind
 
 
+def test_onnx_rows_fill_a_deployment_table_and_table1_stays_pytorchs(results, latency, tmp_path):
+    """`alad bench latency --runtime torch,onnx,onnx-int8`: Table 1's speed-up column stays
+    PyTorch's and says so; the ONNX rows (batch 32) form the deployment table."""
+    original = latency.read_text()
+    data = json.loads(original)
+
+    def onnx(model, window, batch, ms, **more):
+        return {"model": model, "runtime": "onnx-int8", "window": window, "batch": batch,
+                "ms_per_batch": ms, **more}  # fmt: skip
+
+    rows = [
+        onnx(LARGE, None, 32, 400.0, speedup=1.0, speedup_vs_torch=2.5, speedup_vs_large_torch=2.5),
+        onnx("minilm-l6", None, 32, 100.0, speedup=4.0, speedup_vs_torch=2.5,
+             speedup_vs_large_torch=10.0),
+        onnx("minilm-l6", 5, 32, 80.0, speedup=5.0, overhead=0.8,
+             speedup_vs_torch=(1000 / 3.5) / 80, speedup_vs_large_torch=12.5),
+        onnx("minilm-l6", 5, 1, 5.0, speedup=8.0),  # batch 1: not the table's figure
+    ]  # fmt: skip
+    # ONNX rows first: Table 1 must still take torch's rows, not the first match
+    data.update(rows=rows + data["rows"], runtimes=["torch", "onnx-int8"])
+    data["onnx"] = {"onnxruntime": "1.32.0", "intra_op_num_threads": 2}
+    latency.write_text(json.dumps(data))
+    md = write_report(results, latency, tmp_path / "reports")["table"].read_text()
+    pos_md = _section(md, "POS tagging")
+    assert "| size % | speed-up (PyTorch fp32) | AlAd overhead |" in pos_md
+    assert _line(pos_md, "minilm-l6", "alad-joint n=5").endswith("| 23.0 | 3.50 | 1.14× | 64% |")
+    deploy = _section(md, "Deployment latency: ONNX Runtime")
+    assert "onnxruntime 1.32.0 on the CPU with 2 intra-op threads" in deploy
+    assert _line(deploy, "minilm-l6 + AlAd n=5", "onnx-int8") == (
+        "| minilm-l6 + AlAd n=5 | onnx-int8 | 80.0 | 5.00× | 3.57× | 12.50× | 0.80× |"
+    )
+    assert _line(deploy, "minilm-l6", "onnx-int8").endswith("| 4.00× | 2.50× | 10.00× |  |")
+    assert deploy.count("| onnx-int8 |") == 3  # batch 32 only
+    # a file from before runtimes (rows without one: torch's): the same Table 1, no ONNX table
+    (tmp_path / "old.json").write_text(original)
+    old = write_report(results, tmp_path / "old.json", tmp_path / "o")["table"].read_text()
+    assert "Deployment latency" not in old and "speed-up (PyTorch fp32)" in old
+    assert _line(_section(old, "POS tagging"), "minilm-l6", "alad-joint n=5").endswith(
+        "| 23.0 | 3.50 | 1.14× | 64% |"
+    )
+
+
 def test_without_latency_the_speedup_column_is_a_dash(results, tmp_path):
     md = write_report(results, tmp_path / "none.json", tmp_path / "out")["table"].read_text()
     assert "no latency file" in md
