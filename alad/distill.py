@@ -18,7 +18,7 @@ What the teacher reads:
 - POS / NER: the words of each training window, tokenised by its own tokenizer (split into more
   windows if they do not fit), and its logits at the first sub-token of each word are the
   targets of the student's scored positions of that window, word by word (the peer harness
-  matches them the same way);
+  matches them the same way; `word_rows`, which mode slad's teacher reads its batches from);
 - QA: the student's windows token by token (its own ids and special tokens for the same token
   strings: the tokenizers must share them, as minilm and mpnet do); its start/end logits at
   [CLS] and at the context tokens are the targets; the other positions are no answer candidates
@@ -40,7 +40,7 @@ import json
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -242,7 +242,7 @@ def teacher_logits(
     teacher = resolve_teacher(spec)
     order = label_order(teacher, task.name, labels, train)
     if task.head_kind == "token":
-        inputs = _token_inputs(teacher.tokenizer, examples, feats, max_length)
+        inputs = word_rows(teacher.tokenizer, examples, feats, max_length, f"{WHERE}={spec}")
     else:
         inputs = _qa_inputs(student_tok, teacher.tokenizer, feats)
     key = {
@@ -273,8 +273,8 @@ def teacher_logits(
 
 
 @dataclass
-class _Inputs:
-    """What the teacher runs on (`feats`, rows of its own token ids) and how its outputs map to
+class TeacherRows:
+    """What a teacher runs on (`feats`, rows of its own token ids) and how its outputs map to
     the student's rows: token tasks `owner[i]` = the student row of teacher row i (its scored
     positions are that row's next words); QA `places[r]` = (student position, teacher position)
     of each answer candidate of window r."""
@@ -282,23 +282,51 @@ class _Inputs:
     feats: Any
     owner: list[int] | None = None
     places: list[list[tuple[int, int]]] | None = None
+    _of: list[list[int]] | None = field(default=None, init=False, repr=False)
+
+    def rows_of(self, student_rows: Sequence[int]) -> list[int]:
+        """Token tasks: the teacher rows of these student rows, in their order, so that the
+        teacher's scored positions pair up one by one with the student's (row by row, as a
+        batch's label mask orders them)."""
+        if self._of is None:
+            assert self.owner is not None, "QA rows pair up by position, not by owner"
+            self._of = [[] for _ in range(max(self.owner, default=-1) + 1)]
+            for i, owner in enumerate(self.owner):
+                self._of[owner].append(i)
+        return [t for r in student_rows for t in self._of[r]]
 
 
-def _token_inputs(
-    tok: PreTrainedTokenizerBase, examples: Sequence[Any], feats: Any, max_length: int
-) -> _Inputs:
-    """Each student window's words, encoded by the teacher's tokenizer (module docstring)."""
+def word_rows(
+    tok: PreTrainedTokenizerBase,
+    examples: Sequence[Any],
+    feats: Any,
+    max_length: int,
+    who: str,
+    label2id: dict[str, int] | None = None,
+) -> TeacherRows:
+    """Each student window's words, encoded by the teacher's tokenizer (module docstring),
+    with their labels when `label2id` is given (a teacher that trains: SLAD). One TeacherError
+    naming `who` where the teacher would score other words than the student."""
     windows = []
     for si, start, n in zip(feats.sentence_index, feats.word_start, feats.num_words, strict=True):
         s = examples[si]
         windows.append(TaggedSentence(s.words[start : start + n], s.tags[start : start + n]))
-    tfeats = tagging.encode_tagged(tok, windows, None, max_length)
-    return _Inputs(tfeats, owner=list(tfeats.sentence_index))
+    tfeats = tagging.encode_tagged(tok, windows, label2id, max_length)
+    scored = [0] * len(feats)
+    for owner, n in zip(tfeats.sentence_index, tfeats.num_words, strict=True):
+        scored[owner] += n
+    for r, (got, want) in enumerate(zip(scored, feats.num_words, strict=True)):
+        if got != want:  # a word cut by truncation: it would pair the wrong words
+            raise TeacherError(
+                f"{who}: training row {r}: the teacher scores {got} words, the student {want}; "
+                "raise phase3.max_length"
+            )
+    return TeacherRows(tfeats, owner=list(tfeats.sentence_index))
 
 
 def _qa_inputs(
     student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase, feats: QAFeatures
-) -> _Inputs:
+) -> TeacherRows:
     """Each student window as the teacher's ids: its question and context token strings
     converted, wrapped in the teacher's own special tokens (module docstring)."""
     s_pre, s_mid, _ = _pair_template(student)  # where the question sits in its windows
@@ -313,7 +341,7 @@ def _qa_inputs(
         places.append([(0, 0), *((s, first + j) for j, s in enumerate(context))])
     n = len(rows)
     tfeats = QAFeatures(rows, [[1] * len(r) for r in rows], list(range(n)), [[]] * n)
-    return _Inputs(tfeats, places=places)
+    return TeacherRows(tfeats, places=places)
 
 
 def _pair_template(tok: PreTrainedTokenizerBase) -> tuple[list[int], list[int], list[int]]:
@@ -355,7 +383,7 @@ def _teacher_ids(
     return out
 
 
-def _inputs_hash(inputs: _Inputs) -> str:
+def _inputs_hash(inputs: TeacherRows) -> str:
     h = hashlib.sha256()
     f = inputs.feats
     for i, row in enumerate(f.input_ids):
@@ -371,7 +399,7 @@ def _inputs_hash(inputs: _Inputs) -> str:
 def _compute(
     teacher: KDTeacher,
     task: Task,
-    inputs: _Inputs,
+    inputs: TeacherRows,
     feats: Any,
     runtime: Runtime,
     batch_size: int,
@@ -387,13 +415,7 @@ def _compute(
         for row, out, owner in zip(inputs.feats.labels, outputs, inputs.owner, strict=True):
             scored = torch.tensor(row[: len(out)]) != tagging.IGNORE
             pieces[owner].append(out[scored])
-        rows = [torch.cat(p) for p in pieces]
-        for r, (got, want) in enumerate(zip(rows, feats.num_words, strict=True)):
-            if len(got) != want:  # a word cut by truncation: it would pair the wrong words
-                raise TeacherError(
-                    f"{WHERE}={teacher.spec}: training row {r}: the teacher scores {len(got)} "
-                    f"words, the student {want}; raise phase3.max_length"
-                )
+        rows = [torch.cat(p) for p in pieces]  # as many words as the student's (word_rows)
     else:
         rows = []
         for out, places, ids in zip(outputs, inputs.places, feats.input_ids, strict=True):
@@ -441,4 +463,12 @@ def _read(path: Path, key: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] 
     return None
 
 
-__all__ = ["KDTeacher", "TeacherLogits", "label_order", "resolve_teacher", "teacher_logits"]
+__all__ = [
+    "KDTeacher",
+    "TeacherLogits",
+    "TeacherRows",
+    "label_order",
+    "resolve_teacher",
+    "teacher_logits",
+    "word_rows",
+]

@@ -9,7 +9,10 @@ barely moves and the comparison would be unfair to it; the adapter and head next
 their own rate. AdaLoRA (`adalora`) is LoRA whose ranks are pruned by importance during training
 (peft.AdaLoraConfig; budget in phase3.adalora): the same rate as LoRA. `kd` is M_C fine-tuned as
 `compressed` is, with the task-distillation loss of alad/distill.py (phase3.distill); any other
-mode takes phase3.distill too (e.g. alad-joint + KD).
+mode takes phase3.distill too (e.g. alad-joint + KD). `slad` (alad/phases/slad.py) is LoRA on M_C
+whose LoRA weights are slices of those of a pre-trained M_L + LoRA trained with it, on both task
+losses + the distillation term: LoRA's rates. `probe` is M_L frozen + a fresh linear head (the
+probed teacher of SLAD's abstract, a distillation teacher): the frozen modes' rate.
 """
 
 from __future__ import annotations
@@ -27,9 +30,14 @@ class ModeSpec:
     lora_lr: float = 1e-3  # LoRA's and AdaLoRA's low-rank weights
     description: str = ""
     distills: bool = False  # needs phase3.distill (a teacher); other modes take it as an option
+    # SLAD: M_L + LoRA + its own head trained with the student, the student's LoRA tied to it
+    joint_teacher: bool = False
     # Relative cost of a sweep cell per training example vs compressed: medians of the measured
-    # seconds in results/table1 (POS, NER; minilm-l3/-l6); kd's and adalora's are estimates
-    # (compressed + the teacher's one pass; LoRA's) until measured. Orders cells, seeds the ETA.
+    # seconds in results/table1 (POS, NER; minilm-l3/-l6); kd's, adalora's, probe's and slad's
+    # are estimates until measured: kd compressed + the teacher's one pass, adalora LoRA's,
+    # probe one frozen forward pass of M_L (cached) + a head, slad compressed's (the student)
+    # plus, added by the sweep, `large`'s cost of M_L (its forward + backward every step).
+    # Orders cells, seeds the ETA.
     cost: float = 1.0
     marker: str = "x"  # matplotlib marker in reports/pareto.png
 
@@ -81,5 +89,24 @@ MODES: dict[str, ModeSpec] = {
         description="AdaLoRA on frozen M_C",
         cost=0.5,
         marker="<",
+    ),  # fmt: skip
+    "slad": ModeSpec(
+        "compressed",
+        False,
+        "lora",
+        1e-3,
+        description="LoRA on M_C tied to LoRA on M_L, trained jointly (SLAD)",
+        cost=1.0,
+        marker=">",
+        joint_teacher=True,
+    ),  # fmt: skip
+    "probe": ModeSpec(
+        "large",
+        False,
+        "frozen",
+        1e-4,
+        description="M_L frozen + a linear head",
+        cost=0.3,
+        marker="h",
     ),  # fmt: skip
 }

@@ -90,6 +90,9 @@ class Ablation(_Strict):
 
 
 LARGE_TEACHER = "@large"  # a grid's phase1/2.teacher: the task's best-dev `large` cell's model
+# Every such placeholder -> the M_L mode whose best-dev cell (of large_seeds) it names: `@probe`,
+# M_L frozen + a trained linear head (the probed teacher of SLAD's abstract).
+TEACHER_CELLS = {LARGE_TEACHER: "large", "@probe": "probe"}
 # Where a variant may aim at it: AlAd's alignment target and phase 3's distillation teacher.
 TEACHER_KEYS = ("phase1.teacher", "phase2.teacher", "phase3.distill.teacher")
 
@@ -103,7 +106,8 @@ class Variant(_Strict):
         description="Overrides of this variant's cells. phase1.teacher / phase2.teacher / "
         f"phase3.distill.teacher '{LARGE_TEACHER}': the model of the task's `large` cell of this "
         "grid with the best dev score (all its seeds done; rebuilt first where its folder is "
-        "not on this machine).",
+        "not on this machine); '@probe': the same of the task's `probe` cells (M_L frozen + a "
+        "linear head, run on large_seeds only when a variant aims at them).",
     )
     modes: list[str] | None = Field(None, description="None: the grid's (or the task's) modes.")
     seeds: list[int] | None = Field(
@@ -215,7 +219,7 @@ class Cell:
     align: Settings | None  # phases 1-2 config (align_seed), None without adapter
     grid: Grid = field(repr=False)
     variant: str | None = None  # the grid's variant (None: a Table-1 cell)
-    teacher: Cell | None = field(default=None, repr=False)  # the `large` cell "@large" named
+    teacher: Cell | None = field(default=None, repr=False)  # the cell "@large"/"@probe" named
     waits_for: str | None = None  # "@large" not resolved yet: the group whose seeds it waits for
     zero_shot: bool = False  # no phase 3: M_C + the phase-2 adapter + the teacher's head
 
@@ -237,8 +241,8 @@ class Cell:
                 section = config
                 for part in parents:
                     section = section.get(part) or {}
-                if section.get(leaf) == str(self.teacher.model_dir):
-                    section[leaf] = f"{LARGE_TEACHER}:{self.teacher.key}"
+                if section.get(leaf) == str(self.teacher.model_dir):  # "@large:<key>"
+                    section[leaf] = f"@{self.teacher.mode}:{self.teacher.key}"
         return config
 
     @property
@@ -322,14 +326,11 @@ class Cell:
         mode = MODES[self.mode]
         examples = s.max_train_examples or 1000
         task = TASKS[self.task]
-        cost = (
-            training_cost(mode.model(self.compressed, self.settings.models.large))
-            * mode.cost
-            * task.cost
-            * examples
-            * (s.epochs or task.epochs)
-            / 1000
-        )
+        large = self.settings.models.large
+        per_example = training_cost(mode.model(self.compressed, large)) * mode.cost
+        if mode.joint_teacher:  # SLAD: + M_L's forward and backward every step (an estimate)
+            per_example += training_cost(large) * MODES["large"].cost
+        cost = per_example * task.cost * examples * (s.epochs or task.epochs) / 1000
         return cost * (ZERO_SHOT_COST if self.zero_shot else 1.0)
 
 
@@ -391,28 +392,36 @@ def _task_cells(grid: Grid, task: str, axis: TaskAxis) -> list[Cell]:
         **_dotted(axis.set),
     }
     seeds = axis.seeds or grid.seeds
-    if base.get("phase3.distill.teacher") == LARGE_TEACHER:
+    if base.get("phase3.distill.teacher") in TEACHER_CELLS:
         raise ConfigError(
-            f"{where}: phase3.distill.teacher '{LARGE_TEACHER}' is set for every cell, the "
-            "`large` cells included (they would distil from themselves); set it in a variant"
+            f"{where}: phase3.distill.teacher '{base['phase3.distill.teacher']}' is set for every "
+            "cell, the `large` cells included (they would distil from themselves); set it in a "
+            "variant"
         )
     make = partial(_cell, grid, task, base, where)
-    large = [make(grid.large, "large", None, s) for s in (grid.large_seeds or seeds)]
-    large = large if axis.large else []
-    aims = any(LARGE_TEACHER in _dotted(v.set).values() for v in (grid.variants or {}).values())
-    teacher = _best_large(large) if large and aims else None  # read only when a variant aims
-    out = list(large)
-    for variant, spec in (grid.variants or {None: Variant()}).items():
-        if teacher is None and LARGE_TEACHER in _dotted(spec.set).values():
-            raise ConfigError(
-                f"{where}: variant {variant} aims at '{LARGE_TEACHER}', the task's `large` "
-                f"cell, and the task runs none (tasks.{task}.large is false)"
-            )
+    variants = grid.variants or {None: Variant()}
+    aimed = {p for v in variants.values() for p in TEACHER_CELLS if p in _dotted(v.set).values()}
+    # M_L's cells: `large` always, `probe` where a variant aims at it
+    of_ml = {
+        p: [make(grid.large, mode, None, s) for s in (grid.large_seeds or seeds)]
+        for p, mode in TEACHER_CELLS.items()
+        if axis.large and (p == LARGE_TEACHER or p in aimed)
+    }
+    # read only when a variant aims: the best-dev seed, or what the choice waits for
+    teachers = {p: _best_teacher(c) for p, c in of_ml.items() if p in aimed}
+    out = [c for group in of_ml.values() for c in group]
+    for variant, spec in variants.items():
+        for p in TEACHER_CELLS:
+            if p not in teachers and p in _dotted(spec.set).values():
+                raise ConfigError(
+                    f"{where}: variant {variant} aims at '{p}', the task's `{TEACHER_CELLS[p]}` "
+                    f"cell, and the task runs none (tasks.{task}.large is false)"
+                )
         for compressed in axis.compressed or grid.compressed:
             for mode in spec.modes or axis.modes or grid.modes:
                 window = grid.window if MODES[mode].adapter else None
                 for seed in spec.seeds or seeds:
-                    out.append(make(compressed, mode, window, seed, variant, spec, teacher))
+                    out.append(make(compressed, mode, window, seed, variant, spec, teachers))
     if grid.ablation and axis.ablation:
         a = grid.ablation
         out += [make(a.compressed, a.mode, n, s) for n in a.windows for s in seeds]
@@ -430,10 +439,10 @@ def _cell(
     seed: int,
     variant: str | None = None,
     spec: Variant | None = None,
-    teacher: tuple[Cell | None, str | None] | None = None,
+    teachers: dict[str, tuple[Cell | None, str | None]] | None = None,
 ) -> Cell:
-    """One cell; a teacher '@large' becomes the chosen `large` cell's model folder (`teacher`:
-    that cell, or None and what it waits for)."""
+    """One cell; a teacher '@large' ('@probe') becomes the chosen `large` (`probe`) cell's model
+    folder (`teachers[placeholder]`: that cell, or None and what it waits for)."""
     spec = spec or Variant()
     over = {
         **base,
@@ -443,8 +452,14 @@ def _cell(
         "seed": seed,
         **({"adapter.window": window} if window else {}),
     }
-    uses = [k for k in TEACHER_KEYS if over.get(k) == LARGE_TEACHER]
-    best, waits = teacher if uses and teacher else (None, None)
+    uses = {k: over[k] for k in TEACHER_KEYS if over.get(k) in TEACHER_CELLS}
+    if len(set(uses.values())) > 1:
+        raise ConfigError(
+            f"{where}: variant {variant} aims at {sorted(set(uses.values()))}: a cell has one "
+            "teacher cell; aim every teacher key of a variant at the same one"
+        )
+    aimed = next(iter(uses.values()), None)
+    best, waits = (teachers or {}).get(aimed, (None, None)) if aimed else (None, None)
     if best is not None:
         over.update({k: str(best.model_dir) for k in uses})
     if spec.zero_shot and (window is None or over.get("phase2.teacher") is None):
@@ -473,9 +488,10 @@ def adapter_shapes(grid: Grid) -> tuple[list[str], list[tuple[int, int, int | No
     return list(compressed), sorted(shapes, key=lambda s: (s[0], -s[1], -(s[2] or 10**9)))
 
 
-def _best_large(large: list[Cell]) -> tuple[Cell | None, str | None]:
-    """The `large` seed with the best dev score (ties: the lowest seed), once every seed has a
-    result (the choice must not move as seeds finish); else (None, what it waits for)."""
+def _best_teacher(large: list[Cell]) -> tuple[Cell | None, str | None]:
+    """The seed of M_L's cells (`large` or `probe`) with the best dev score (ties: the lowest
+    seed), once every seed has a result (the choice must not move as seeds finish); else
+    (None, what it waits for)."""
     done = [c for c in large if c.done]
     if len(done) < len(large):
         return None, f"{large[0].group} ({len(done)} of {len(large)} seeds done)"
@@ -638,7 +654,8 @@ def ensure_teacher(cell: Cell, progress: bool = False) -> None:
 
 
 def _teacher_record(cell: Cell) -> dict[str, Any] | None:
-    """What a result says about the `large` cell its teacher is (None: not aimed at one)."""
+    """What a result says about the `large` (`probe`) cell its teacher is (None: not aimed at
+    one)."""
     t = cell.teacher
     if t is None:
         return None

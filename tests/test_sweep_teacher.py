@@ -247,3 +247,77 @@ def test_at_large_for_every_cell_would_make_large_distil_from_itself(tiny_grid):
     tiny_grid.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="`large` cells included.*set it in a variant"):
         cells(load_grid(tiny_grid))
+
+
+PROBED = {"modes": ["kd"], "set": {"phase3.distill.teacher": "@probe"}}
+
+
+def test_at_probe_is_the_best_dev_probe_cell_which_runs_only_when_aimed_at(tiny_grid):
+    assert not any(c.mode == "probe" for c in cells(load_grid(_grid(tiny_grid, [1, 2], kd=KD))))
+    grid = load_grid(_grid(tiny_grid, [1, 2], kd=KD, probed=PROBED))
+    every = cells(grid)
+    probe = {c.seed: c for c in every if c.mode == "probe"}
+    assert sorted(probe) == [1, 2] and {c.compressed for c in probe.values()} == {grid.large}
+    (probed,) = (c for c in every if c.variant == "probed")
+    assert probed.waits_for.endswith("/probe (0 of 2 seeds done)")
+    for seed, dev in ((1, 0.7), (2, 0.3)):
+        write_json({"dev": {"main": dev}, "test": {"main": dev}}, probe[seed].result_path)
+    resolved = {c.variant: c for c in cells(grid) if c.variant}
+    probed = resolved["probed"]
+    assert probed.teacher.key == probe[1].key and not probed.waits_for  # seed 1: better dev
+    assert probed.settings.phase3.distill.teacher == str(probe[1].model_dir)
+    config = probed._named(probed.settings.model_dump(mode="json", exclude=NOT_IN_KEY))
+    assert config["phase3"]["distill"]["teacher"] == f"@probe:{probe[1].key}"
+    assert resolved["kd"].waits_for.endswith("/large (0 of 2 seeds done)")  # its own teacher
+    mixed = {"set": {"phase2.teacher": "@large", "phase3.distill.teacher": "@probe"}}
+    with pytest.raises(ConfigError, match=r"aims at \['@large', '@probe'\]: a cell has one"):
+        cells(load_grid(_grid(tiny_grid, [1], mixed=mixed)))
+
+
+def test_a_probed_teacher_runs_first_and_is_rebuilt_where_missing(tiny_grid):
+    grid = load_grid(_grid(tiny_grid, [1], probed=PROBED))
+    ran = [cell.name for cell, _, _ in run_sweep(grid, only=["*/probe/*", "*+probed/*"])]
+    (probe,) = (c for c in cells(grid) if c.mode == "probe")
+    (probed,) = (c for c in cells(grid) if c.variant == "probed")
+    assert ran == [probe.name, probed.name]
+    assert json.loads(probed.result_path.read_text())["teacher"]["key"] == probe.key
+    shutil.rmtree(probe.out)  # a fresh machine: the committed result, no model folder
+    probed.result_path.unlink()
+    assert [cell.name for cell, _, _ in run_sweep(load_grid(tiny_grid))][-1] == probed.name
+    assert probe.model_ready
+    assert json.loads(probed.result_path.read_text())["teacher"]["rebuilt"]["same"]
+
+
+def test_the_kd_levers_and_baselines_grids_reuse_table1s_cells_and_each_other():
+    table1 = {c.key for c in cells(load_grid(ROOT / "sweeps" / "table1.yaml"))}
+    kd = cells(load_grid(ROOT / "sweeps" / "kd.yaml"))
+    count: dict[str | None, int] = {}
+    for c in kd:
+        count[c.variant or c.mode] = count.get(c.variant or c.mode, 0) + 1
+    levers = [f"t{t}-a{a}" for t in (1, 2, 4) for a in ("05", "09")]
+    assert count == {
+        "large": 6, "probe": 6, "ref": 2, "probe-t2-a05": 2, **dict.fromkeys(levers, 2)
+    }  # fmt: skip
+    for c in kd:
+        if c.mode == "large" or c.variant == "ref":
+            assert c.key in table1 and c.seed in ((13, 14, 15) if c.mode == "large" else (13,))
+        elif c.mode == "kd":
+            assert c.compressed == "minilm-l6" and c.seed == 13
+            d = c.settings.phase3.distill
+            if c.variant.startswith("probe"):  # no probe cell has run yet
+                assert c.teacher is None and "/mpnet-base/probe (0 of 3" in c.waits_for
+            else:
+                assert c.teacher.mode == "large" and c.teacher.key in table1
+            assert (f"t{d.temperature:g}-a{d.alpha:g}".replace("0.", "0")) in c.variant
+    base = cells(load_grid(ROOT / "sweeps" / "baselines.yaml"))
+    count = {}
+    for c in base:
+        count[c.variant] = count.get(c.variant, 0) + 1
+    assert count == {None: 6, "table1": 36, "kd": 24, "slad": 12, "adalora": 12}
+    assert all(c.key in table1 for c in base if c.variant in (None, "table1"))
+    lever = {(c.task, c.key) for c in kd if c.variant == "t2-a05"}
+    same = {(c.task, c.key) for c in base if (c.variant, c.mode, c.seed) == ("kd", "kd", 13)}
+    assert lever <= same  # the levers' cell at the defaults is the baseline's (reused)
+    for c in base:
+        if c.mode == "slad":
+            assert c.settings.phase3.distill.teacher is None and c.teacher is None

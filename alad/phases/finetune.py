@@ -37,8 +37,8 @@ from alad.checkpoint import (
     new_adapter,
     save_trainer_state,
 )
-from alad.config import ConfigError, Phase3Config, Settings
-from alad.distill import TeacherLogits, teacher_logits
+from alad.config import ConfigError, DistillConfig, Phase3Config, Settings
+from alad.distill import TeacherLogits, teacher_logits, word_rows
 from alad.errors import DataFormatError
 from alad.heads import build_head
 from alad.inference import predict_outputs
@@ -55,6 +55,7 @@ from alad.phases.recipe import (
     run,
     run_key,
 )
+from alad.phases.slad import SladLoss, SladModel
 from alad.runtime import Runtime, barrier, is_main, rank_world
 from alad.tasks import TASKS, Splits, Task, load_splits
 from alad.teacher import head_for
@@ -193,6 +194,10 @@ def build_model(
         model = _low_rank(model, cfg, mode, steps)
     else:
         model.requires_grad_(True)
+    if mode.joint_teacher:  # SLAD: M_L + LoRA + its own head; the student's LoRA tied to it
+        t_head = build_head(task.head_kind, large.dim, max(2, len(labels)))
+        teacher = AlignedModel(_low_rank(large.model.train(), cfg, mode, steps), t_head)
+        return SladModel(AlignedModel(model, head, adapter), teacher)
     return AlignedModel(model, head, adapter)
 
 
@@ -208,7 +213,8 @@ def _param_groups(model: AlignedModel, mode: ModeSpec, cfg: Phase3Config, lr: fl
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        kind = "head" if name.startswith("head.") else "lora" if "lora_" in name else "rest"
+        head = name.startswith(("head.", "teacher.head."))  # SLAD's teacher has one too
+        kind = "head" if head else "lora" if "lora_" in name else "rest"
         groups.setdefault((kind, _no_decay(name, p)), []).append(p)
     return [
         {
@@ -249,7 +255,7 @@ class FinetuneRecipe(Recipe):
 
     def outputs(self) -> dict[Path, tuple[str, str]]:
         frozen = self.mode.encoder_training == "frozen" and self.cfg.cache_frozen
-        if not frozen and self.cfg.distill is None:
+        if not frozen and not self._cached_teacher:
             return super().outputs()
         cache = feature_root(self.settings.cache.dir)
         fix = "set cache.dir (or ALAD_CACHE_HOME) to a folder you can write"
@@ -300,10 +306,11 @@ class FinetuneRecipe(Recipe):
         self.model.to(self.runtime.device)
         self.scaler = self.runtime.grad_scaler()
         self.extract_seconds = _cache_frozen_outputs(
-            settings, self.model, encoders[0], self.train_feats, self.dev_feats, self.pad_id,
-            self.progress,
+            settings, self.model, encoders[1] if self.mode.encoder == "large" else encoders[0],
+            self.train_feats, self.dev_feats, self.pad_id, self.progress,
         )  # fmt: skip
         self.targets = self._teacher_targets()
+        self.slad = self._slad_loss()
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, self.mode, cfg, self.lr))
         warmup = int(cfg.warmup_ratio * steps)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup, steps)
@@ -313,7 +320,7 @@ class FinetuneRecipe(Recipe):
         """phase3.distill: the teacher's logits of every training row, from the cache or
         computed once (its seconds count as epoch 1's, as a frozen encoder's extraction)."""
         d, settings = self.cfg.distill, self.settings
-        if d is None:
+        if not self._cached_teacher:
             return None
         t0 = time.perf_counter()
         targets = teacher_logits(
@@ -324,14 +331,39 @@ class FinetuneRecipe(Recipe):
         self.extract_seconds += time.perf_counter() - t0
         return targets
 
+    @property
+    def _cached_teacher(self) -> bool:
+        """phase3.distill with a fixed teacher (not SLAD's, which trains: nothing to cache)."""
+        return self.cfg.distill is not None and not self.mode.joint_teacher
+
+    def _slad_loss(self) -> SladLoss | None:
+        """Mode slad: the teacher's encoding of every training row's words, with their labels
+        (its task loss), and T, alpha (phase3.distill's, else its defaults)."""
+        if not self.mode.joint_teacher:
+            return None
+        tok, d = self.encoders[1].tokenizer, self.cfg.distill or DistillConfig()
+        label2id = {label: i for i, label in enumerate(self.labels)}
+        who = f"phase3.mode=slad (teacher {self.settings.models.large})"
+        rows = word_rows(
+            tok, self.splits.train, self.train_feats, self.cfg.window_tokens, who, label2id
+        )
+        return SladLoss(rows, tok.pad_token_id or 0, d.temperature, d.alpha)
+
     def announce(self) -> None:
         cfg, task, d = self.cfg, self.task, self.cfg.distill
         log.info(
             "phase 3: %s/%s, %d train rows, %d epochs, lr %g%s%s", cfg.task, cfg.mode,
             task.num_rows(self.train_feats), self.epochs, self.lr,
             f" (LoRA {self.mode.lora_lr:g})" if self.mode.low_rank else "",
-            f", distilling from {d.teacher} (T {d.temperature:g}, alpha {d.alpha:g})" if d else "",
+            f", distilling from {d.teacher} (T {d.temperature:g}, alpha {d.alpha:g})"
+            if self.targets is not None else "",
         )  # fmt: skip
+        if self.slad:
+            log.info(
+                "phase 3: SLAD with %s (T %g, alpha %g), student layer -> teacher layer %s",
+                self.settings.models.large, self.slad.temperature, self.slad.alpha,
+                self.slad.describe(self.model, "")["layer_map"],
+            )  # fmt: skip
 
     def saved_state(self) -> dict[str, Any] | None:
         return load_trainer_state(self.out / "state")  # checksummed, weights_only: runs no code
@@ -437,7 +469,7 @@ class FinetuneRecipe(Recipe):
         # the training model, its optimizer and cached outputs are done with: their memory
         # goes before the test loads the saved model
         del self.model, self.optimizer, self.scheduler, self.train_feats, self.dev_feats
-        self.targets = None  # the teacher's logits
+        self.targets = self.slad = None  # the teacher's logits; SLAD's teacher rows
         test = self.test(self.out / "model") if self.test is not None else {}
         if is_main():
             record = {"run_key": self.key, "history": history, "dev": dev_best}
@@ -477,6 +509,7 @@ def _model_manifest(r: FinetuneRecipe) -> dict[str, Any]:
             if r.targets is not None
             else None
         ),
+        **({"slad": r.slad.describe(r.model, r.settings.models.large)} if r.slad else {}),
         "epochs": r.epochs,
         "seed": r.settings.seed,
         "sources": r.splits.sources,
@@ -614,7 +647,8 @@ def _step_loss(
     """The batch's mean loss; under torchrun this rank's rows' share of it (rows rank::world;
     the shares sum to the mean). One process computes exactly `task.loss` of the batch, mixed
     with the distillation term on `rows`' teacher logits when phase3.distill is set (alpha *
-    KD + (1 - alpha) * task, both means over the task loss's terms), + AdaLoRA's penalty."""
+    KD + (1 - alpha) * task, both means over the task loss's terms), or SLAD's loss with its
+    teacher (alad/phases/slad.py), + AdaLoRA's penalty."""
     model, task, runtime, d = r.model, r.task, r.runtime, r.cfg.distill
     terms = task.loss_count(batch)  # of the whole batch, before it is split
     if world > 1:
@@ -630,9 +664,11 @@ def _step_loss(
             loss = task.loss(logits, batch)
         else:
             loss = task.loss_sum(logits, batch) / max(1, terms)
-        if d is not None:
+        if r.targets is not None:
             kd = task.kd_sum(logits, r.targets.rows(rows), batch, d.temperature) / max(1, terms)
             loss = distill_mix(loss, kd, d.alpha)
+        if r.slad is not None:  # + the teacher's forward, task loss and the KL (SLAD)
+            loss = r.slad(model, task, logits, loss, batch, rows, terms, runtime)
     if r._adalora:  # a term of the weights, not of the rows: each rank adds its share
         loss = loss + adalora_penalty(model.encoder, r.cfg.adalora.orth_reg) / world
     return loss
