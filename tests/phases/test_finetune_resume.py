@@ -14,8 +14,8 @@ from conftest import interrupt_on_call
 import alad.phases.finetune as ft_mod
 from alad import stopping
 from alad.aligned_model import load_model
-from alad.config import AdaLoraSettings
 from alad.checkpoint import load_trainer_state, saved_progress
+from alad.config import AdaLoraSettings
 from alad.phases.finetune import finetune
 
 
