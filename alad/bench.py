@@ -410,7 +410,7 @@ def onnx_facts(threads: int) -> dict[str, Any]:
         "intra_op_num_threads": threads,  # = torch's threads
         "inter_op_num_threads": 1,
         "opset": OPSET,
-        "int8": "onnxruntime quantize_dynamic, QInt8 weights, one scale per tensor",
+        "int8": "onnxruntime quantize_dynamic, QInt8 weights, one scale per output channel",
     }
 
 

@@ -2,11 +2,12 @@
 difference over every real token of a test set) and the score change of the INT8 graph.
 
     PYTHONPATH=$PWD python experiments/onnx_exactness.py runs/pos-alad-joint/model \\
-        --test ../shared/data/pos/test.conllu [--max 2000] [--per-channel] \\
+        --test ../shared/data/pos/test.conllu [--max 2000] [--per-tensor] \\
         [--out results/onnx_exactness-pos.json]
 
 MODEL is a saved model folder or `models:/...`. Exports it (alad/export.py) to fp32 and INT8
-(and with --per-channel also INT8 with per-output-channel weight scales) in a temporary folder,
+(INT8 with per-output-channel weight scales, as `alad export --int8`; with --per-tensor also
+one scale per tensor) in a temporary folder,
 encodes the test set once with the model's tokenizer (also checks that the ONNX predictor's
 Rust tokenizer gives the same token ids), runs PyTorch and each graph over the same rows
 (batches of 32, in order, as `alad predict`), and scores each with the task's metric. Prints
@@ -69,8 +70,8 @@ def measure(args: argparse.Namespace) -> dict:
         "threads": torch.get_num_threads(), "seconds": {"torch": time.perf_counter() - t0},
         "main": {"torch": score(reference)}, "max_abs_diff": {}, "same_tokens": {},
     }  # fmt: skip
-    variants = [("int8", True, False)] + (
-        [("int8_per_channel", True, True)] if args.per_channel else []
+    variants = [("int8", True, True)] + (  # alad export --int8: per output channel
+        [("int8_per_tensor", True, False)] if args.per_tensor else []
     )
     if not manifest.get("encoder_spec"):
         variants.insert(0, ("fp32", False, False))
@@ -104,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", help="saved model folder or models:/<name>@<alias>")
     parser.add_argument("--test", required=True, help="the task's test file")
     parser.add_argument("--max", type=int, help="only the first N test examples")
-    parser.add_argument("--per-channel", action="store_true", help="also INT8 per-channel")
+    parser.add_argument(
+        "--per-tensor", action="store_true", help="also INT8 with one weight scale per tensor"
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
     record = measure(args)
