@@ -73,7 +73,7 @@ def test_config_show_prints_the_resolved_config(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["config", "show", "--profile", "tiny", "--set", "adapter.window=7"]) == 0
     config = json.loads(capsys.readouterr().out)
-    assert config["adapter"] == {"window": 7, "hidden": 32}
+    assert config["adapter"] == {"window": 7, "hidden": 32, "rank": None}
 
 
 def test_output_into_a_closed_pipe_ends_quietly(tiny_grid):

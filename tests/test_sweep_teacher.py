@@ -124,7 +124,7 @@ def test_the_teacher_grid_shares_table1s_cells_and_phase1():
         "last": 12,
         "layer9": 8,
         "finetuned": 8,
-        "finetuned-head": 8,
+        "finetuned-head": 24,  # the POS dev winner: seeds 13-15
         "zero-shot": 4,
     }
     for c in by_variant[None] + by_variant["last"]:
