@@ -151,3 +151,16 @@ def to_hf(model: AlignedModel, manifest: dict[str, Any]) -> AladPreTrainedModel:
     state.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
     hf.load_state_dict(state, strict=True)
     return hf.eval()
+
+
+def pipeline_word_tags(pipe: Any, text: str) -> list[tuple[str, str | None]]:
+    """Word tags from a `transformers.pipeline("token-classification")` of an exported model, as
+    `alad predict` tags words: the words are the tokenizer's pre-tokenizer's, each word's tag is
+    its first token's (aggregation "none", no label ignored). A word the pipeline returns no
+    token for gets None: a word past `model_max_length` tokens (the pipeline truncates, alad
+    windows) or one the tokenizer drops (README "Deploying")."""
+    words = pipe.tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str(text)
+    first: dict[int, str] = {}
+    for token in pipe(text, aggregation_strategy="none", ignore_labels=[]):
+        first.setdefault(token["start"], token["entity"])
+    return [(word, first.get(start)) for word, (start, _) in words]

@@ -26,6 +26,7 @@ from alad.aligned_model import load_model
 from alad.cli import main
 from alad.data.readers import read_bio, read_squad
 from alad.export import export_model
+from alad.hf import pipeline_word_tags
 from alad.onnx_predict import OnnxFolderError, OnnxPredictor
 from alad.predict import Predictor
 
@@ -143,14 +144,6 @@ def _words(tokenizer, text: str) -> list[tuple[str, tuple[int, int]]]:
     return tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str(text)
 
 
-def pipeline_word_tags(pipe, text: str, words) -> list[str]:
-    """README "Deploying": each word's tag is its first token's (aggregation "none")."""
-    first: dict[int, str] = {}
-    for token in pipe(text, aggregation_strategy="none", ignore_labels=[]):
-        first.setdefault(token["start"], token["entity"])
-    return [first[start] for _, (start, _) in words]
-
-
 def entity_groups(words, tags: list[str]) -> list[tuple[str, int, int]]:
     """Word tags grouped as the pipeline groups words: a B- tag or another type starts a group,
     whose name is the tag without B-/I-."""
@@ -176,7 +169,7 @@ def test_the_pipeline_tags_words_as_alad_predict_does(folders, exports, sentence
         words = _words(tokenizer, text)
         assert [w for w, _ in words] == [w for w, _ in alad]
         tags = [t for _, t in alad]
-        assert pipeline_word_tags(pipe, text, words) == tags, text
+        assert pipeline_word_tags(pipe, text) == alad, text
         groups = pipe(text, aggregation_strategy="first", ignore_labels=[])
         got = [(g["entity_group"], g["start"], g["end"]) for g in groups]
         assert got == entity_groups(words, tags), text
