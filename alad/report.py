@@ -257,10 +257,11 @@ def _overhead_cell(row: Row, value: float | None) -> str:
 
 
 def gap_recovered(row: Row, rows: list[Row]) -> str:
-    """(AlAd − compressed) / (large − compressed) on the main metric, from seed means."""
+    """(AlAd − compressed) / (large − compressed) on the main metric, from seed means; `large`
+    is the reference mode's row (M_L fine-tuned; not `probe`, which also runs M_L)."""
     if not MODES[row.mode].adapter:
         return ""
-    large = next((r for r in rows if r.is_large), None)
+    large = next((r for r in rows if MODES[r.mode].reference), None)
     base = next(
         (r for r in rows if r.mode == "compressed" and r.compressed == row.compressed), None
     )

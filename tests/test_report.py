@@ -190,6 +190,28 @@ def test_a_gap_within_its_noise_gets_no_share_and_gpu_cells_name_their_gpu(tmp_p
     assert "box (2 CPUs, 2 torch threads) × 6 cells" in md
 
 
+@pytest.mark.parametrize("with_large", [True, False])
+def test_the_gap_is_measured_against_m_l_fine_tuned_never_the_probe(tmp_path, with_large):
+    """`probe` runs M_L too (frozen + a linear head) but is not the upper bound: with the
+    `large` row present the gap uses it, without it the gap is unknown, not the probe's."""
+    root = tmp_path / "results" / "baselines"
+    rows = {
+        ("minilm-l6", "probe", None): [0.74, 0.75, 0.76],
+        ("minilm-l6", "compressed", None): [0.69, 0.70, 0.71],
+        ("minilm-l6", "alad-joint", 5): [0.73, 0.74, 0.75],
+        **({(LARGE, "large", None): [0.79, 0.80, 0.81]} if with_large else {}),
+    }
+    for (compressed, mode, window), scores in rows.items():
+        for seed, score in zip(SEEDS, scores, strict=True):
+            write_result(root, "pos", compressed, mode, window, seed, pos(score, 20.7))
+    md = write_report(root, None, tmp_path / "reports")["table"].read_text()
+    md = _section(md, "POS tagging")
+    joint = _line(md, "minilm-l6", "alad-joint n=5")
+    # (74 - 70) / (80 - 70) = 40% against large; against the probe it would be 80%
+    assert joint.endswith("| 40% |" if with_large else "| – |"), joint
+    assert _line(md, f"{LARGE} (M_L)", "probe").endswith("|  |")  # no adapter: no gap cell
+
+
 def test_table1_means_gaps_speedups_and_plot(results, latency, tmp_path):
     paths = write_report(results, latency, tmp_path / "reports")
     md = paths["table"].read_text()
