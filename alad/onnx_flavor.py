@@ -26,7 +26,7 @@ import numpy as np
 
 from alad.onnx_predict import GRAPH, read_export_manifest
 from alad.tasks import TASKS
-from alad.tracking import logged_model
+from alad.tracking import flavor_metadata, logged_model
 
 # What loading the flavor needs (MLflow's pyfunc for ONNX imports onnx and onnxruntime), pinned to
 # what exported it; given explicitly, so MLflow does not load the model in a subprocess to guess.
@@ -70,7 +70,6 @@ def log_onnx(client: Any, experiment_id: str, run_id: str, folder: Path) -> Any:
     returns the LoggedModel. The export's checksums are verified first."""
     import mlflow.onnx
     import onnx
-    from mlflow.models import Model
 
     folder = Path(folder)
     manifest = read_export_manifest(folder)
@@ -93,12 +92,7 @@ def log_onnx(client: Any, experiment_id: str, run_id: str, folder: Path) -> Any:
             onnx_execution_providers=["CPUExecutionProvider"],
             extra_files=extra,
             save_as_external_data=False,
-            mlflow_model=Model(
-                artifact_path=logged.artifact_location,
-                run_id=run_id,
-                model_uuid=logged.model_id,
-                model_id=logged.model_id,
-            ),
+            mlflow_model=flavor_metadata(logged, run_id),
         )
         client.log_model_artifacts(logged.model_id, str(local))
     return logged

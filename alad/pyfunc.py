@@ -27,7 +27,7 @@ import pandas as pd
 from mlflow.entities import LoggedModel
 
 from alad.errors import UsageError
-from alad.tracking import logged_model
+from alad.tracking import flavor_metadata, logged_model
 
 COLUMNS = {"token": ("text",), "span": ("question", "context")}
 
@@ -138,7 +138,6 @@ def log_pyfunc(
     """Save `model_dir` as an alad.pyfunc.AladPyfunc, log it as a LoggedModel of the run."""
     import mlflow.pyfunc
     import pandas as pd
-    from mlflow.models import Model
 
     import alad
     from alad.aligned_model import read_manifest
@@ -164,12 +163,7 @@ def log_pyfunc(
             # A DataFrame, not a dict of lists: MLflow reads {"text": [...]} as one
             # row holding an array, and would then reject a column of plain strings.
             input_example=pd.DataFrame(TASKS[task].input_example),
-            mlflow_model=Model(
-                artifact_path=logged.artifact_location,
-                run_id=run_id,
-                model_uuid=logged.model_id,
-                model_id=logged.model_id,
-            ),
+            mlflow_model=flavor_metadata(logged, run_id),
         )
         client.log_model_artifacts(logged.model_id, str(local))
     return logged

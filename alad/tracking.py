@@ -307,6 +307,20 @@ def logged_model(
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
 
 
+def flavor_metadata(logged: LoggedModel, run_id: str) -> Any:
+    """The MLmodel metadata (mlflow.models.Model) that ties a flavor's `save_model(...,
+    mlflow_model=)` to `logged`, a LoggedModel of run `run_id` (alad/pyfunc.py,
+    alad/onnx_flavor.py)."""
+    from mlflow.models import Model
+
+    return Model(
+        artifact_path=logged.artifact_location,
+        run_id=run_id,
+        model_uuid=logged.model_id,
+        model_id=logged.model_id,
+    )
+
+
 class NullTracker:
     """Tracking off: the same calls as Tracker, doing nothing (no `if tracker:` in the stages)."""
 
