@@ -39,6 +39,7 @@ from alad.checkpoint import adapter_from, load_weights
 from alad.config import Phase3Config
 from alad.errors import AladError
 from alad.heads import build_head
+from alad.tasks import TASKS
 
 FORMAT = "alad-model/1"
 
@@ -140,12 +141,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / "manifest.json"
     if not path.is_file():
         raise ModelFolderError(f"{folder}: not an alad model folder (no manifest.json)")
-    manifest = read_folder_manifest(path, FORMAT, ModelFolderError)
-    missing = [k for k in REQUIRED if k not in manifest]
-    if missing:
-        raise ModelFolderError(f"{path}: no {missing[0]!r}; the manifest is damaged or incomplete")
-    from alad.tasks import TASKS  # alad.tasks -> alad.config; imported on use
-
+    manifest = read_folder_manifest(path, FORMAT, ModelFolderError, REQUIRED)
     if manifest["task"] not in TASKS:
         raise ModelFolderError(f"{path}: task {manifest['task']!r} is not one of {sorted(TASKS)}")
     return manifest

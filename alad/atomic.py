@@ -22,7 +22,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -135,9 +135,11 @@ def checksums(folder: Path, skip: tuple[str, ...] = ("manifest.json",)) -> dict[
     }
 
 
-def read_folder_manifest(path: Path, fmt: str, error: type[Exception]) -> dict[str, Any]:
-    """A folder's manifest.json: a JSON object whose `format` is `fmt`; otherwise `error`
-    with a message naming the file."""
+def read_folder_manifest(
+    path: Path, fmt: str, error: type[Exception], required: Sequence[str] = ()
+) -> dict[str, Any]:
+    """A folder's manifest.json: a JSON object whose `format` is `fmt` and that has every key of
+    `required`; otherwise `error` with a message naming the file (and the first missing key)."""
     try:
         manifest = read_json(path, max_bytes=MAX_MANIFEST_BYTES)
     except DataFormatError as exc:
@@ -145,6 +147,8 @@ def read_folder_manifest(path: Path, fmt: str, error: type[Exception]) -> dict[s
     if not isinstance(manifest, dict) or manifest.get("format") != fmt:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise error(f"{path}: format {found!r}, expected {fmt}")
+    if missing := [k for k in required if k not in manifest]:
+        raise error(f"{path}: no {missing[0]!r}; the manifest is damaged or incomplete")
     return manifest
 
 

@@ -153,10 +153,7 @@ def read_export_manifest(folder: Path) -> dict[str, Any]:
     path = files / "manifest.json"
     if not path.is_file():
         raise OnnxFolderError(f"{folder}: not an alad ONNX export (no manifest.json)")
-    manifest = read_folder_manifest(path, FORMAT, OnnxFolderError)
-    missing = [k for k in REQUIRED if k not in manifest]
-    if missing:
-        raise OnnxFolderError(f"{path}: no {missing[0]!r}; the manifest is damaged or incomplete")
+    manifest = read_folder_manifest(path, FORMAT, OnnxFolderError, REQUIRED)
     if files == folder:
         verify_manifest_files(folder, manifest, OnnxFolderError)
         return manifest
