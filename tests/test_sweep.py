@@ -327,32 +327,40 @@ def test_eta_counts_timings_from_this_kind_of_device(tiny_grid):
     assert Progress.of(every, "mps").measured == [(a, 900.0), (b, 20.0)]
 
 
-def test_the_adapter_grid_reuses_table1s_cells_and_gives_each_shape_its_own_alignment():
-    """sweeps/adapter.yaml: its H=1280 full-rank cells (and `compressed`, `large`) have the keys
-    of Table 1's (adapter.rank at its default None is outside every key), so they are done in
-    results/table1; every other shape is its own cell and its own phases 1-2."""
+def test_the_adapter_grid_reuses_table1s_and_the_teacher_grids_cells_and_gives_each_shape_its_own_alignment():  # noqa: E501
+    """sweeps/adapter.yaml: its `compressed` and `large` cells have Table 1's keys and its H=1280
+    full-rank cells the teacher grid's finetuned-head keys (adapter.rank at its default None is
+    outside every key), so they are done in results/table1 / results/teacher; every other shape
+    is its own cell and its own phases 1-2, aimed at the same teacher."""
     table1 = {c.key: c for c in cells(load_grid(ROOT / "sweeps" / "table1.yaml"))}
+    teacher = {c.key: c for c in cells(load_grid(ROOT / "sweeps" / "teacher.yaml"))}
     grid = load_grid(ROOT / "sweeps" / "adapter.yaml")
     every = cells(grid)
     assert len(every) == 2 * (3 + 3 + 8 * 3)  # per task: large, compressed, 8 shapes x 3 seeds
     shared = [c for c in every if c.key in table1]
-    assert {(c.mode, c.variant) for c in shared} == {
-        ("large", None), ("compressed", "h1280"), ("alad-joint", "h1280")
-    }  # fmt: skip
-    assert len(shared) == 2 * 9
+    assert {(c.mode, c.variant) for c in shared} == {("large", None), ("compressed", "m-c")}
+    assert len(shared) == 2 * 6
+    h1280 = [c for c in every if c.variant == "h1280"]
+    assert len(h1280) == 2 * 3 and all(c.key in teacher for c in h1280)
+    assert {teacher[c.key].variant for c in h1280} == {"finetuned-head"}
     for c in shared:  # the same computation, so the same (committed) result file
         assert (ROOT / "results" / "table1" / c.task / f"{c.key}.json").is_file(), c.name
-        if c.align:
-            assert c.align_dir("phase1") == table1[c.key].align_dir("phase1")
+    pos = [c for c in h1280 if c.task == "pos"]  # POS's are committed; NER's run in the grid
+    assert all((ROOT / "results" / "teacher" / "pos" / f"{c.key}.json").is_file() for c in pos)
     lean = [c for c in every if c.align and c.variant != "h1280"]
+    # '@large' resolved: per task the teacher grid's teacher (the best-dev `large` cell's model)
+    aimed = {(c.task, c.settings.phase2.teacher) for c in lean + h1280}
+    assert aimed == {(c.task, teacher[c.key].settings.phase2.teacher) for c in h1280}
+    assert len(aimed) == 2 and all(t.endswith("/model") for _, t in aimed)
+    assert {c.settings.phase3.head_init for c in lean + h1280} == {"teacher"}
     shapes = {(c.settings.adapter.hidden, c.settings.adapter.rank) for c in lean}
     assert len({c.align_dir("phase1") for c in lean}) == len(shapes) == 7
     assert len({c.align_dir("phase2") for c in lean}) == 7 * 2
     # a config dumped today says rank: null; Table 1's committed configs have no rank at all
     from alad.results import NOT_IN_KEY, cell_key
 
-    base = next(c for c in shared if c.mode == "alad-joint")
-    config = base.settings.model_dump(mode="json", exclude=NOT_IN_KEY)
+    base = h1280[0]
+    config = base._named(base.settings.model_dump(mode="json", exclude=NOT_IN_KEY))
     assert config["adapter"]["rank"] is None
     old = {**config, "adapter": {k: v for k, v in config["adapter"].items() if k != "rank"}}
     assert cell_key(config, True) == cell_key(old, True) == base.key
