@@ -394,7 +394,7 @@ class Phase3Config(_Section):
 # Fields added after runs were saved and sweep results committed, whose default computes exactly
 # what those runs did. While at that default they are left out of the run keys that decide
 # whether a saved state may be resumed (alad/phases/recipe.py) and of the sweep's cell keys
-# (alad/sweep.py), so earlier states resume and committed results and adapters keep their keys.
+# (alad/sweep/cell.py), so earlier states resume and committed results and adapters keep their keys.
 # Dotted path -> the default that is left out.
 ADDED_AT_DEFAULT: dict[str, Any] = {
     "phase1.teacher": None,

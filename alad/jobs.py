@@ -2,7 +2,7 @@
 
     alad finetune ...              # finetune_job
     alad stage phase3              # finetune_job inside the pipeline's phase-3 MLflow run
-    alad sweep run GRID            # finetune_job per cell (alad/sweep.py adds the cell record)
+    alad sweep run GRID            # finetune_job per cell (alad/sweep/run.py adds the cell record)
     alad export models:/alad-ner-minilm-l6@champion --format onnx --out onnx-ner --register
                                    # export_and_register
 

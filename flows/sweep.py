@@ -76,7 +76,7 @@ def run_cell_task(
 
     A cell the time box stops saves its state and ends as a Completed-type state named
     "Stopped" (not Failed: it did what the box asked, and the next run resumes it); a cell
-    another runner holds or finished (its claim, alad/sweep.py) as one named "Skipped"."""
+    another runner holds or finished (its claim, alad/sweep/run.py) as one named "Skipped"."""
     if deadline is not None and time.time() > deadline:  # the time box: start nothing new
         return {"key": key, "skipped": True}
     _threads(threads)

@@ -29,7 +29,7 @@ from conftest import tiny_cli_overrides, train_tiny_model, write_bio, write_squa
 
 import alad.jobs as jobs_mod
 import alad.phases.finetune as ft_mod
-import alad.sweep as sweep_mod
+import alad.sweep.run as sweep_mod
 from alad import stopping
 from alad.atomic import CLAIM_STALE_SECONDS, OutputError, claim, ensure_writable_dir
 from alad.checkpoint import clear_checkpoints, load_checkpoint

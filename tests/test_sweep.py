@@ -206,7 +206,7 @@ def test_keys_of_the_committed_grid_do_not_move():
 
 
 def test_a_field_listed_as_omitted_at_default_leaves_keys_alone(tiny_grid, monkeypatch):
-    import alad.sweep as sweep
+    import alad.sweep.cell as sweep
 
     before = [c.key for c in cells(load_grid(tiny_grid))]
     listed = sweep.KEY_OMITTED_AT_DEFAULT
