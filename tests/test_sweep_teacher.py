@@ -67,6 +67,26 @@ def test_at_large_is_the_large_cell_with_the_best_dev_score_named_by_its_key(tin
     assert again[ft.name].teacher.seed == 1 and again[ft.name].key != ft.key
 
 
+def test_a_zero_shot_cells_timing_does_not_predict_trained_cells(tiny_grid):
+    """A zero-shot cell's seconds are its (shared) phase 2, against a cost of scoring only: its
+    seconds per unit of cost are ~100x a trained cell's, and must not set their ETA (it said
+    15 h for a 30-min NER grid)."""
+    from alad.sweep import Progress
+
+    path = _grid(tiny_grid, [1], ft=FINETUNED, head=HEAD, zero=ZERO)
+    every = cells(load_grid(path))
+    large = next(c for c in every if c.mode == "large")
+    write_json({"dev": {"main": 0.5}, "test": {"main": 0.5}}, large.result_path)
+    every = cells(load_grid(path))
+    zero = next(c for c in every if c.zero_shot)
+    ft = [c for c in every if c.variant == "ft"]
+    prog = Progress.of(every, "cpu")
+    prog.finished(zero, 1000.0 * zero.cost)
+    prog.finished(ft[0], 10.0 * ft[0].cost)
+    other = next(c for c in prog.todo if c.group not in (zero.group, ft[0].group))
+    assert not other.zero_shot and prog.predict(other) == pytest.approx(10.0 * other.cost)
+
+
 def test_at_large_needs_large_cells_and_zero_shot_needs_a_task_model(tiny_grid):
     path = _grid(tiny_grid, [1], zero={"zero_shot": True})
     with pytest.raises(ConfigError, match="zero-shot cell needs an AlAd mode and a task model"):

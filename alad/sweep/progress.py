@@ -55,8 +55,11 @@ class Progress:
         siblings = [s for c, s in self.measured if c.group == cell.group]
         if siblings:
             return min(siblings) * left
-        rates = [s / max(c.cost, 1e-9) for c, s in self.measured if c.task == cell.task]
-        rates = rates or [s / max(c.cost, 1e-9) for c, s in self.measured]
+        # a zero-shot cell's seconds are mostly its phase 2 (shared, so not in its cost, which
+        # counts only scoring): zero-shot and trained cells predict only their own kind
+        kin = [(c, s) for c, s in self.measured if c.zero_shot == cell.zero_shot] or self.measured
+        rates = [s / max(c.cost, 1e-9) for c, s in kin if c.task == cell.task]
+        rates = rates or [s / max(c.cost, 1e-9) for c, s in kin]
         return cell.cost * (statistics.median(rates) if rates else 60.0) * left
 
     def finished(self, cell: Cell, seconds: float) -> str:
