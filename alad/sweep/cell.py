@@ -246,7 +246,7 @@ def _task_cells(grid: Grid, task: str, axis: TaskAxis) -> list[Cell]:
         for compressed in axis.compressed or grid.compressed:
             for mode in spec.modes or axis.modes or grid.modes:
                 window = grid.window if MODES[mode].adapter else None
-                for seed in spec.seeds or seeds:
+                for seed in spec.seeds_of(task, compressed, mode) or seeds:
                     out.append(make(compressed, mode, window, seed, variant, spec, teachers))
     if grid.ablation and axis.ablation:
         a = grid.ablation

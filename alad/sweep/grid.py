@@ -6,6 +6,7 @@ named variants, a window ablation), validated when read.
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -67,12 +68,23 @@ class Variant(_Strict):
         "linear head, run on large_seeds only when a variant aims at them).",
     )
     modes: list[str] | None = Field(None, description="None: the grid's (or the task's) modes.")
-    seeds: list[int] | None = Field(
+    seeds: list[int] | dict[str, list[int]] | None = Field(
         None,
         description="None: the task's or grid's seeds; e.g. [13, 14, 15] for the variant a "
-        "seed-13 screen chose (a zero-shot cell has no seed of its own: phases 1-2 use "
-        "align_seed, so its seeds score the same)",
+        "seed-13 screen chose, or per group, {pattern: seeds} with shell patterns over "
+        "`<task>/<M_C>/<mode>` (e.g. {'pos/*': [13, 14, 15], 'ner/minilm-l3/*': [13, 14, 15]}: "
+        "the groups the screen chose this variant for; a group no pattern matches keeps the "
+        "task's or grid's seeds, the first matching pattern counts). A zero-shot cell has no "
+        "seed of its own: phases 1-2 use align_seed, so its seeds score the same.",
     )
+
+    def seeds_of(self, task: str, compressed: str, mode: str) -> list[int] | None:
+        """This variant's seeds for one group (None: the task's or grid's)."""
+        if not isinstance(self.seeds, dict):
+            return self.seeds
+        group = f"{task}/{compressed}/{mode}"
+        return next((s for p, s in self.seeds.items() if fnmatch.fnmatchcase(group, p)), None)
+
     zero_shot: bool = Field(
         False,
         description="No phase 3: M_C + the phase-2 adapter + its teacher's task head "
