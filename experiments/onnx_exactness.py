@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from alad.aligned_model import load_model, phase3_config
+from alad.atomic import write_json
 from alad.data import qa as qa_data
 from alad.data import tagging
 from alad.export import export_onnx, source_folder
@@ -111,11 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
     record = measure(args)
-    text = json.dumps(record, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    print(json.dumps(record, indent=2))
+    if args.out:  # atomic, its folder made
+        write_json(record, args.out)
     return 0
 
 

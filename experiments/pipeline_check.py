@@ -29,6 +29,7 @@ import torch
 
 import alad  # noqa: F401  (registers AladConfig with the Auto classes)
 from alad.aligned_model import read_manifest
+from alad.atomic import write_json
 from alad.export import export_model, source_folder
 from alad.hf import pipeline_word_tags
 from alad.predict import Predictor
@@ -80,11 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
     record = measure(args)
-    text = json.dumps(record, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    print(json.dumps(record, indent=2))
+    if args.out:  # atomic, its folder made
+        write_json(record, args.out)
     return 1 if record["sentences_differ"] or record["untagged_outside_long_sentences"] else 0
 
 
