@@ -7,10 +7,11 @@ Reads only files: every result JSON under `--results` (one per finished cell, wr
 One table per task in the paper's layout: the `large` row (M_L fine-tuned) as the reference, then
 each M_C with its modes; every score is "mean ± sample std (k seeds)" of the test set, the size
 % of M_L, the speed-up vs M_L (batch 32 from latency.json, matching M_C and the adapter's
-shape n, H, rank), AlAd's latency overhead over M_C alone and, for AlAd rows, the share of the
-compressed -> large gap that AlAd recovers. A cell of the grid without a result simply does not
-appear; the report says how many result files it used. The adapter Pareto sweep
-(sweeps/adapter.yaml) reads its own latency file: `--latency results/latency-adapter.json`.
+shape n, H, rank), AlAd's latency overhead over M_C alone and, for every method on M_C (AlAd,
+LoRA, KD, SLAD, AdaLoRA), the share of the compressed -> large gap that it recovers. A cell of
+the grid without a result simply does not appear; the report says how many result files it
+used. The adapter Pareto sweep (sweeps/adapter.yaml) reads its own latency file:
+`--latency results/latency-adapter.json`.
 """
 
 from __future__ import annotations
@@ -257,9 +258,11 @@ def _overhead_cell(row: Row, value: float | None) -> str:
 
 
 def gap_recovered(row: Row, rows: list[Row]) -> str:
-    """(AlAd − compressed) / (large − compressed) on the main metric, from seed means; `large`
-    is the reference mode's row (M_L fine-tuned; not `probe`, which also runs M_L)."""
-    if not MODES[row.mode].adapter:
+    """(method − compressed) / (large − compressed) on the main metric, from seed means, for
+    every row that ships M_C other than M_C fine-tuned itself (AlAd, LoRA, KD, SLAD, AdaLoRA:
+    the methods compared at M_C's size); `large` is the reference mode's row (M_L fine-tuned;
+    not `probe`, which also runs M_L)."""
+    if MODES[row.mode].encoder != "compressed" or row.mode == "compressed":
         return ""
     large = next((r for r in rows if MODES[r.mode].reference), None)
     base = next(
@@ -350,7 +353,7 @@ def _cells(n: int) -> str:
     return f"{n} cell" if n == 1 else f"{n} cells"
 
 
-def task_notes(task: str, rows: list[Row]) -> str:
+def task_notes(task: str, rows: list[Row], grid: Path | None = None, reused: bool = False) -> str:
     results = [r for row in rows for r in row.results]
     sizes: dict[str, int] = {}
     for r in results:
@@ -385,11 +388,12 @@ def task_notes(task: str, rows: list[Row]) -> str:
         + "; ".join(f"{d} × {_cells(n)}" for d, n in machines.items())
         + f"; 1-min load average {_range([x for x in loads if _number(x)])} during the cells.",
         f"- Code: git {', '.join(commits)}.",
-        "- Gap recovered: (AlAd − compressed) / (M_L − compressed) on "
+        "- Gap recovered: (method − compressed) / (M_L − compressed) on "
         f"{TASKS[task].main_name} (seed means, same M_C); n/a where M_L does not beat M_C, "
         "n/a (gap in noise) where M_L − M_C is within twice the standard error of that "
         "difference (so the share would be noise over noise).",
-        f"- Commands: `alad sweep run sweeps/table1.yaml --task {task}` (the cells), "
+        f"- Commands: `alad sweep run {grid or 'sweeps/table1.yaml'} --task {task}` (the cells"
+        f"{'; reused ones: the grid that wrote them' if reused else ''}), "
         "`alad bench latency` (speed-up), `alad report` (this file).",
     ]
     if superseded:
@@ -559,6 +563,8 @@ def build_markdown(
     results_dir: Path,
     latency_path: Path | None,
     missing: list[str] | None = None,
+    grid: Path | None = None,
+    reused: bool = False,
 ) -> str:
     n_files = sum(len(row.results) + len(row.superseded) for rs in rows.values() for row in rs)
     n_used = sum(len(row.results) for rs in rows.values() for row in rs)
@@ -583,7 +589,7 @@ def build_markdown(
             "",
             task_table(task, task_rows, latency),
             "",
-            task_notes(task, task_rows),
+            task_notes(task, task_rows, grid, reused),
         ]
     parts += [
         "",
@@ -744,7 +750,9 @@ def write_report(
             for t, task_rows in rows.items() for r in task_rows
         ]  # fmt: skip
         plot_curves(series, titles, build / names["curves"])
-        markdown = build_markdown(rows, latency, results_dir, latency_path, missing)
+        markdown = build_markdown(
+            rows, latency, results_dir, latency_path, missing, grid, bool(reused)
+        )
         write_text(markdown + "\n", build / names["table"])
         out.mkdir(parents=True, exist_ok=True)
         for name in names.values():
