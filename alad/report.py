@@ -281,9 +281,12 @@ def gap_recovered(row: Row, rows: list[Row]) -> str:
 
 
 def _diff_se(a: Row, b: Row) -> float:
-    """Standard error of the difference of two rows' seed means; 0 while either has one seed
-    (no noise estimate: the share is shown, and the table's "(1)" says how little it rests on)."""
-    va, vb = a.values("main"), b.values("main")
+    return _se_of_difference(a.values("main"), b.values("main"))
+
+
+def _se_of_difference(va: list[float], vb: list[float]) -> float:
+    """Standard error of the difference of two seed means; 0 while either has one seed (no
+    noise estimate: the share is shown, and the table's "(1)" says how little it rests on)."""
     if len(va) < 2 or len(vb) < 2:
         return 0.0
     return (statistics.variance(va) / len(va) + statistics.variance(vb) / len(vb)) ** 0.5
@@ -340,6 +343,65 @@ def task_table(task: str, rows: list[Row], latency: dict[str, Any] | None) -> st
         lines.append("")
         lines.append(f"(The {name} baseline is omitted: {why}.)")
     return "\n".join(lines)
+
+
+def _dev_mean(row: Row) -> float | None:
+    dev = [
+        r.record["dev"]["main"]
+        for r in row.results
+        if _number((r.record.get("dev") or {}).get("main"))
+    ]
+    return statistics.fmean(dev) if dev else None
+
+
+def winners_table(task: str, rows: list[Row]) -> str:
+    """Per M_C: the best AlAd row and the best other method on M_C (LoRA, KD, SLAD, AdaLoRA),
+    each chosen by its mean *dev* score (the test set never chooses) among the rows with the
+    most seeds, with their test scores and gaps recovered, and AlAd's lead: beyond the seed
+    spread when it exceeds twice the standard error of the difference of the two means. ""
+    when no M_C has both kinds."""
+    header, key, scale = next(c for c in TASKS[task].columns if c[0] == TASKS[task].main_name)
+    lines = []
+    for compressed in dict.fromkeys(r.compressed for r in rows if not r.is_large):
+        mine = [r for r in rows if r.compressed == compressed and not r.is_large]
+        seeds = max(len(r.results) for r in mine)  # a one-seed screen never beats a 3-seed row
+        mine = [r for r in mine if len(r.results) == seeds]
+        alad = [r for r in mine if MODES[r.mode].adapter and _dev_mean(r) is not None]
+        other = [
+            r for r in mine
+            if not MODES[r.mode].adapter and r.mode != "compressed" and _dev_mean(r) is not None
+        ]  # fmt: skip
+        if not alad or not other:
+            continue
+        a, o = max(alad, key=_dev_mean), max(other, key=_dev_mean)
+        va, vo = a.values(key, scale), o.values(key, scale)
+        if not va or not vo:
+            continue
+        lead, se = statistics.fmean(va) - statistics.fmean(vo), _se_of_difference(va, vo)
+        verdict = (
+            "one seed: no spread" if se == 0
+            else "beyond the seed spread" if abs(lead) > 2 * se
+            else "within the seed spread"
+        )  # fmt: skip
+        lines.append(
+            _md_row(
+                [
+                    compressed,
+                    a.label,
+                    mean_std(va),
+                    gap_recovered(a, rows),
+                    o.label,
+                    mean_std(vo),
+                    gap_recovered(o, rows),
+                    f"{lead:+.1f} ({verdict}, 2 SE = {2 * se:.1f})",
+                ]
+            )
+        )
+    if not lines:
+        return ""
+    head = ["M_C", "best AlAd (dev)", header, "gap", "best other method (dev)", header, "gap",
+            "AlAd − other"]  # fmt: skip
+    return "\n".join([_md_row(head), _md_row(["---"] * len(head)), *lines])
 
 
 def _range(values: list[float]) -> str:
@@ -591,6 +653,19 @@ def build_markdown(
             "",
             task_notes(task, task_rows, grid, reused),
         ]
+    winners = {t: w for t, task_rows in rows.items() if (w := winners_table(t, task_rows))}
+    if winners:
+        parts += [
+            "",
+            "## Which method wins at M_C's size",
+            "",
+            "Per M_C: the AlAd row and the row of the other methods on M_C (LoRA, KD, SLAD, "
+            "AdaLoRA) with the best mean dev score (chosen on dev, never on test, among the rows "
+            "with the most seeds), their test scores and AlAd's lead; beyond the seed spread: "
+            "more than twice the standard error of the difference of the two means.",
+        ]
+        for task, table in winners.items():
+            parts += ["", f"### {TASKS[task].title}", "", table]
     parts += [
         "",
         "## Alignment and learning curves",
