@@ -404,6 +404,64 @@ def winners_table(task: str, rows: list[Row]) -> str:
     return "\n".join([_md_row(head), _md_row(["---"] * len(head)), *lines])
 
 
+# issue 22's goal for a leaner adapter: at most this overhead over M_C alone, at most this many
+# points below the paper's shape
+LEAN_OVERHEAD, LEAN_DROP = 1.10, 0.3
+
+
+def shapes_table(task: str, rows: list[Row], latency: dict[str, Any] | None) -> str:
+    """Per (M_C, mode) with AlAd rows of several shapes (sweeps/adapter.yaml; Table 1's window
+    ablation): each shape's adapter parameters, latency overhead over M_C and test score,
+    against the paper's shape (n=5, H=1280, full first layer) of the same M_C and mode, with
+    issue 22's goal: overhead <= 1.10x at <= 0.3 points below it. "" when no group has
+    several shapes and one row of the paper's shape."""
+    header, key, scale = next(c for c in TASKS[task].columns if c[0] == TASKS[task].main_name)
+    paper = (5, AdapterConfig.model_fields["hidden"].default, None)
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for row in rows:
+        if row.adapter_shape is not None:
+            groups.setdefault((row.compressed, row.mode), []).append(row)
+    lines = []
+    for (compressed, _), group in groups.items():
+        ref = [r for r in group if r.adapter_shape == paper]
+        if len({r.adapter_shape for r in group}) < 2 or len(ref) != 1:
+            continue
+        alone = next(
+            (r for r in rows if r.mode == "compressed" and r.compressed == compressed), None
+        )
+        base = ref[0].values(key, scale)
+        for row in sorted(group, key=lambda r: -(r.mean("params") or 0)):
+            n, h, rank = row.adapter_shape
+            params = row.mean("params"), alone.mean("params") if alone else None
+            o, v = overhead(row, latency), row.values(key, scale)
+            drop = statistics.fmean(v) - statistics.fmean(base) if v and base else None
+            meets = (
+                DASH if o is None or drop is None
+                else "yes" if o <= LEAN_OVERHEAD and drop >= -LEAN_DROP
+                else "no"
+            )  # fmt: skip
+            lines.append(
+                _md_row(
+                    [
+                        compressed,
+                        row.label,
+                        f"n={n} H={h} " + (f"r={rank}" if rank else "full"),
+                        f"{(params[0] - params[1]) / 1e6:.2f}" if None not in params else DASH,
+                        f"{o:.2f}×" if o is not None else DASH,
+                        mean_std(v),
+                        DASH if drop is None or row is ref[0]
+                        else f"{drop:+.1f} (2 SE {2 * _se_of_difference(v, base):.1f})",
+                        meets if row is not ref[0] else "(reference)",
+                    ]
+                )
+            )  # fmt: skip
+    if not lines:
+        return ""
+    head = ["M_C", "mode", "shape", "AlAd params (M)", "AlAd overhead", header,
+            "vs n=5 H=1280 full", f"≤ {LEAN_OVERHEAD:.2f}× and ≥ −{LEAN_DROP}"]  # fmt: skip
+    return "\n".join([_md_row(head), _md_row(["---"] * len(head)), *lines])
+
+
 def _range(values: list[float]) -> str:
     if not values:
         return "?"
@@ -653,6 +711,19 @@ def build_markdown(
             "",
             task_notes(task, task_rows, grid, reused),
         ]
+    shapes = {t: x for t, task_rows in rows.items() if (x := shapes_table(t, task_rows, latency))}
+    if shapes:
+        parts += [
+            "",
+            "## Adapter shapes: score against latency",
+            "",
+            "Per M_C and mode with AlAd rows of several shapes: the adapter's parameters (the "
+            "row's minus M_C's), its latency overhead over M_C alone (the latency file above) "
+            "and the test score, against the paper's shape (n=5, H=1280, full first layer). "
+            f"Goal (issue 22): overhead ≤ {LEAN_OVERHEAD:.2f}× at ≤ {LEAN_DROP} points below it.",
+        ]
+        for task, table in shapes.items():
+            parts += ["", f"### {TASKS[task].title}", "", table]
     winners = {t: w for t, task_rows in rows.items() if (w := winners_table(t, task_rows))}
     if winners:
         parts += [
