@@ -355,8 +355,14 @@ def test_the_kd_levers_and_baselines_grids_reuse_table1s_cells_and_each_other():
     count = {}
     for c in base:
         count[c.variant] = count.get(c.variant, 0) + 1
-    assert count == {None: 6, "table1": 36, "kd": 24, "slad": 12, "adalora": 12}
+    assert count == {
+        None: 6, "table1": 36, "finetuned-head": 24, "kd": 24, "slad": 12, "adalora": 12
+    }  # fmt: skip
     assert all(c.key in table1 for c in base if c.variant in (None, "table1"))
+    # AlAd with the teacher issue's recipe: the teacher grid's own cells (reused, not rerun)
+    teacher = {c.key for c in cells(load_grid(ROOT / "sweeps" / "teacher.yaml"))
+               if c.variant == "finetuned-head"}  # fmt: skip
+    assert teacher and teacher <= {c.key for c in base if c.variant == "finetuned-head"}
     lever = {(c.task, c.key) for c in kd if c.variant == "t2-a05"}
     same = {(c.task, c.key) for c in base if (c.variant, c.mode, c.seed) == ("kd", "kd", 13)}
     assert lever <= same  # the levers' cell at the defaults is the baseline's (reused)
