@@ -338,21 +338,24 @@ COMMITTED = sorted(
 
 
 @pytest.mark.parametrize("manifest", COMMITTED, ids=lambda p: p.parent.name)
-def test_committed_full_rank_phase1_adapters_still_load(manifest):
-    """results/align's adapters (written before ranks existed: no `rank` in their manifests)
-    load as full-rank adapters of the paper's size and fit a full-rank config."""
+def test_committed_phase1_adapters_still_load(manifest):
+    """results/align's adapters load at their shape and fit only it: Table 1's (written before
+    ranks existed: no `rank` in their manifests) as full-rank adapters of the paper's size, the
+    adapter grid's low-rank ones (`rank` in the manifest) as n·D_C -> r -> H."""
     from alad.checkpoint import CheckpointError, check_fits, load_checkpoint
 
     ckpt = load_checkpoint(manifest.parent)
     m = ckpt.manifest
-    assert "rank" not in m and ckpt.adapter.rank is None
+    rank = m.get("rank")
+    assert ckpt.adapter.rank == rank and (rank is None or 0 < rank < m["hidden"])
     shape = (m["d_compressed"], m["d_large"], m["window"], m["hidden"])
     assert sum(p.numel() for p in ckpt.adapter.parameters()) == AlignmentAdapter.parameter_count(
-        *shape
+        *shape, rank
     )
-    check_fits(m, *shape, manifest.parent)
-    with pytest.raises(CheckpointError, match="rank: checkpoint None vs requested 64"):
-        check_fits(m, *shape, manifest.parent, rank=64)
+    check_fits(m, *shape, manifest.parent, rank=rank)
+    other = 64 if rank is None else None
+    with pytest.raises(CheckpointError, match=f"rank: checkpoint {rank} vs requested {other}"):
+        check_fits(m, *shape, manifest.parent, rank=other)
 
 
 def test_the_committed_adapters_are_there():
