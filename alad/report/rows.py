@@ -179,6 +179,20 @@ def group_rows(results: Iterable[Result]) -> dict[str, list[Row]]:
     return {t: rows[t] for t in TASKS if t in rows}
 
 
+def adapter_groups(rows: list[Row]) -> dict[tuple[str, str], list[Row]]:
+    """(M_C, mode) -> its AlAd rows, in table order (several: shapes or a grid's variants)."""
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for row in rows:
+        if row.adapter_shape is not None:
+            groups.setdefault((row.compressed, row.mode), []).append(row)
+    return groups
+
+
+def compressed_row(rows: list[Row], compressed: str) -> Row | None:
+    """M_C fine-tuned alone (`compressed`): the reference of gaps, parameters and overheads."""
+    return next((r for r in rows if r.mode == "compressed" and r.compressed == compressed), None)
+
+
 def reused_results(grid_path: Path | None, results_dir: Path) -> list[Result]:
     """The results the grid at `grid_path` (writing to `results_dir`) takes from the folders
     it reuses (`reuse:` in the grid file): its cells whose key has a result there, e.g. Table

@@ -16,7 +16,7 @@ from typing import Any
 from alad.config import AdapterConfig
 from alad.modes import MODES
 from alad.report.latency import LATENCY_BATCH, overhead, speedup, torch_label
-from alad.report.rows import Row, is_number
+from alad.report.rows import Row, adapter_groups, compressed_row, is_number
 from alad.tasks import TASKS
 
 DASH = "–"
@@ -36,9 +36,7 @@ def gap_recovered(row: Row, rows: list[Row]) -> str:
     if MODES[row.mode].encoder != "compressed" or row.mode == "compressed":
         return ""
     large = next((r for r in rows if MODES[r.mode].reference), None)
-    base = next(
-        (r for r in rows if r.mode == "compressed" and r.compressed == row.compressed), None
-    )
+    base = compressed_row(rows, row.compressed)
     if large is None or base is None:
         return DASH
     a, c, m = row.mean("main"), base.mean("main"), large.mean("main")
@@ -46,13 +44,9 @@ def gap_recovered(row: Row, rows: list[Row]) -> str:
         return DASH
     if m <= c:
         return "n/a"
-    if m - c <= 2 * _diff_se(large, base):
+    if m - c <= 2 * _se_of_difference(large.values("main"), base.values("main")):
         return "n/a (gap in noise)"
     return f"{100 * (a - c) / (m - c):.0f}%"
-
-
-def _diff_se(a: Row, b: Row) -> float:
-    return _se_of_difference(a.values("main"), b.values("main"))
 
 
 def _se_of_difference(va: list[float], vb: list[float]) -> float:
@@ -125,13 +119,18 @@ def _dev_mean(row: Row) -> float | None:
     return statistics.fmean(dev) if dev else None
 
 
+def _main_column(task: str) -> tuple[str, str, float]:
+    """The report column of the task's main metric: (header, metric key, scale)."""
+    return next(c for c in TASKS[task].columns if c[0] == TASKS[task].main_name)
+
+
 def winners_table(task: str, rows: list[Row]) -> str:
     """Per M_C: the best AlAd row and the best other method on M_C (LoRA, KD, SLAD, AdaLoRA),
     each chosen by its mean *dev* score (the test set never chooses) among the rows with the
     most seeds, with their test scores and gaps recovered, and AlAd's lead: beyond the seed
     spread when it exceeds twice the standard error of the difference of the two means. ""
     when no M_C has both kinds."""
-    header, key, scale = next(c for c in TASKS[task].columns if c[0] == TASKS[task].main_name)
+    header, key, scale = _main_column(task)
     lines = []
     for compressed in dict.fromkeys(r.compressed for r in rows if not r.is_large):
         mine = [r for r in rows if r.compressed == compressed and not r.is_large]
@@ -186,20 +185,14 @@ def shapes_table(task: str, rows: list[Row], latency: dict[str, Any] | None) -> 
     against the paper's shape (n=5, H=1280, full first layer) of the same M_C and mode, with
     issue 22's goal: overhead <= 1.10x at <= 0.3 points below it. "" when no group has
     several shapes and one row of the paper's shape."""
-    header, key, scale = next(c for c in TASKS[task].columns if c[0] == TASKS[task].main_name)
-    paper = (5, AdapterConfig.model_fields["hidden"].default, None)
-    groups: dict[tuple[str, str], list[Row]] = {}
-    for row in rows:
-        if row.adapter_shape is not None:
-            groups.setdefault((row.compressed, row.mode), []).append(row)
+    header, key, scale = _main_column(task)
+    paper = tuple(AdapterConfig.model_fields[k].default for k in ("window", "hidden", "rank"))
     lines = []
-    for (compressed, _), group in groups.items():
+    for (compressed, _), group in adapter_groups(rows).items():
         ref = [r for r in group if r.adapter_shape == paper]
         if len({r.adapter_shape for r in group}) < 2 or len(ref) != 1:
             continue
-        alone = next(
-            (r for r in rows if r.mode == "compressed" and r.compressed == compressed), None
-        )
+        alone = compressed_row(rows, compressed)
         base = ref[0].values(key, scale)
         for row in sorted(group, key=lambda r: -(r.mean("params") or 0)):
             n, h, rank = row.adapter_shape

@@ -14,7 +14,14 @@ from typing import Any
 
 from alad.atomic import recover_dir, tmp_dir, write_text
 from alad.report.latency import latency_ms, overhead
-from alad.report.rows import Row, group_rows, load_latency, load_results, reused_results
+from alad.report.rows import (
+    Row,
+    adapter_groups,
+    group_rows,
+    load_latency,
+    load_results,
+    reused_results,
+)
 from alad.report.tables import (
     LEAN_DROP,
     LEAN_OVERHEAD,
@@ -178,12 +185,8 @@ def _shape_labels(rows: list[Row]) -> dict[int, str]:
     """id(row) -> its label where several AlAd rows share an M_C and mode (Table 1's window
     ablation, a grid's variants): the variant's name, else its shape ("n=3"; "n=5 H=1280" when
     the rows differ in more than n). A lone row needs none."""
-    groups: dict[tuple[str, str], list[Row]] = {}
-    for row in rows:
-        if row.adapter_shape is not None:
-            groups.setdefault((row.compressed, row.mode), []).append(row)
     out = {}
-    for group in (g for g in groups.values() if len(g) > 1):
+    for group in (g for g in adapter_groups(rows).values() if len(g) > 1):
         more = len({(r.adapter_shape or ())[1:] for r in group}) > 1  # H or rank differ too
         for r in group:
             n, h, rank = r.adapter_shape or (None, None, None)
