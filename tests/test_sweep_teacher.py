@@ -235,7 +235,38 @@ def test_a_grid_reuses_anothers_results_and_reports_its_variants_as_rows(tiny_gr
     write_json(_result(todo[0], 0.9), todo[0].own_result_path)
     table = write_report(tmp_path / "levers", None, tmp_path / "out", path)["table"].read_text()
     assert "alad-frozen n=3 [ft]" in table and "| 90.0 ± — (1) |" in table
-    assert "| alad-frozen n=3 |" in table and "large" in table  # reused, as their own rows
+    # reused: rows under this grid's variant names, as if this grid had run them
+    assert "| alad-frozen n=3 [last] |" in table and "large" in table
+
+
+def test_a_row_is_one_row_whether_its_seeds_were_reused_or_run_by_this_grid(tiny_grid, tmp_path):
+    """sweeps/adapter.yaml's h1280 is the teacher grid's `finetuned-head`: seed 1 reused from a
+    grid that named it otherwise, seed 2 run here; the report shows one row with both seeds,
+    under this grid's name."""
+    from alad.report import write_report
+
+    table1 = load_grid(tiny_grid)
+    for i, c in enumerate(cells(table1)):
+        write_json(_result(c, 0.5 + i / 100), c.result_path)
+    data = yaml.safe_load(tiny_grid.read_text())
+    data.update(reuse=[data["results"]], seeds=[1, 2], large_seeds=[1], modes=["alad-frozen"])
+
+    def grid(name: str, results: str) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({**data, "results": results, "variants": {name: HEAD}}))
+        return path
+
+    first = cells(load_grid(grid("teacher", str(tmp_path / "teacher"))))
+    seed1 = next(c for c in first if c.variant == "teacher" and c.seed == 1)
+    write_json(_result(seed1, 0.8), seed1.own_result_path)
+    data["reuse"] = [data["results"], str(tmp_path / "teacher")]
+    path = grid("h1280", str(tmp_path / "adapter"))
+    todo = [c for c in cells(load_grid(path)) if not c.done]
+    assert [(c.variant, c.seed) for c in todo] == [("h1280", 2)]  # seed 1: by key, reused
+    write_json(_result(todo[0], 0.9), todo[0].own_result_path)
+    table = write_report(tmp_path / "adapter", None, tmp_path / "out", path)["table"].read_text()
+    assert "| alad-frozen n=3 [h1280] | 85.0 ± 7.1 (2) |" in table
+    assert "[teacher]" not in table
 
 
 def test_a_teacher_still_training_is_not_ready(tiny_grid):

@@ -205,7 +205,16 @@ def reused_results(grid_path: Path | None, results_dir: Path) -> list[Result]:
     if not grid.reuse or grid.results.resolve() != Path(results_dir).resolve():
         return []
     return [
-        read_result(c.result_path)
+        listed_as(read_result(c.result_path), c.variant)
         for c in cells(grid)
         if c.done and c.result_path != c.own_result_path
     ]
+
+
+def listed_as(result: Result, variant: str | None) -> Result:
+    """`result` under the variant name of the grid that reuses it: a row is the same whether
+    its seeds were run by this grid or reused from another (sweeps/adapter.yaml's h1280 is the
+    teacher grid's `finetuned-head` at seed 13 and its own at seeds 14-15: one row)."""
+    if result.cell.get("variant") == variant:
+        return result
+    return Result(result.path, {**result.record, "cell": {**result.cell, "variant": variant}})
