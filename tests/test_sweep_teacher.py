@@ -9,12 +9,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import write_bio
 
 from alad.atomic import write_json
 from alad.config import ConfigError
 from alad.report import load_results
 from alad.results import NOT_IN_KEY
 from alad.sweep import cells, load_grid, run_sweep
+
+SPLITS = ("train", "dev", "test")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,6 +107,26 @@ def test_a_variant_can_have_its_own_seeds(tiny_grid):
     every = cells(load_grid(_grid(tiny_grid, [1], last={}, more=more)))
     assert sorted(c.seed for c in every if c.variant == "more") == [1, 2, 3]
     assert [c.seed for c in every if c.variant == "last"] == [1]
+
+
+def test_a_variant_can_override_its_set_per_task(tiny_grid):
+    """`tasks: {task: {key: value}}` on top of `set`: e.g. the T and alpha each task chose on
+    dev; a task the grid does not have is one error naming the variant and the task."""
+    per_task = {
+        "set": {"phase3.lr": 1e-3, "phase3.epochs": 2},
+        "tasks": {"pos": {"phase3.lr": 1e-4}},
+    }
+    _grid(tiny_grid, [1], v=per_task)
+    data = yaml.safe_load(tiny_grid.read_text())
+    ner = {s: str(write_bio(tiny_grid.parent / f"{s}.tsv", 6, i)) for i, s in enumerate(SPLITS)}
+    data["tasks"]["ner"] = ner
+    tiny_grid.write_text(yaml.safe_dump(data))
+    every = cells(load_grid(tiny_grid))
+    lr = {c.task: c.settings.phase3.lr for c in every if c.variant == "v"}
+    assert lr == {"pos": 1e-4, "ner": 1e-3}
+    assert {c.settings.phase3.epochs for c in every if c.variant == "v"} == {2}
+    with pytest.raises(ConfigError, match=r"variants\.v\.tasks\.qa: not a task of this grid"):
+        load_grid(_grid(tiny_grid, [1], v={"tasks": {"qa": {"phase3.lr": 1e-4}}}))
 
 
 def test_teacher_cells_run_after_their_large_cell_and_a_missing_teacher_is_rebuilt(tiny_grid):

@@ -19,7 +19,15 @@ from alad.config import ConfigError, Settings, load_settings
 from alad.models.catalog import training_cost
 from alad.modes import MODES
 from alad.results import KEY_OMITTED_AT_DEFAULT, NOT_IN_KEY
-from alad.sweep.grid import LARGE_TEACHER, TEACHER_CELLS, TEACHER_KEYS, Grid, TaskAxis, Variant
+from alad.sweep.grid import (
+    LARGE_TEACHER,
+    TEACHER_CELLS,
+    TEACHER_KEYS,
+    Grid,
+    TaskAxis,
+    Variant,
+    dotted,
+)
 from alad.sweep.teachers import best_teacher
 from alad.tasks import TASKS
 
@@ -177,17 +185,6 @@ def _settings(dotted: dict[str, Any], source: str) -> Settings:
     return load_settings(params=Path(os.devnull), overrides=nested, source=source)
 
 
-def _dotted(d: dict[str, Any]) -> dict[str, Any]:
-    """{"phase3": {"lr": 1}} and {"phase3.lr": 1} alike -> {"phase3.lr": 1}."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update({f"{k}.{kk}": vv for kk, vv in _dotted(v).items()})
-        else:
-            out[k] = v
-    return out
-
-
 def cells(grid: Grid, tasks: list[str] | None = None, only: list[str] | None = None) -> list[Cell]:
     """Every cell of the grid (optionally of some tasks, or whose name matches one of the
     shell patterns `only`, e.g. "pos/mpnet-base/large/*"), cheapest first; cells waiting for
@@ -208,14 +205,14 @@ def _task_cells(grid: Grid, task: str, axis: TaskAxis) -> list[Cell]:
     """One task's cells: its `large` seeds, then every variant x M_C x mode (+ the ablation)."""
     where = f"{grid._source}, task {task}"
     base = {
-        **_dotted(grid.set),
+        **dotted(grid.set),
         "models.large": grid.large,
         "phase3.task": task,
         "phase3.train": axis.train,
         "phase3.dev": axis.dev,
         "phase3.test": axis.test,
         "phase2.corpus": axis.train,
-        **_dotted(axis.set),
+        **dotted(axis.set),
     }
     seeds = axis.seeds or grid.seeds
     if base.get("phase3.distill.teacher") in TEACHER_CELLS:
@@ -226,7 +223,7 @@ def _task_cells(grid: Grid, task: str, axis: TaskAxis) -> list[Cell]:
         )
     make = partial(_cell, grid, task, base, where)
     variants = grid.variants or {None: Variant()}
-    aimed = {p for v in variants.values() for p in TEACHER_CELLS if p in _dotted(v.set).values()}
+    aimed = {p for v in variants.values() for p in TEACHER_CELLS if p in v.set_of(task).values()}
     # M_L's cells: `large` always, `probe` where a variant aims at it
     of_ml = {
         p: [make(grid.large, mode, None, s) for s in (grid.large_seeds or seeds)]
@@ -238,7 +235,7 @@ def _task_cells(grid: Grid, task: str, axis: TaskAxis) -> list[Cell]:
     out = [c for group in of_ml.values() for c in group]
     for variant, spec in variants.items():
         for p in TEACHER_CELLS:
-            if p not in teachers and p in _dotted(spec.set).values():
+            if p not in teachers and p in spec.set_of(task).values():
                 raise ConfigError(
                     f"{where}: variant {variant} aims at '{p}', the task's `{TEACHER_CELLS[p]}` "
                     f"cell, and the task runs none (tasks.{task}.large is false)"
@@ -272,7 +269,7 @@ def _cell(
     spec = spec or Variant()
     over = {
         **base,
-        **_dotted(spec.set),
+        **spec.set_of(task),
         "models.compressed": compressed,
         "phase3.mode": mode,
         "seed": seed,

@@ -55,6 +55,17 @@ TEACHER_CELLS = {LARGE_TEACHER: "large", "@probe": "probe"}
 TEACHER_KEYS = ("phase1.teacher", "phase2.teacher", "phase3.distill.teacher")
 
 
+def dotted(d: dict[str, Any]) -> dict[str, Any]:
+    """{"phase3": {"lr": 1}} and {"phase3.lr": 1} alike -> {"phase3.lr": 1}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in dotted(v).items()})
+        else:
+            out[k] = v
+    return out
+
+
 class Variant(_Strict):
     """Named config overrides for AlAd cells (e.g. another teacher): every compressed model x
     mode of the grid is run once per variant, its group named `<task>/<M_C>/<mode>+<variant>`."""
@@ -67,6 +78,11 @@ class Variant(_Strict):
         "not on this machine); '@probe': the same of the task's `probe` cells (M_L frozen + a "
         "linear head, run on large_seeds only when a variant aims at them).",
     )
+    tasks: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per-task overrides of this variant's cells, on top of `set` (e.g. the "
+        "distillation T and alpha chosen on dev for each task): {task: {key: value}}.",
+    )
     modes: list[str] | None = Field(None, description="None: the grid's (or the task's) modes.")
     seeds: list[int] | dict[str, list[int]] | None = Field(
         None,
@@ -77,6 +93,10 @@ class Variant(_Strict):
         "task's or grid's seeds, the first matching pattern counts). A zero-shot cell has no "
         "seed of its own: phases 1-2 use align_seed, so its seeds score the same.",
     )
+
+    def set_of(self, task: str) -> dict[str, Any]:
+        """This variant's overrides for one task's cells: `set`, then `tasks[task]` (dotted)."""
+        return {**dotted(self.set), **dotted(self.tasks.get(task, {}))}
 
     def seeds_of(self, task: str, compressed: str, mode: str) -> list[int] | None:
         """This variant's seeds for one group (None: the task's or grid's)."""
@@ -132,6 +152,13 @@ class Grid(_Strict):
         for task in self.tasks:
             if task not in TASKS:
                 raise ValueError(f"tasks.{task}: unknown task; choose from {sorted(TASKS)}")
+        for name, variant in (self.variants or {}).items():
+            for task in variant.tasks:
+                if task not in self.tasks:
+                    raise ValueError(
+                        f"variants.{name}.tasks.{task}: not a task of this grid; choose from "
+                        f"{sorted(self.tasks)}"
+                    )
         modes = [*self.modes, *(m for t in self.tasks.values() for m in t.modes or [])]
         modes += [m for v in (self.variants or {}).values() for m in v.modes or []]
         if self.ablation:
