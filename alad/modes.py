@@ -11,8 +11,10 @@ their own rate. AdaLoRA (`adalora`) is LoRA whose ranks are pruned by importance
 `compressed` is, with the task-distillation loss of alad/distill.py (phase3.distill); any other
 mode takes phase3.distill too (e.g. alad-joint + KD). `slad` (alad/phases/slad.py) is LoRA on M_C
 whose LoRA weights are slices of those of a pre-trained M_L + LoRA trained with it, on both task
-losses + the distillation term: LoRA's rates. `probe` is M_L frozen + a fresh linear head (the
-probed teacher of SLAD's abstract, a distillation teacher): the frozen modes' rate.
+losses + the distillation term: LoRA's rates. `probe` is M_L frozen + a linear head (the
+probed teacher of SLAD's abstract, a distillation teacher): the head first fitted to convergence as
+`alad probe` fits one (L-BFGS softmax regression on the training words), then trained at the
+frozen modes' rate.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ class ModeSpec:
     # Orders cells, seeds the ETA.
     cost: float = 1.0
     marker: str = "x"  # matplotlib marker in reports/pareto.png
+    # the head starts from a converged linear probe of the frozen encoder (alad.probe's
+    # L-BFGS softmax regression on the training words; token tasks), then trains as any head
+    fits_head: bool = False
     # the upper bound the report's "gap recovered" is measured against (M_L fine-tuned); `probe`
     # also runs M_L but is not it
     reference: bool = False
@@ -114,8 +119,9 @@ MODES: dict[str, ModeSpec] = {
         False,
         "frozen",
         1e-4,
-        description="M_L frozen + a linear head",
+        description="M_L frozen + a linear head, fitted as a linear probe",
         cost=0.3,
+        fits_head=True,
         marker="h",
     ),  # fmt: skip
 }

@@ -85,17 +85,17 @@ def features(
     return {k: np.concatenate(v) for k, v in per_layer.items()}, np.concatenate(ys)
 
 
-def probe(
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    evals: dict[str, tuple[np.ndarray, np.ndarray]],
+def fit_softmax(
+    x_train: np.ndarray | torch.Tensor,
+    y_train: np.ndarray | torch.Tensor,
     classes: int,
     l2: float = L2,
-) -> dict[str, float]:
-    """Softmax regression, full batch, L-BFGS, fixed L2: accuracy (%) per evaluation split."""
-    x = torch.from_numpy(x_train).float()
+) -> torch.nn.Linear:
+    """Softmax regression, full batch, L-BFGS (200 steps), fixed L2 on standardised features,
+    returned as one Linear on the raw features (the standardisation folded into its weights)."""
+    x = torch.as_tensor(x_train).float()
     mean, std = x.mean(0), x.std(0) + 1e-6
-    x, y = (x - mean) / std, torch.from_numpy(y_train).long()
+    x, y = (x - mean) / std, torch.as_tensor(y_train).long()
     linear = torch.nn.Linear(x.shape[1], classes)
     opt = torch.optim.LBFGS(linear.parameters(), max_iter=200, line_search_fn="strong_wolfe")
 
@@ -106,10 +106,25 @@ def probe(
         return loss
 
     opt.step(closure)
+    with torch.no_grad():  # W (x - m) / s + b = (W / s) x + (b - (W / s) m)
+        linear.weight.div_(std)
+        linear.bias.sub_(linear.weight @ mean)
+    return linear
+
+
+def probe(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    evals: dict[str, tuple[np.ndarray, np.ndarray]],
+    classes: int,
+    l2: float = L2,
+) -> dict[str, float]:
+    """`fit_softmax` on the training words: accuracy (%) per evaluation split."""
+    linear = fit_softmax(x_train, y_train, classes, l2)
     out = {}
     with torch.no_grad():
         for name, (xe, ye) in evals.items():
-            pred = linear((torch.from_numpy(xe).float() - mean) / std).argmax(-1)
+            pred = linear(torch.from_numpy(xe).float()).argmax(-1)
             out[name] = round(100 * float((pred == torch.from_numpy(ye)).float().mean()), 1)
     return out
 

@@ -10,6 +10,7 @@ trains its head on the frozen M_L's cached outputs and leaves the encoder as it 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -191,3 +192,30 @@ def test_probe_trains_a_head_on_the_frozen_large_models_cached_outputs(tiny_sett
     cached = [p.name for p in (feature_root(s.cache.dir) / "phase3").glob("*.safetensors")]
     assert cached and all(n.startswith(large.fingerprint) for n in cached)
     assert result.history[0]["train_loss"] > 0
+
+
+def test_a_probes_head_starts_from_the_converged_linear_probe(tiny_settings, tmp_path, monkeypatch):
+    """The probed teacher is a linear probe (alad.probe.fit_softmax, L-BFGS), not a head that a
+    few epochs at the frozen rate leave half-trained: fitted on the frozen outputs of every
+    training word (each word's first sub-token, labels as the task's), then trained as any head
+    (here at a negligible rate, so the saved head is the fit)."""
+    import alad.phases.finetune as ft
+
+    fits, real = [], ft.fit_softmax
+
+    def spy(x, y, classes, *args):  # the real fit, its inputs and output kept
+        fits.append((x, y, real(x, y, classes, *args)))
+        return fits[-1][2]
+
+    monkeypatch.setattr(ft, "fit_softmax", spy)
+    s = finetune_settings(tiny_settings, tmp_path, mode="probe", epochs=1, lr=1e-12)
+    result = finetune(s, out=tmp_path / "probe", progress=False)
+    ((x, y, fit),) = fits
+    words = [ln for ln in Path(s.phase3.train).read_text().splitlines() if ln.strip()]
+    assert len(y) == len(words) and x.shape == (len(words), load_encoder(s.models.large).dim)
+    saved = load_model(result.model_dir)[0].head.classifier
+    assert torch.allclose(saved.weight, fit.weight, atol=1e-6)
+    assert torch.allclose(saved.bias, fit.bias, atol=1e-6)
+    # a convex fit to convergence: the training words are read better than by a fresh head
+    fresh = torch.nn.functional.cross_entropy(torch.zeros(len(y), fit.out_features), y)
+    assert torch.nn.functional.cross_entropy(fit(x), y) < 0.5 * fresh

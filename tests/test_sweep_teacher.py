@@ -392,7 +392,8 @@ def test_the_kd_levers_and_baselines_grids_reuse_table1s_cells_and_each_other():
         count[c.variant or c.mode] = count.get(c.variant or c.mode, 0) + 1
     levers = [f"t{t}-a{a}" for t in (1, 2, 4) for a in ("05", "09")]
     assert count == {
-        "large": 6, "probe": 6, "ref": 2, "probe-t2-a05": 2, **dict.fromkeys(levers, 2)
+        "large": 6, "probe": 6, "ref": 2, "probe-t1-a05": 2, "probe-t2-a05": 2,
+        **dict.fromkeys(levers, 2),
     }  # fmt: skip
     for c in kd:
         if c.mode == "large" or c.variant == "ref":

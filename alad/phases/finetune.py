@@ -38,6 +38,7 @@ from alad.checkpoint import (
     save_trainer_state,
 )
 from alad.config import ConfigError, DistillConfig, Phase3Config, Settings
+from alad.data import tagging
 from alad.distill import TeacherLogits, teacher_logits, word_rows
 from alad.errors import DataFormatError
 from alad.heads import build_head
@@ -56,6 +57,7 @@ from alad.phases.recipe import (
     run_key,
 )
 from alad.phases.slad import SladLoss, SladModel
+from alad.probe import fit_softmax
 from alad.runtime import Runtime, barrier, is_main, rank_world
 from alad.tasks import TASKS, Splits, Task, load_splits
 from alad.teacher import head_for
@@ -309,6 +311,10 @@ class FinetuneRecipe(Recipe):
             settings, self.model, encoders[1] if self.mode.encoder == "large" else encoders[0],
             self.train_feats, self.dev_feats, self.pad_id, self.progress,
         )  # fmt: skip
+        if self.mode.fits_head:
+            t0 = time.perf_counter()
+            _fit_head(self)
+            self.extract_seconds += time.perf_counter() - t0
         self.targets = self._teacher_targets()
         self.slad = self._slad_loss()
         self.optimizer = torch.optim.AdamW(_param_groups(self.model, self.mode, cfg, self.lr))
@@ -574,6 +580,38 @@ def _cache_frozen_outputs(
         barrier()
     model.frozen_outputs = outputs
     return time.perf_counter() - t0
+
+
+@torch.no_grad()
+def _fit_head(r: FinetuneRecipe) -> None:
+    """A `fits_head` mode (`probe`): the head's classifier starts from the converged linear
+    probe of the frozen encoder's outputs at the scored positions (each word's first sub-token)
+    of every training row, fitted as `alad probe` fits a layer (alad.probe.fit_softmax); the
+    epochs then train it as any head. Token tasks; a span head (QA) starts fresh."""
+    model, task = r.model, r.task
+    if task.head_kind != "token":
+        log.warning("phase 3: mode %s fits token heads only; the QA head starts fresh", r.cfg.mode)
+        return
+    model.eval()
+    xs, ys = [], []
+    rows = list(range(task.num_rows(r.train_feats)))
+    for batch in task.batches(r.train_feats, r.cfg.batch_size, r.pad_id, rows):
+        batch = r.runtime.move(batch)
+        keep = batch["labels"] != tagging.IGNORE
+        xs.append(model.embed(batch["input_ids"], batch["attention_mask"])[keep].float().cpu())
+        ys.append(batch["labels"][keep].cpu())
+    x, y = torch.cat(xs), torch.cat(ys)
+    classifier = model.head.classifier
+    with torch.random.fork_rng(devices=[]):  # the rest of phase 3 sees the same random stream
+        linear = fit_softmax(x, y, classifier.out_features)
+    classifier.weight.copy_(linear.weight)
+    classifier.bias.copy_(linear.bias)
+    accuracy = 100 * float((linear(x).argmax(-1) == y).float().mean())
+    log.info(
+        "phase 3: the head fitted as a linear probe on %d training words (train accuracy %.1f %%)",
+        len(y), accuracy,
+    )  # fmt: skip
+    model.train()
 
 
 def _epoch_order(feats: Any, cfg: Phase3Config, seed: int, epoch: int) -> list[int]:
