@@ -412,16 +412,34 @@ def test_the_kd_levers_and_baselines_grids_reuse_table1s_cells_and_each_other():
     for c in base:
         count[c.variant] = count.get(c.variant, 0) + 1
     assert count == {
-        None: 6, "table1": 36, "finetuned-head": 24, "kd": 24, "slad": 12, "adalora": 12
+        None: 6, "table1": 36, "finetuned-head": 24, "kd": 12, "alad-kd": 12, "slad": 12,
+        "adalora": 12,
     }  # fmt: skip
     assert all(c.key in table1 for c in base if c.variant in (None, "table1"))
     # AlAd with the teacher issue's recipe: the teacher grid's own cells (reused, not rerun)
     teacher = {c.key for c in cells(load_grid(ROOT / "sweeps" / "teacher.yaml"))
                if c.variant == "finetuned-head"}  # fmt: skip
     assert teacher and teacher <= {c.key for c in base if c.variant == "finetuned-head"}
-    lever = {(c.task, c.key) for c in kd if c.variant == "t2-a05"}
-    same = {(c.task, c.key) for c in base if (c.variant, c.mode, c.seed) == ("kd", "kd", 13)}
-    assert lever <= same  # the levers' cell at the defaults is the baseline's (reused)
+    # each task's T and alpha (per task, in the variants' `tasks:`): kd's seed-13 cell is the
+    # levers' cell of those values (reused), and AlAd + KD and SLAD distil with the same
+    chosen = {
+        c.task: (c.settings.phase3.distill.temperature, c.settings.phase3.distill.alpha)
+        for c in base if c.mode == "kd"
+    }  # fmt: skip
+    levers_of = {
+        (c.task, c.settings.phase3.distill.temperature, c.settings.phase3.distill.alpha,
+         c.teacher and c.teacher.mode): c.key
+        for c in kd if c.mode == "kd"
+    }  # fmt: skip
     for c in base:
+        d = c.settings.phase3.distill
+        if c.variant in ("kd", "alad-kd", "slad"):
+            assert (d.temperature, d.alpha) == chosen[c.task], c.name
+        if c.mode == "kd" and c.seed == 13 and c.compressed == "minilm-l6":
+            assert c.key == levers_of[(c.task, d.temperature, d.alpha, c.teacher.mode)]
+        if c.variant == "alad-kd":  # the task's better AlAd recipe: POS the teacher issue's
+            pos = c.task == "pos"
+            assert (c.settings.phase3.head_init == "teacher") == pos
+            assert (c.settings.phase2.teacher is not None) == pos
         if c.mode == "slad":
             assert c.settings.phase3.distill.teacher is None and c.teacher is None
