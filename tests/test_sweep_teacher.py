@@ -412,10 +412,13 @@ def test_the_kd_levers_and_baselines_grids_reuse_table1s_cells_and_each_other():
     for c in base:
         count[c.variant] = count.get(c.variant, 0) + 1
     assert count == {
-        None: 6, "table1": 36, "finetuned-head": 24, "kd": 12, "alad-kd": 12, "slad": 12,
+        None: 9, "table1": 36, "finetuned-head": 24, "kd": 12, "alad-kd": 12, "slad": 12,
         "adalora": 12,
     }  # fmt: skip
-    assert all(c.key in table1 for c in base if c.variant in (None, "table1"))
+    assert all(c.key in table1 for c in base if c.variant in (None, "table1") and c.mode != "probe")
+    # the probed teacher (NER's kd): the levers grid's own probe cells
+    probes = {c.key for c in base if c.mode == "probe"}
+    assert len(probes) == 3 and probes <= {c.key for c in kd if c.mode == "probe"}
     # AlAd with the teacher issue's recipe: the teacher grid's own cells (reused, not rerun)
     teacher = {c.key for c in cells(load_grid(ROOT / "sweeps" / "teacher.yaml"))
                if c.variant == "finetuned-head"}  # fmt: skip
