@@ -52,6 +52,7 @@ class AladPreTrainedModel(PreTrainedModel):
             self.encoder = AutoModel.from_config(config.encoder)
         self.adapter = AlignmentAdapter(**config.adapter) if config.adapter else None
         self.head = build_head(self.head_kind, config.head_width(), config.num_labels)
+        self.post_init()  # the subclasses add no modules of their own
 
     def head_logits(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
@@ -69,10 +70,6 @@ class AladForTokenClassification(AladPreTrainedModel):
     """POS / NER tags per token; a word's tag is its first sub-token's (alad's rule)."""
 
     head_kind = "token"
-
-    def __init__(self, config: AladConfig):
-        super().__init__(config)
-        self.post_init()
 
     def forward(
         self,
@@ -93,10 +90,6 @@ class AladForQuestionAnswering(AladPreTrainedModel):
     """Start / end logits per token for extractive QA; index 0 ([CLS]) is "no answer"."""
 
     head_kind = "span"
-
-    def __init__(self, config: AladConfig):
-        super().__init__(config)
-        self.post_init()
 
     def forward(
         self,
