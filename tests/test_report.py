@@ -265,6 +265,42 @@ def test_the_winner_per_m_c_is_chosen_on_dev_among_full_rows(tmp_path):
     ), line
 
 
+def test_at_alads_speed_the_winner_is_any_m_c_as_fast(tmp_path, latency):
+    """Each M_C's best AlAd row against the best row without an adapter on any M_C whose
+    speed-up is at least 90 % of its own: minilm-l6 alone (4.0x) is as fast as minilm-l3 + AlAd
+    (3.8x) and wins there; a better but slower model (prune4, 2.0x) is never a candidate."""
+    data = json.loads(latency.read_text())
+    for model, window, speedup in [("minilm-l3", None, 6.0), ("minilm-l3", 5, 3.8),
+                                   ("mpnet-base:prune4", None, 2.0)]:  # fmt: skip
+        data["rows"].append({**data["rows"][2], "model": model, "window": window,
+                             "ms_per_batch": 1000 / speedup, "speedup": speedup})  # fmt: skip
+    latency.write_text(json.dumps(data))
+    root = tmp_path / "results" / "baselines"
+    rows = {
+        (LARGE, "large", None): [0.79, 0.80, 0.81],
+        ("mpnet-base:prune4", "compressed", None): [0.84, 0.85, 0.86],
+        ("minilm-l6", "compressed", None): [0.74, 0.75, 0.76],
+        ("minilm-l6", "alad-joint", 5): [0.77, 0.78, 0.79],
+        ("minilm-l3", "compressed", None): [0.64, 0.65, 0.66],
+        ("minilm-l3", "lora", None): [0.67, 0.68, 0.69],
+        ("minilm-l3", "alad-joint", 5): [0.71, 0.72, 0.73],
+    }
+    for (compressed, mode, window), scores in rows.items():
+        for seed, score in zip(SEEDS, scores, strict=True):
+            write_result(root, "pos", compressed, mode, window, seed, pos(score, 20.7))
+    md = write_report(root, latency, tmp_path / "out")["table"].read_text()
+    fastest = md.split("\n## Which method wins at AlAd's speed")[1].split("\n## ")[0]
+    assert _line(fastest, "minilm-l6 alad-joint n=5") == (
+        "| minilm-l6 alad-joint n=5 | 3.50× | 78.0 ± 1.0 (3) | minilm-l6 compressed | 4.00× | "
+        "75.0 ± 1.0 (3) | +3.0 (beyond the seed spread, 2 SE = 1.6) |"
+    )
+    assert _line(fastest, "minilm-l3 alad-joint n=5") == (
+        "| minilm-l3 alad-joint n=5 | 3.80× | 72.0 ± 1.0 (3) | minilm-l6 compressed | 4.00× | "
+        "75.0 ± 1.0 (3) | -3.0 (beyond the seed spread, 2 SE = 1.6) |"
+    )
+    assert "prune4 compressed" not in fastest
+
+
 def test_adapter_shapes_against_the_papers_with_the_lean_goal(tmp_path, latency):
     """Several adapter shapes of one M_C and mode (here the window): each one's parameters
     (its row's minus M_C's), overhead and score against n=5 H=1280 full, and issue 22's goal

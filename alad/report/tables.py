@@ -124,6 +124,26 @@ def _main_column(task: str) -> tuple[str, str, float]:
     return next(c for c in TASKS[task].columns if c[0] == TASKS[task].main_name)
 
 
+def _lead(va: list[float], vb: list[float]) -> str:
+    """A's lead over B in seed means, and whether it exceeds twice the standard error of the
+    difference (the seed spread)."""
+    lead, se = statistics.fmean(va) - statistics.fmean(vb), _se_of_difference(va, vb)
+    verdict = (
+        "one seed: no spread" if se == 0
+        else "beyond the seed spread" if abs(lead) > 2 * se
+        else "within the seed spread"
+    )  # fmt: skip
+    return f"{lead:+.1f} ({verdict}, 2 SE = {2 * se:.1f})"
+
+
+def _comparable(rows: list[Row]) -> list[Row]:
+    """The rows a winner is chosen from: not M_L, with a dev score, and with the most seeds
+    among them (a one-seed screen never beats a 3-seed row)."""
+    rows = [r for r in rows if not r.is_large and _dev_mean(r) is not None]
+    seeds = max((len(r.results) for r in rows), default=0)
+    return [r for r in rows if len(r.results) == seeds]
+
+
 def winners_table(task: str, rows: list[Row]) -> str:
     """Per M_C: the best AlAd row and the best other method on M_C (LoRA, KD, SLAD, AdaLoRA),
     each chosen by its mean *dev* score (the test set never chooses) among the rows with the
@@ -133,43 +153,62 @@ def winners_table(task: str, rows: list[Row]) -> str:
     header, key, scale = _main_column(task)
     lines = []
     for compressed in dict.fromkeys(r.compressed for r in rows if not r.is_large):
-        mine = [r for r in rows if r.compressed == compressed and not r.is_large]
-        seeds = max(len(r.results) for r in mine)  # a one-seed screen never beats a 3-seed row
-        mine = [r for r in mine if len(r.results) == seeds]
-        alad = [r for r in mine if MODES[r.mode].adapter and _dev_mean(r) is not None]
-        other = [
-            r for r in mine
-            if not MODES[r.mode].adapter and r.mode != "compressed" and _dev_mean(r) is not None
-        ]  # fmt: skip
+        mine = _comparable([r for r in rows if r.compressed == compressed])
+        alad = [r for r in mine if MODES[r.mode].adapter]
+        other = [r for r in mine if not MODES[r.mode].adapter and r.mode != "compressed"]
         if not alad or not other:
             continue
         a, o = max(alad, key=_dev_mean), max(other, key=_dev_mean)
         va, vo = a.values(key, scale), o.values(key, scale)
-        if not va or not vo:
-            continue
-        lead, se = statistics.fmean(va) - statistics.fmean(vo), _se_of_difference(va, vo)
-        verdict = (
-            "one seed: no spread" if se == 0
-            else "beyond the seed spread" if abs(lead) > 2 * se
-            else "within the seed spread"
-        )  # fmt: skip
-        lines.append(
-            _md_row(
-                [
-                    compressed,
-                    a.label,
-                    mean_std(va),
-                    gap_recovered(a, rows),
-                    o.label,
-                    mean_std(vo),
-                    gap_recovered(o, rows),
-                    f"{lead:+.1f} ({verdict}, 2 SE = {2 * se:.1f})",
-                ]
-            )
-        )
+        if va and vo:
+            lines.append(
+                _md_row([compressed, a.label, mean_std(va), gap_recovered(a, rows), o.label,
+                         mean_std(vo), gap_recovered(o, rows), _lead(va, vo)])
+            )  # fmt: skip
     if not lines:
         return ""
     head = ["M_C", "best AlAd (dev)", header, "gap", "best other method (dev)", header, "gap",
+            "AlAd − other"]  # fmt: skip
+    return "\n".join([_md_row(head), _md_row(["---"] * len(head)), *lines])
+
+
+# "as fast": a speed-up at least this share of the AlAd row's (latencies on a shared CPU vary by
+# a few %; minilm-l6 alone, 7.9x, is as fast as minilm-l3 + AlAd, 8.3x)
+AS_FAST = 0.9
+
+
+def speed_winners_table(task: str, rows: list[Row], latency: dict[str, Any] | None) -> str:
+    """Per M_C: its best AlAd row (by mean dev, as in winners_table) against the best row
+    without an adapter, on *any* M_C, that runs as fast (speed-up over M_L in the latency file
+    >= AS_FAST x the AlAd row's): what a user who can afford AlAd's latency would get from
+    spending it on a bigger plain model or another method instead. "" without latencies or
+    where no such pair exists."""
+    header, key, scale = _main_column(task)
+    mine = _comparable(rows)
+    speed = {id(r): speedup(r, latency) for r in mine}
+    lines = []
+    for compressed in dict.fromkeys(r.compressed for r in mine):
+        alad = [r for r in mine if r.compressed == compressed and MODES[r.mode].adapter]
+        if not alad or speed[id(a := max(alad, key=_dev_mean))] is None:
+            continue
+        other = [
+            r for r in mine
+            if not MODES[r.mode].adapter and (speed[id(r)] or 0) >= AS_FAST * speed[id(a)]
+        ]  # fmt: skip
+        if not other:
+            continue
+        o = max(other, key=_dev_mean)
+        va, vo = a.values(key, scale), o.values(key, scale)
+        if va and vo:
+            lines.append(
+                _md_row([f"{compressed} {a.label}", f"{speed[id(a)]:.2f}×", mean_std(va),
+                         f"{o.compressed} {o.label}", f"{speed[id(o)]:.2f}×", mean_std(vo),
+                         _lead(va, vo)])
+            )  # fmt: skip
+    if not lines:
+        return ""
+    head = ["best AlAd on M_C (dev)", "speed-up", header,
+            "best method without AlAd, as fast (dev)", "speed-up", header,
             "AlAd − other"]  # fmt: skip
     return "\n".join([_md_row(head), _md_row(["---"] * len(head)), *lines])
 

@@ -23,6 +23,7 @@ from alad.report.rows import (
     reused_results,
 )
 from alad.report.tables import (
+    AS_FAST,
     LEAN_DROP,
     LEAN_OVERHEAD,
     curves_table,
@@ -31,6 +32,7 @@ from alad.report.tables import (
     latency_line,
     seed_table,
     shapes_table,
+    speed_winners_table,
     task_notes,
     task_table,
     trivial,
@@ -98,6 +100,21 @@ def build_markdown(
             "more than twice the standard error of the difference of the two means.",
         ]
         for task, table in winners.items():
+            parts += ["", f"### {TASKS[task].title}", "", table]
+    fastest = {
+        t: w for t, task_rows in rows.items() if (w := speed_winners_table(t, task_rows, latency))
+    }
+    if fastest:
+        parts += [
+            "",
+            "## Which method wins at AlAd's speed",
+            "",
+            "Per M_C: its best AlAd row (as above) against the best row without an adapter, on "
+            f"any M_C, that runs as fast (its speed-up over M_L ≥ {AS_FAST:.0%} of the AlAd "
+            "row's; chosen on dev): what the latency AlAd costs would buy spent on a bigger "
+            "plain model or another method instead.",
+        ]
+        for task, table in fastest.items():
             parts += ["", f"### {TASKS[task].title}", "", table]
     parts += [
         "",
