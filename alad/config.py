@@ -316,6 +316,12 @@ class Phase3Config(_Section):
         "are split into windows of whole words, never cut.",
     )
     stride: Integer = Field(128, ge=0, le=256, description="QA: token overlap between windows.")
+    lora_lr: Number | None = Field(
+        None,
+        gt=0,
+        le=1.0,
+        description="Learning rate of the LoRA / AdaLoRA weights (None: the mode's, 1e-3).",
+    )
     lora_r: Integer = Field(8, ge=1, le=256, description="LoRA rank.")
     lora_alpha: Integer = Field(16, ge=1, le=1024, description="LoRA scaling alpha.")
     adalora: AdaLoraSettings = Field(
@@ -405,6 +411,7 @@ ADDED_AT_DEFAULT: dict[str, Any] = {
     "adapter.rank": None,
     "phase3.distill": None,
     "phase3.adalora": AdaLoraSettings().model_dump(mode="json"),
+    "phase3.lora_lr": None,
 }
 
 

@@ -41,6 +41,17 @@ from alad.report.tables import (
 from alad.tasks import TASKS
 
 
+def _per_task_section(title: str, intro: str, tables: dict[str, str]) -> list[str]:
+    """A `## title` section with one `### task` table per task that has one; [] if none has."""
+    tables = {task: table for task, table in tables.items() if table}
+    if not tables:
+        return []
+    parts = ["", f"## {title}", "", intro]
+    for task, table in tables.items():
+        parts += ["", f"### {TASKS[task].title}", "", table]
+    return parts
+
+
 def build_markdown(
     rows: dict[str, list[Row]],
     latency: dict[str, Any] | None,
@@ -75,47 +86,30 @@ def build_markdown(
             "",
             task_notes(task, task_rows, grid, reused),
         ]
-    shapes = {t: x for t, task_rows in rows.items() if (x := shapes_table(t, task_rows, latency))}
-    if shapes:
-        parts += [
-            "",
-            "## Adapter shapes: score against latency",
-            "",
-            "Per M_C and mode with AlAd rows of several shapes: the adapter's parameters (the "
-            "row's minus M_C's), its latency overhead over M_C alone (the latency file above) "
-            "and the test score, against the paper's shape (n=5, H=1280, full first layer). "
-            f"Goal (issue 22): overhead ≤ {LEAN_OVERHEAD:.2f}× at ≤ {LEAN_DROP} points below it.",
-        ]
-        for task, table in shapes.items():
-            parts += ["", f"### {TASKS[task].title}", "", table]
-    winners = {t: w for t, task_rows in rows.items() if (w := winners_table(t, task_rows))}
-    if winners:
-        parts += [
-            "",
-            "## Which method wins at M_C's size",
-            "",
-            "Per M_C: the AlAd row and the row of the other methods on M_C (LoRA, KD, SLAD, "
-            "AdaLoRA) with the best mean dev score (chosen on dev, never on test, among the rows "
-            "with the most seeds), their test scores and AlAd's lead; beyond the seed spread: "
-            "more than twice the standard error of the difference of the two means.",
-        ]
-        for task, table in winners.items():
-            parts += ["", f"### {TASKS[task].title}", "", table]
-    fastest = {
-        t: w for t, task_rows in rows.items() if (w := speed_winners_table(t, task_rows, latency))
-    }
-    if fastest:
-        parts += [
-            "",
-            "## Which method wins at AlAd's speed",
-            "",
-            "Per M_C: its best AlAd row (as above) against the best row without an adapter, on "
-            f"any M_C, that runs as fast (its speed-up over M_L ≥ {AS_FAST:.0%} of the AlAd "
-            "row's; chosen on dev): what the latency AlAd costs would buy spent on a bigger "
-            "plain model or another method instead.",
-        ]
-        for task, table in fastest.items():
-            parts += ["", f"### {TASKS[task].title}", "", table]
+    parts += _per_task_section(
+        "Adapter shapes: score against latency",
+        "Per M_C and mode with AlAd rows of several shapes: the adapter's parameters (the "
+        "row's minus M_C's), its latency overhead over M_C alone (the latency file above) "
+        "and the test score, against the paper's shape (n=5, H=1280, full first layer). "
+        f"Goal (issue 22): overhead ≤ {LEAN_OVERHEAD:.2f}× at ≤ {LEAN_DROP} points below it.",
+        {t: shapes_table(t, task_rows, latency) for t, task_rows in rows.items()},
+    )
+    parts += _per_task_section(
+        "Which method wins at M_C's size",
+        "Per M_C: the AlAd row and the row of the other methods on M_C (LoRA, KD, SLAD, "
+        "AdaLoRA) with the best mean dev score (chosen on dev, never on test, among the rows "
+        "with the most seeds), their test scores and AlAd's lead; beyond the seed spread: "
+        "more than twice the standard error of the difference of the two means.",
+        {t: winners_table(t, task_rows) for t, task_rows in rows.items()},
+    )
+    parts += _per_task_section(
+        "Which method wins at AlAd's speed",
+        "Per M_C: its best AlAd row (as above) against the best row without an adapter, on "
+        f"any M_C, that runs as fast (its speed-up over M_L ≥ {AS_FAST:.0%} of the AlAd "
+        "row's; chosen on dev): what the latency AlAd costs would buy spent on a bigger "
+        "plain model or another method instead.",
+        {t: speed_winners_table(t, task_rows, latency) for t, task_rows in rows.items()},
+    )
     parts += [
         "",
         "## Alignment and learning curves",

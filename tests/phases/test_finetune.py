@@ -342,3 +342,19 @@ def test_saving_a_lora_model_leaves_its_training_model_as_it_was(tiny_settings, 
     # training goes on after the best epoch so far is saved: the LoRA layers must still be there
     after = {n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n}
     assert before and after == before
+
+
+@pytest.mark.parametrize("lora_lr", [None, 4e-3])
+def test_the_low_rank_weights_learn_at_phase3_lora_lr(lora_lr, tiny_settings, tmp_path):
+    """LoRA's rate is the mode's 1e-3 unless phase3.lora_lr sets it; phase3.lr and head_lr
+    leave it alone (they set the rest and the head)."""
+    from alad.tasks import TASKS
+
+    s = finetune_settings(tiny_settings, tmp_path, mode="lora", lora_lr=lora_lr, head_lr=2e-3)
+    encoders = (load_encoder(s.models.compressed), load_encoder(s.models.large))
+    model = ft_mod.build_model(s, MODES["lora"], TASKS["ner"], ["O", "B-X"], encoders)
+    groups = ft_mod._param_groups(model, MODES["lora"], s.phase3, s.phase3.lr)
+    lora = {id(p) for n, p in model.named_parameters() if "lora_" in n and p.requires_grad}
+    rates = {g["lr"] for g in groups if {id(p) for p in g["params"]} <= lora}
+    assert rates == {lora_lr or MODES["lora"].lora_lr}
+    assert {g["lr"] for g in groups} == rates | {2e-3}
