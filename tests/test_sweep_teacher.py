@@ -412,7 +412,7 @@ def test_the_kd_levers_and_baselines_grids_reuse_table1s_cells_and_each_other():
     for c in base:
         count[c.variant] = count.get(c.variant, 0) + 1
     assert count == {
-        None: 9, "table1": 36, "finetuned-head": 24, "kd": 12, "alad-kd": 12, "slad": 12,
+        None: 9, "table1": 48, "finetuned-head": 24, "kd": 12, "alad-kd": 12, "slad": 12,
         "adalora": 12,
     }  # fmt: skip
     assert all(c.key in table1 for c in base if c.variant in (None, "table1") and c.mode != "probe")
