@@ -161,6 +161,13 @@ def _line(md: str, *starts: str) -> str:
     return found[0]
 
 
+def _write_pos_rows(root: Path, rows: dict[tuple, list[float]]) -> None:
+    """One POS result per seed for each (M_C, mode, window) -> test scores of seeds 13-15."""
+    for (compressed, mode, window), scores in rows.items():
+        for seed, score in zip(SEEDS, scores, strict=True):
+            write_result(root, "pos", compressed, mode, window, seed, pos(score, 20.7))
+
+
 def _ms(values: list[float]) -> str:
     return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f} ({len(values)})"
 
@@ -202,9 +209,7 @@ def test_the_gap_is_measured_against_m_l_fine_tuned_never_the_probe(tmp_path, wi
         ("minilm-l6", "alad-joint", 5): [0.73, 0.74, 0.75],
         **({(LARGE, "large", None): [0.79, 0.80, 0.81]} if with_large else {}),
     }
-    for (compressed, mode, window), scores in rows.items():
-        for seed, score in zip(SEEDS, scores, strict=True):
-            write_result(root, "pos", compressed, mode, window, seed, pos(score, 20.7))
+    _write_pos_rows(root, rows)
     md = write_report(root, None, tmp_path / "reports")["table"].read_text()
     md = _section(md, "POS tagging")
     joint = _line(md, "minilm-l6", "alad-joint n=5")
@@ -223,9 +228,7 @@ def test_every_method_on_m_c_gets_its_gap_recovered(tmp_path):
         ("minilm-l6", "lora", None): [0.71, 0.72, 0.73],
         ("minilm-l6", "adalora", None): [0.64, 0.65, 0.66],
     }
-    for (compressed, mode, window), scores in rows.items():
-        for seed, score in zip(SEEDS, scores, strict=True):
-            write_result(root, "pos", compressed, mode, window, seed, pos(score, 20.7))
+    _write_pos_rows(root, rows)
     md = _section(write_report(root, None, tmp_path / "out")["table"].read_text(), "POS tagging")
     assert _line(md, "minilm-l6", "lora").endswith("|  | 20% |")  # (72 - 70) / (80 - 70)
     assert _line(md, "minilm-l6", "adalora").endswith("|  | -50% |")
@@ -285,9 +288,7 @@ def test_at_alads_speed_the_winner_is_any_m_c_as_fast(tmp_path, latency):
         ("minilm-l3", "lora", None): [0.67, 0.68, 0.69],
         ("minilm-l3", "alad-joint", 5): [0.71, 0.72, 0.73],
     }
-    for (compressed, mode, window), scores in rows.items():
-        for seed, score in zip(SEEDS, scores, strict=True):
-            write_result(root, "pos", compressed, mode, window, seed, pos(score, 20.7))
+    _write_pos_rows(root, rows)
     md = write_report(root, latency, tmp_path / "out")["table"].read_text()
     fastest = md.split("\n## Which method wins at AlAd's speed")[1].split("\n## ")[0]
     assert _line(fastest, "minilm-l6 alad-joint n=5") == (

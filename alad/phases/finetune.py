@@ -208,9 +208,14 @@ def _no_decay(name: str, param: torch.nn.Parameter) -> bool:
     return param.ndim < 2 or name.endswith(".bias")
 
 
+def lora_rate(cfg: Phase3Config, mode: ModeSpec) -> float:
+    """The LoRA / AdaLoRA weights' learning rate: phase3.lora_lr, else the mode's."""
+    return cfg.lora_lr or mode.lora_lr
+
+
 def _param_groups(model: AlignedModel, mode: ModeSpec, cfg: Phase3Config, lr: float):
     """AdamW groups: (rest | LoRA | head) x (decay | no decay); empty groups dropped."""
-    rates = {"rest": lr, "lora": cfg.lora_lr or mode.lora_lr, "head": cfg.head_lr or lr}
+    rates = {"rest": lr, "lora": lora_rate(cfg, mode), "head": cfg.head_lr or lr}
     groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -360,7 +365,7 @@ class FinetuneRecipe(Recipe):
         log.info(
             "phase 3: %s/%s, %d train rows, %d epochs, lr %g%s%s", cfg.task, cfg.mode,
             task.num_rows(self.train_feats), self.epochs, self.lr,
-            f" (LoRA {cfg.lora_lr or self.mode.lora_lr:g})" if self.mode.low_rank else "",
+            f" (LoRA {lora_rate(cfg, self.mode):g})" if self.mode.low_rank else "",
             f", distilling from {d.teacher} (T {d.temperature:g}, alpha {d.alpha:g})"
             if self.targets is not None else "",
         )  # fmt: skip
@@ -508,7 +513,7 @@ def _model_manifest(r: FinetuneRecipe) -> dict[str, Any]:
         "init": str(cfg.init) if cfg.init else None,
         "head_init": cfg.head_init,
         "lr": r.lr,
-        "lora_lr": (cfg.lora_lr or mode.lora_lr) if mode.low_rank else None,
+        "lora_lr": lora_rate(cfg, mode) if mode.low_rank else None,
         "adalora": cfg.adalora.model_dump() if mode.encoder_training == "adalora" else None,
         "distill": (
             {**r.targets.teacher.describe(), **cfg.distill.model_dump(exclude={"teacher"})}
