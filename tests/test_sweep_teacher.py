@@ -446,3 +446,10 @@ def test_the_kd_levers_and_baselines_grids_reuse_table1s_cells_and_each_other():
             assert (c.settings.phase2.teacher is not None) == pos
         if c.mode == "slad":
             assert c.settings.phase3.distill.teacher is None and c.teacher is None
+            assert c.settings.phase3.lora_lr == 1e-2, c.name  # peft-lr's choice (README)
+    # SLAD's rate was screened in sweeps/peft-lr.yaml: its POS seed-13 cells are that grid's
+    screened = {c.key for c in cells(load_grid(ROOT / "sweeps" / "peft-lr.yaml"))
+                if c.variant == "slad-lr1e-2"}  # fmt: skip
+    assert len(screened) == 2
+    slad13 = {c.key for c in base if c.mode == "slad" and c.seed == 13 and c.task == "pos"}
+    assert screened == slad13
